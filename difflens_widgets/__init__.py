@@ -1,0 +1,14 @@
+"""difflens-widgets: see how a text-to-image model reads a prompt, layer by layer (Diffusion Lens,
+Toker et al., ACL 2024).
+
+    import difflens_widgets as dl
+    res = dl.Lens(dl.load_pipeline("toy")).run("a red circle left of a blue square")
+    res.grid()
+"""
+
+from .engine import Lens, Preview
+from .models import load_pipeline
+from .results import LensResult
+
+__version__ = "0.1.0"
+__all__ = ["Lens", "LensResult", "Preview", "load_pipeline", "__version__"]

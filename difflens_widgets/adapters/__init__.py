@@ -1,0 +1,29 @@
+"""Per-family knowledge lives here and only here. ``adapter_for(pipe)`` picks the adapter of a pipeline."""
+
+from __future__ import annotations
+
+from .base import EncodedPrompts, LensAdapter
+from .stable_diffusion import StableDiffusionAdapter
+
+ADAPTERS: list[type[LensAdapter]] = [StableDiffusionAdapter]
+
+
+def supported_families() -> str:
+    return "; ".join(f"{a.family}: {a.description}" for a in ADAPTERS)
+
+
+def adapter_for(pipe) -> LensAdapter:
+    """The adapter that understands ``pipe``, or a ValueError/TypeError listing what is supported."""
+    if not hasattr(pipe, "components"):
+        raise TypeError(
+            f"expected a diffusers pipeline, got {type(pipe).__name__}; load one with dl.load_pipeline(...)"
+        )
+    for adapter in ADAPTERS:
+        if adapter.matches(pipe):
+            return adapter(pipe)
+    raise ValueError(
+        f"{type(pipe).__name__} is not a supported pipeline family yet. Supported: {supported_families()}"
+    )
+
+
+__all__ = ["ADAPTERS", "EncodedPrompts", "LensAdapter", "adapter_for", "supported_families"]

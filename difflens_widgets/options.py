@@ -1,0 +1,138 @@
+"""Parsing and validation of the lens's user-facing options.
+
+Everything here runs before any model is touched, so a bad argument costs nothing and its message can say exactly
+what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+
+LayerSpec = None | int | str | range | Sequence[int]
+SeedSpec = int | str | Iterable[int]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def parse_layers(spec: LayerSpec, num_layers: int) -> list[int]:
+    """Turn a layer spec into a sorted list of ``hidden_states`` indices in ``0..num_layers``.
+
+    ``None`` is every layer; an int, a list or a ``range`` name layers exactly (negative ints count from the end, as
+    in Python); a string is either a comma list (``"0,3,6"``) or a Python slice over ``0..L`` (``"0:12:2"``,
+    ``"::2"``, ``"-4:"``), which, like any slice, stops at the last layer.
+    """
+    valid = f"valid layers for this model are 0..{num_layers} (0 = token embeddings, {num_layers} = last block)"
+    if spec is None:
+        return list(range(num_layers + 1))
+    if isinstance(spec, str):
+        text = spec.strip()
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) > 3:
+                raise ValueError(f"layer slice {spec!r} has too many ':'; use start:stop[:step]")
+            try:
+                bounds = [int(p) if p.strip() else None for p in parts]
+            except ValueError:
+                raise ValueError(f"layer slice {spec!r} must hold integers, like '0:12:2'; {valid}") from None
+            if len(bounds) == 3 and bounds[2] == 0:
+                raise ValueError(f"layer slice {spec!r} has step 0")
+            chosen = list(range(num_layers + 1))[slice(*bounds)]
+            if not chosen:
+                raise ValueError(f"layer slice {spec!r} selects no layer; {valid}")
+            return chosen
+        try:
+            spec = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(f"layers {spec!r} must be integers, a comma list or a slice like '0:12:2'") from None
+    if _is_int(spec):
+        spec = [spec]
+    if not isinstance(spec, (list, tuple, range)) and not hasattr(spec, "__iter__"):
+        raise TypeError(f"layers must be None, an int, a list, a range or a string, not {type(spec).__name__}")
+    layers = list(spec)
+    if not layers:
+        raise ValueError(f"no layers given; {valid}")
+    resolved = []
+    for layer in layers:
+        if not _is_int(layer):
+            raise TypeError(f"layer {layer!r} is not an integer; {valid}")
+        index = int(layer) + (num_layers + 1 if layer < 0 else 0)
+        if not 0 <= index <= num_layers:
+            raise ValueError(f"layer {layer} is out of range; {valid}")
+        resolved.append(index)
+    return sorted(set(resolved))
+
+
+def parse_seeds(spec: SeedSpec) -> list[int]:
+    """One seed or several, as ints ≥ 0 (``"0,1,2"`` is accepted for command lines)."""
+    if isinstance(spec, str):
+        try:
+            spec = [int(p) for p in spec.split(",") if p.strip()]
+        except ValueError:
+            raise TypeError(f"seeds {spec!r} must be integers separated by commas, like '0,1,2'") from None
+    if _is_int(spec):
+        spec = [spec]
+    if not hasattr(spec, "__iter__"):
+        raise TypeError(f"seeds must be an int or a list of ints, not {type(spec).__name__}")
+    seeds = list(spec)
+    if not seeds:
+        raise ValueError("no seeds given; pass one seed (an int) or a list of ints")
+    for seed in seeds:
+        if not _is_int(seed):
+            raise TypeError(f"seed {seed!r} is not an integer; seeds must be ints ≥ 0")
+        if seed < 0:
+            raise ValueError(f"seed {seed} is negative; seeds must be ints ≥ 0")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeat a seed; each seed must appear once")
+    return [int(s) for s in seeds]
+
+
+def parse_prompts(prompt: str | Sequence[str]) -> list[str]:
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, Sequence):
+        prompts = list(prompt)
+        if not prompts:
+            raise ValueError("the prompt list is empty; pass a string or a list of one or more strings")
+    else:
+        raise TypeError(f"prompt must be a string or a list of strings, not {type(prompt).__name__}")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"prompt {p!r} is not a string")
+        if not p.strip():
+            raise ValueError("a prompt is empty; the lens needs some text to look at")
+    return prompts
+
+
+def check_steps(steps: object) -> int:
+    if not _is_int(steps):
+        raise TypeError(f"num_inference_steps must be an integer ≥ 1, got {steps!r}")
+    if steps < 1:
+        raise ValueError(f"num_inference_steps must be ≥ 1, got {steps}")
+    return int(steps)
+
+
+def check_guidance(guidance: object) -> float:
+    if not isinstance(guidance, numbers.Real) or isinstance(guidance, bool):
+        raise TypeError(f"guidance_scale must be a number ≥ 0, got {guidance!r}")
+    if guidance != guidance or guidance < 0:
+        raise ValueError(f"guidance_scale must be ≥ 0 (≤ 1 turns classifier-free guidance off), got {guidance}")
+    return float(guidance)
+
+
+def check_size(name: str, value: object, multiple: int) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer number of pixels, got {value!r}")
+    if value <= 0 or value % multiple:
+        raise ValueError(f"{name}={value} must be a positive multiple of {multiple} for this pipeline")
+    return int(value)
+
+
+def check_positive_int(name: str, value: object, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be an integer ≥ 1{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)

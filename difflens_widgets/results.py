@@ -1,0 +1,89 @@
+"""LensResult: everything one lens run produced, with no torch objects inside (widgets and exports read it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+@dataclass
+class LensResult:
+    """Images per (layer, seed), lens embeddings per layer, optional denoising snapshots, and the parameters.
+
+    ``images[(layer, seed)]`` is a PIL image; ``embeddings[layer]`` the prompt's lens embedding at that layer as a
+    float32 array (tokens × width, padding included); ``snapshots[(layer, seed)]`` a list of (step, image) previews
+    of the predicted clean image. ``complete`` is False when the run was cancelled: then only the (layer, seed)
+    pairs that finished are in ``images``.
+    """
+
+    prompt: str
+    layers: list[int]
+    seeds: list[int]
+    images: dict[tuple[int, int], Image.Image]
+    embeddings: dict[int, np.ndarray]
+    tokens: list[str]
+    params: dict
+    snapshots: dict[tuple[int, int], list[tuple[int, Image.Image]]] = field(default_factory=dict)
+    complete: bool = True
+
+    def image(self, layer: int, seed: int | None = None) -> Image.Image:
+        """The lens image of ``layer`` (a ``hidden_states`` index) for ``seed`` (default: the first seed)."""
+        seed = self.seeds[0] if seed is None else seed
+        if seed not in self.seeds:
+            raise KeyError(f"seed {seed} was not run; seeds: {self.seeds}")
+        if (layer, seed) not in self.images:
+            done = sorted({l for l, _ in self.images})
+            raise KeyError(f"layer {layer} has no image for seed {seed}; layers with images: {done}")
+        return self.images[(layer, seed)]
+
+    def grid(self, label: bool = True, scale: int | None = None) -> Image.Image:
+        """Rows = seeds, columns = layers, each column headed "L<layer>" and each row "seed <s>".
+
+        Small images (the toy model's 64×64) are enlarged with nearest-neighbour so labels stay legible.
+        """
+        layers = [l for l in self.layers if any((l, s) in self.images for s in self.seeds)]
+        if not layers:
+            raise ValueError("this result holds no image (the run was cancelled before any layer finished)")
+        w, h = next(iter(self.images.values())).size
+        scale = scale or max(1, 128 // max(w, h))
+        w, h = w * scale, h * scale
+        top, left = (18, 62) if label else (0, 0)
+        canvas = Image.new("RGB", (left + w * len(layers), top + h * len(self.seeds)), "white")
+        draw = ImageDraw.Draw(canvas)
+        font = ImageFont.load_default()
+        for col, layer in enumerate(layers):
+            if label:
+                draw.text((left + col * w + 4, 3), f"L{layer}", fill="black", font=font)
+            for row, seed in enumerate(self.seeds):
+                img = self.images.get((layer, seed))
+                if img is not None:
+                    canvas.paste(img.resize((w, h), Image.NEAREST), (left + col * w, top + row * h))
+        if label:
+            for row, seed in enumerate(self.seeds):
+                draw.text((4, top + row * h + h // 2 - 6), f"seed {seed}", fill="black", font=font)
+        return canvas
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``layer{L:02d}_seed{S}.png`` per image, ``grid.png``, and ``lens.json`` with every parameter
+        needed to reproduce the run (prompt, layers, seeds, steps, guidance, size, scheduler, model)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for (layer, seed), img in sorted(self.images.items()):
+            name = f"layer{layer:02d}_seed{seed}.png"
+            img.save(folder / name)
+            files[f"{layer},{seed}"] = name
+        if self.images:
+            self.grid().save(folder / "grid.png")
+        meta = {"prompt": self.prompt, "layers": self.layers, "seeds": self.seeds, "tokens": self.tokens,
+                "complete": self.complete, "params": self.params, "files": files}
+        (folder / "lens.json").write_text(json.dumps(meta, indent=2, default=str))
+        return folder
+
+    def __repr__(self) -> str:
+        state = "" if self.complete else ", cancelled"
+        return f"LensResult({self.prompt!r}, layers={self.layers}, seeds={self.seeds}{state})"

@@ -1,0 +1,262 @@
+"""The shapes world: a seeded generator of captioned images whose content is fully known.
+
+Every image shows one or two flat shapes on a plain background. Because the generator knows exactly what it drew,
+every lens finding on the toy model can be measured exactly (see :mod:`difflens_widgets.toy.annotate`).
+
+Caption families mirror the Diffusion Lens paper's experiments:
+
+=============  ==========================================
+family         example
+=============  ==========================================
+``empty``      ``""`` (for classifier-free guidance)
+``object``     ``"a triangle"`` (colour not named)
+``colored``    ``"a red triangle"``
+``and``        ``"a red triangle and a blue circle"``
+``relation``   ``"a red triangle above a blue circle"`` / ``"a blue circle below a red triangle"``
+=============  ==========================================
+
+Frequency control: ``hexagon`` and ``pink`` are *rare*: each is drawn for about 1% of objects, so common-vs-uncommon
+concept retrieval can be studied. Held-out pairs: a fixed 10% of the two-object combinations never appear in training
+and form the evaluation set for the ``and`` and ``relation`` families.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw
+
+COMMON_SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+RARE_SHAPES = ("hexagon",)
+SHAPES = COMMON_SHAPES + RARE_SHAPES
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (30, 160, 60),
+    "blue": (35, 75, 215),
+    "yellow": (235, 200, 20),
+    "purple": (130, 50, 175),
+    "orange": (245, 125, 20),
+    "pink": (255, 120, 200),  # rare
+}
+COMMON_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+RARE_COLORS = ("pink",)
+
+BACKGROUND = (240, 240, 236)
+RELATIONS = ("left of", "right of", "above", "below")
+INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+SIZES = {"small": 0.11, "large": 0.17}  # radius as a fraction of the image side
+RARE_PROBABILITY = 0.01
+
+# Share of each caption family in training. Two-object captions are about half of the data: the pilot showed that
+# binding is where a tiny model is weakest and where the lens has most to show.
+FAMILY_WEIGHTS = {"empty": 0.10, "object": 0.10, "colored": 0.25, "and": 0.20, "relation": 0.35}
+HELD_OUT_FRACTION = 0.10
+HELD_OUT_SEED = 1234
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One drawn shape; ``x``, ``y`` are its centre and ``radius`` its half extent, all in pixels."""
+
+    shape: str
+    color: str
+    size: str
+    x: float
+    y: float
+    radius: float
+
+    @property
+    def phrase(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A caption and the objects that make it true. ``relation`` holds for ``objects[0] relation objects[1]``."""
+
+    caption: str
+    family: str
+    objects: tuple[ShapeObject, ...] = ()
+    relation: str | None = None
+    named_colors: bool = True
+    image_size: int = 64
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def noun_phrase(color: str | None, shape: str) -> str:
+    words = f"{color} {shape}" if color else shape
+    return f"{article(words)} {words}"
+
+
+def pair_key(a: tuple[str, str], b: tuple[str, str]) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Order-free key of a pair of (color, shape) objects."""
+    return (a, b) if a <= b else (b, a)
+
+
+def held_out_pairs() -> frozenset:
+    """The fixed set of (color, shape) pairs that training never shows together; same on every machine."""
+    objects = list(itertools.product(COMMON_COLORS, COMMON_SHAPES))
+    pairs = [pair_key(a, b) for a, b in itertools.combinations(objects, 2)]
+    rng = random.Random(HELD_OUT_SEED)
+    return frozenset(rng.sample(pairs, round(HELD_OUT_FRACTION * len(pairs))))
+
+
+def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]] | None:
+    """Vertices of ``shape`` centred on (x, y) with half extent r; None for the circle (drawn as an ellipse)."""
+    if shape == "circle":
+        return None
+    if shape == "square":
+        h = 0.85 * r
+        return [(x - h, y - h), (x + h, y - h), (x + h, y + h), (x - h, y + h)]
+    if shape == "triangle":
+        return [(x, y - r), (x + r, y + 0.8 * r), (x - r, y + 0.8 * r)]
+    if shape == "diamond":
+        return [(x, y - r), (x + 0.75 * r, y), (x, y + r), (x - 0.75 * r, y)]
+    if shape == "star":
+        points = []
+        for k in range(10):
+            radius = r if k % 2 == 0 else 0.42 * r
+            angle = -math.pi / 2 + k * math.pi / 5
+            points.append((x + radius * math.cos(angle), y + radius * math.sin(angle)))
+        return points
+    if shape == "cross":
+        w = 0.34 * r
+        return [(x - w, y - r), (x + w, y - r), (x + w, y - w), (x + r, y - w), (x + r, y + w), (x + w, y + w),
+                (x + w, y + r), (x - w, y + r), (x - w, y + w), (x - r, y + w), (x - r, y - w), (x - w, y - w)]
+    if shape == "hexagon":
+        return [(x + r * math.cos(k * math.pi / 3), y + r * math.sin(k * math.pi / 3)) for k in range(6)]
+    raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
+
+
+def render(scene: Scene, supersample: int = 4) -> Image.Image:
+    """Draw ``scene`` as an RGB image (antialiased by drawing at ``supersample``× and reducing)."""
+    big = scene.image_size * supersample
+    image = Image.new("RGB", (big, big), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        x, y, r = obj.x * supersample, obj.y * supersample, obj.radius * supersample
+        fill = COLORS[obj.color]
+        polygon = shape_polygon(obj.shape, x, y, r)
+        if polygon is None:
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+        else:
+            draw.polygon(polygon, fill=fill)
+    return image.reduce(supersample) if supersample > 1 else image
+
+
+class World:
+    """Seeded sampler of :class:`Scene` objects.
+
+    ``split="train"`` never produces a held-out pair; ``split="heldout"`` produces only held-out pairs for the
+    two-object families (single-object families are the same in both splits).
+    """
+
+    def __init__(self, seed: int = 0, image_size: int = 64, split: str = "train"):
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        self.rng = random.Random(seed)
+        self.image_size = image_size
+        self.split = split
+        self.held_out = held_out_pairs()
+
+    # ---- sampling helpers -------------------------------------------------------------------------------------
+    def _pick(self, common: tuple[str, ...], rare: tuple[str, ...]) -> str:
+        if self.split == "train" and self.rng.random() < RARE_PROBABILITY:
+            return self.rng.choice(rare)
+        return self.rng.choice(common)
+
+    def _object(self, color: str, shape: str) -> ShapeObject:
+        size = self.rng.choice(tuple(SIZES))
+        radius = SIZES[size] * self.image_size
+        lo, hi = radius + 1.5, self.image_size - radius - 1.5
+        return ShapeObject(shape, color, size, self.rng.uniform(lo, hi), self.rng.uniform(lo, hi), radius)
+
+    def _place_pair(self, first: ShapeObject, second: ShapeObject, relation: str | None) -> tuple | None:
+        """Positions for two objects that do not touch and, if given, satisfy ``first relation second``."""
+        for _ in range(100):
+            a = self._object(first.color, first.shape)
+            b = self._object(second.color, second.shape)
+            if math.hypot(a.x - b.x, a.y - b.y) < a.radius + b.radius + 3:
+                continue
+            if relation is None or satisfies(a, b, relation, margin=4.0):
+                return a, b
+        return None
+
+    def _pair(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        while True:
+            a = (self._pick(COMMON_COLORS, RARE_COLORS), self._pick(COMMON_SHAPES, RARE_SHAPES))
+            b = (self._pick(COMMON_COLORS, RARE_COLORS), self._pick(COMMON_SHAPES, RARE_SHAPES))
+            if a == b:
+                continue
+            held = pair_key(a, b) in self.held_out
+            if held == (self.split == "heldout"):
+                return a, b
+
+    # ---- public -----------------------------------------------------------------------------------------------
+    def sample(self, family: str | None = None) -> Scene:
+        """One scene of ``family`` (drawn by :data:`FAMILY_WEIGHTS` when None)."""
+        if family is None:
+            family = self.rng.choices(tuple(FAMILY_WEIGHTS), weights=tuple(FAMILY_WEIGHTS.values()))[0]
+        size = self.image_size
+        if family == "empty":
+            colors, shapes = COMMON_COLORS, COMMON_SHAPES
+            objs = (self._object(self.rng.choice(colors), self.rng.choice(shapes)),)
+            return Scene("", family, objs, named_colors=False, image_size=size)
+        if family in ("object", "colored"):
+            obj = self._object(self._pick(COMMON_COLORS, RARE_COLORS), self._pick(COMMON_SHAPES, RARE_SHAPES))
+            named = family == "colored"
+            return Scene(noun_phrase(obj.color if named else None, obj.shape), family, (obj,),
+                         named_colors=named, image_size=size)
+        if family in ("and", "relation"):
+            relation = self.rng.choice(RELATIONS) if family == "relation" else None
+            while True:
+                (ca, sa), (cb, sb) = self._pair()
+                placed = self._place_pair(ShapeObject(sa, ca, "", 0, 0, 0), ShapeObject(sb, cb, "", 0, 0, 0),
+                                          relation)
+                if placed is not None:
+                    break
+            a, b = placed
+            if relation is None:
+                caption = f"{noun_phrase(a.color, a.shape)} and {noun_phrase(b.color, b.shape)}"
+            elif self.rng.random() < 0.5:  # both word orders: "A above B" and "B below A"
+                caption = f"{noun_phrase(a.color, a.shape)} {relation} {noun_phrase(b.color, b.shape)}"
+            else:
+                a, b, relation = b, a, INVERSE_RELATION[relation]
+                caption = f"{noun_phrase(a.color, a.shape)} {relation} {noun_phrase(b.color, b.shape)}"
+            return Scene(caption, family, (a, b), relation=relation, image_size=size)
+        raise ValueError(f"unknown caption family {family!r}; known: {', '.join(FAMILY_WEIGHTS)}")
+
+    def batch(self, n: int) -> tuple[list[Image.Image], list[Scene]]:
+        scenes = [self.sample() for _ in range(n)]
+        return [render(s) for s in scenes], scenes
+
+
+def satisfies(a: ShapeObject, b: ShapeObject, relation: str, margin: float = 0.0) -> bool:
+    """Whether ``a relation b`` holds: the centres differ by more than ``margin`` along the relation's axis and
+    the relation's axis dominates (so "left of" is not a mostly vertical arrangement). Image y grows downwards."""
+    dx, dy = b.x - a.x, b.y - a.y
+    if relation == "left of":
+        return dx > margin and abs(dx) > abs(dy)
+    if relation == "right of":
+        return -dx > margin and abs(dx) > abs(dy)
+    if relation == "above":
+        return dy > margin and abs(dy) > abs(dx)
+    if relation == "below":
+        return -dy > margin and abs(dy) > abs(dx)
+    raise ValueError(f"unknown relation {relation!r}; known: {', '.join(RELATIONS)}")
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption can contain (the toy tokenizer makes each one a single token)."""
+    words = {"a", "an", "and", "of", "left", "right", "above", "below"}
+    words.update(SHAPES)
+    words.update(COLORS)
+    return sorted(words)
