@@ -1,0 +1,103 @@
+"""Sequential (one pipeline call per layer) vs batched lens: wall time and ratio, median of several runs.
+
+    python benchmarks/bench_lens.py                    # tiny pipeline + SD 1.5 architecture at 256², on CPU
+    python benchmarks/bench_lens.py --only tiny
+    python benchmarks/bench_lens.py --only sd15 --size 512 --steps 50 --dtype float16   # on a GPU
+
+The SD 1.5 pipeline is built from its published architecture with random weights: timing does not depend on weight
+values, and nothing is downloaded. Both modes run in the same process, alternating, after one warm-up each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import difflens_widgets as dl
+from difflens_widgets.testing import tiny_clip_tokenizer, tiny_stable_diffusion
+
+PROMPT = "a red circle left of a blue square"
+
+
+def sd15_random(dtype: torch.dtype, device: str):
+    """Stable Diffusion 1.5's UNet, VAE and CLIP ViT-L/14 text encoder shapes, random weights."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer(max_length=77)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compare(name: str, pipe, layers, steps: int, size: int | None, repeats: int) -> dict:
+    lens = dl.Lens(pipe)
+    kwargs = dict(layers=layers, seeds=[0], num_inference_steps=steps, height=size, width=size, use_cache=False)
+    runs = {"sequential": [], "batched": []}
+    for mode in runs:  # warm-up
+        lens.run(PROMPT, sequential=mode == "sequential", **kwargs)
+    for _ in range(repeats):
+        for mode in runs:
+            runs[mode].append(timed(lambda: lens.run(PROMPT, sequential=mode == "sequential", **kwargs)))
+    n_layers = len(lens.run(PROMPT, **kwargs).layers)
+    seq, bat = statistics.median(runs["sequential"]), statistics.median(runs["batched"])
+    return dict(name=name, layers=n_layers, steps=steps, size=size or lens.adapter.default_size()[0],
+                sequential=seq, batched=bat, ratio=seq / bat, repeats=repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("tiny", "sd15"), default=None)
+    parser.add_argument("--size", type=int, default=256, help="SD 1.5 image side")
+    parser.add_argument("--steps", type=int, default=3, help="SD 1.5 denoising steps")
+    parser.add_argument("--sd-layers", default="0:13:3", help="SD 1.5 layers (13 = all of 0..12)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    if args.only in (None, "tiny"):
+        pipe = tiny_stable_diffusion(num_layers=12)
+        rows.append(compare("tiny SD (32², 12 blocks)", pipe, None, 10, None, args.repeats))
+    if args.only in (None, "sd15"):
+        pipe = sd15_random(getattr(torch, args.dtype), device)
+        rows.append(compare(f"SD 1.5 arch, random ({args.dtype})", pipe, args.sd_layers, args.steps, args.size,
+                            max(1, args.repeats // 2)))
+    print(f"\ndevice: {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'})"
+          f", torch {torch.__version__}")
+    header = f"| {'pipeline':34} | layers | steps | size | sequential s | batched s | ratio | runs |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for r in rows:
+        print(f"| {r['name']:34} | {r['layers']:6} | {r['steps']:5} | {r['size']:4} | {r['sequential']:12.3f} | "
+              f"{r['batched']:9.3f} | {r['ratio']:4.2f}x | {r['repeats']:4} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""load_pipeline, the command line and the IPython magics, on a tiny pipeline saved to a folder."""
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import difflens_widgets as dl
+from difflens_widgets.cli import main
+
+
+@pytest.fixture(scope="module")
+def pipe_folder(tmp_path_factory, tiny_pipe):
+    folder = tmp_path_factory.mktemp("tiny") / "pipe"
+    tiny_pipe.save_pretrained(folder)
+    return folder
+
+
+def test_load_local_folder_gives_same_images(pipe_folder, tiny_pipe):
+    loaded = dl.load_pipeline(pipe_folder, device="cpu")
+    a = dl.Lens(loaded).run("a red circle", layers=[0, 4], num_inference_steps=2)
+    b = dl.Lens(tiny_pipe).run("a red circle", layers=[0, 4], num_inference_steps=2)
+    for layer in (0, 4):
+        assert np.array_equal(np.asarray(a.image(layer)), np.asarray(b.image(layer)))
+
+
+def test_pipeline_object_passes_through(tiny_pipe):
+    assert dl.load_pipeline(tiny_pipe) is tiny_pipe
+
+
+def test_uncached_hub_id_fails_fast_and_explains(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache.*local pipeline folder"):
+        dl.load_pipeline("someone/not-a-cached-model", device="cpu")
+    assert time.perf_counter() - start < 30  # a generous bound: it must not wait on a network
+
+
+def test_folder_without_pipeline(tmp_path):
+    with pytest.raises(ValueError, match="model_index.json"):
+        dl.load_pipeline(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no pipeline folder"):
+        dl.load_pipeline(str(tmp_path / "missing" / "pipe.safetensors"))
+    with pytest.raises(TypeError, match="diffusers pipeline"):
+        dl.load_pipeline(42)
+
+
+def test_cli_writes_grid_and_folder(pipe_folder, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code = main(["run", "a red circle left of a blue square", "--model", str(pipe_folder), "--layers", "0:5:2",
+                 "--seeds", "0,1", "--steps", "2", "--out", str(out), "--save-dir", str(tmp_path / "all"),
+                 "--device", "cpu"])
+    assert code == 0
+    grid = Image.open(out)
+    assert grid.size == (62 + 3 * 128, 18 + 2 * 128)  # 3 layers × 2 seeds of 32 px images shown at 128 px
+    assert len(list((tmp_path / "all").glob("layer*_seed*.png"))) == 6
+    assert "layers [0, 2, 4]" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input(pipe_folder, capsys):
+    code = main(["run", "a red circle", "--model", str(pipe_folder), "--layers", "7", "--device", "cpu"])
+    assert code == 2
+    assert "valid layers for this model are 0..4" in capsys.readouterr().err
+
+
+def test_magics(pipe_folder, capsys):
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "difflens")
+    ip.run_line_magic("difflens", f'"a red circle" --model {pipe_folder} --layers 0,4 --steps 2')
+    result = ip.user_ns["_difflens"]
+    assert isinstance(result, dl.LensResult) and result.layers == [0, 4]
+    ip.run_cell_magic("difflens", f"--model {pipe_folder} --layers 4 --steps 1", "a red circle\na blue square\n")
+    assert [r.prompt for r in ip.user_ns["_difflens"]] == ["a red circle", "a blue square"]
+    capsys.readouterr()
+    ip.run_line_magic("difflens", f'"a red circle" --model {pipe_folder} --layers 40')
+    assert "difflens: layer 40 is out of range" in capsys.readouterr().out
+    ip.run_line_magic("difflens", '"a red circle" --model /no/such/folder')
+    assert "difflens: no pipeline folder" in capsys.readouterr().out
+    ip.run_line_magic("unload_ext", "difflens")
+    assert "difflens" not in ip.magics_manager.magics["line"]
