@@ -11,4 +11,13 @@ from .models import load_pipeline
 from .results import LensResult
 
 __version__ = "0.1.0"
-__all__ = ["Lens", "LensResult", "Preview", "load_pipeline", "__version__"]
+__all__ = ["Lens", "LensDashboard", "LensResult", "Preview", "load_pipeline", "__version__"]
+
+
+def __getattr__(name: str):
+    # The dashboard pulls in anywidget; import it only when asked for, so the engine stays widget-free.
+    if name == "LensDashboard":
+        from .widgets import LensDashboard
+
+        return LensDashboard
+    raise AttributeError(f"module 'difflens_widgets' has no attribute {name!r}")

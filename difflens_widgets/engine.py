@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -34,6 +35,16 @@ class Preview:
 
 
 ProgressCallback = Callable[[int, int, "Preview | None"], "bool | None"]
+
+# One lock per pipeline object: runs of several Lens objects (several dashboards) on the same pipeline take turns,
+# since a pipeline call is not re-entrant (its scheduler and interrupt flag are shared state).
+_PIPELINE_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def pipeline_lock(pipe) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _PIPELINE_LOCKS.setdefault(pipe, threading.Lock())
 
 
 @contextmanager
@@ -187,9 +198,14 @@ class Lens:
             results = [self._cache_get(k) for k in keys]
             return results[0] if isinstance(prompt, str) else results
 
-        self._cancel.clear()
-        do_cfg = guidance > 1.0
-        texts = prompts + ([negative_prompt or ""] if do_cfg else [])
+        self._cancel.clear()  # before waiting for the pipeline, so a cancel() while waiting still counts
+        with pipeline_lock(self.pipe):
+            results = self._run_locked(prompts, keys, params, max_batch, progress, use_cache)
+        return results[0] if isinstance(prompt, str) else results
+
+    def _run_locked(self, prompts, keys, params, max_batch, progress, use_cache) -> list[LensResult]:
+        do_cfg = params["guidance_scale"] > 1.0
+        texts = prompts + ([params["negative_prompt"] or ""] if do_cfg else [])
         encoded = self.adapter.encode(texts)  # the one text-encoder pass
         results = []
         for index, text in enumerate(prompts):
@@ -199,7 +215,7 @@ class Lens:
             results.append(result)
             if not result.complete:
                 break
-        return results[0] if isinstance(prompt, str) else results
+        return results
 
     # ------------------------------------------------------------------------------------------------------------
     def _lens_one(self, text, index, encoded, params, do_cfg, max_batch, progress) -> LensResult:

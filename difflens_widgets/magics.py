@@ -1,45 +1,53 @@
-"""IPython magics: ``%difflens "prompt" --model toy --layers 0:12:2 --seeds 0,1 --steps 20`` and ``%%difflens``
-(one prompt per line). Options mirror ``Lens.run``; errors are shown as one readable line, not a traceback."""
+"""IPython magics: ``%difflens "prompt" --model toy --layers 0:12:2 --seeds 0,1 --steps 20`` shows a LensDashboard
+already running; ``%%difflens`` takes one prompt per line (one dashboard each; they share the model and take turns).
+Options mirror ``Lens.run``; errors are shown as one readable line, not a traceback."""
 
 from __future__ import annotations
 
 import shlex
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 
 @magics_class
 class DiffLensMagics(Magics):
-    """Keeps one Lens per model so repeated magics reuse the loaded pipeline and its result cache."""
+    """Keeps one loaded pipeline per model, so repeated magics do not reload it. Each dashboard gets its own Lens
+    (its own Cancel); runs on one pipeline take turns (see ``engine.pipeline_lock``)."""
 
     def __init__(self, shell):
         super().__init__(shell)
-        self._lenses: dict[str, object] = {}
+        self._pipelines: dict[str, object] = {}
 
-    def _lens(self, model: str):
-        if model not in self._lenses:
-            import difflens_widgets as dl
+    def _pipeline(self, model: str):
+        if model not in self._pipelines:
+            from .models import load_pipeline
 
-            self._lenses[model] = dl.Lens(dl.load_pipeline(model))
-        return self._lenses[model]
+            self._pipelines[model] = load_pipeline(model)
+        return self._pipelines[model]
 
     @magic_arguments()
     @argument("prompt", nargs="*", help="the prompt (quote it); in %%difflens, one prompt per line of the cell")
     @argument("--model", default="toy", help="'toy', a pipeline folder or a cached hub id")
-    @argument("--layers", default=None, help="e.g. 0:12:2 or 0,4,8 (default: all)")
+    @argument("--layers", default="", help="e.g. 0:12:2 or 0,4,8 (default: all)")
     @argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1")
     @argument("--steps", type=int, default=20, help="denoising steps")
     @argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    @argument("--negative", default=None, help="negative prompt")
+    @argument("--negative", default="", help="negative prompt")
     @argument("--no-final-norm", action="store_true", help="ablation: skip the encoder's final norm")
+    @argument("-h", "--help", action="store_true", help="show this help")
     @line_cell_magic
     def difflens(self, line: str, cell: str | None = None):
-        """Run Diffusion Lens and show the layer grid; the result is stored in the variable ``_difflens``."""
+        """Show a Diffusion Lens dashboard, already running; it is also stored in the variable ``_difflens``
+        (a list for %%difflens), whose ``.result`` is the LensResult once ``.wait()`` returns."""
         try:
             args = parse_argstring(self.difflens, line)
-        except Exception as err:  # argparse's UsageError: show it plainly
+        except UsageError as err:
             print(f"difflens: {err}")
+            return None
+        if args.help:
+            print(self.difflens.parser.format_help())
             return None
         prompts = [" ".join(shlex.split(" ".join(args.prompt)))] if args.prompt else []
         if cell is not None:
@@ -47,20 +55,26 @@ class DiffLensMagics(Magics):
         if not prompts:
             print('difflens: give a prompt, e.g. %difflens "a red circle left of a blue square"')
             return None
-        try:
-            lens = self._lens(args.model)
-            results = lens.run(prompts, layers=args.layers, seeds=args.seeds, num_inference_steps=args.steps,
-                               guidance_scale=args.guidance, negative_prompt=args.negative,
-                               final_norm=not args.no_final_norm)
-        except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
-            print(f"difflens: {err}")
-            return None
         from IPython.display import display
 
-        for result in results:
-            print(result.prompt)
-            display(result.grid())
-        self.shell.user_ns["_difflens"] = results[0] if len(results) == 1 else results
+        from .widgets import LensDashboard
+
+        dashboards = []
+        try:
+            pipe = self._pipeline(args.model)
+            for prompt in prompts:
+                dash = LensDashboard(pipe, prompt=prompt, layer_range=args.layers or "", seeds=args.seeds,
+                                     steps=args.steps, guidance=args.guidance, negative_prompt=args.negative,
+                                     final_norm=not args.no_final_norm)
+                dash.request()  # validate before showing anything
+                dashboards.append(dash)
+        except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+            print(f"difflens: {err}")
+            return None
+        for dash in dashboards:
+            display(dash)
+            dash.run()
+        self.shell.user_ns["_difflens"] = dashboards[0] if len(dashboards) == 1 else dashboards
         return None
 
 

@@ -69,15 +69,37 @@ def test_magics(pipe_folder, capsys):
 
     ip = get_ipython()
     ip.run_line_magic("load_ext", "difflens")
-    ip.run_line_magic("difflens", f'"a red circle" --model {pipe_folder} --layers 0,4 --steps 2')
-    result = ip.user_ns["_difflens"]
-    assert isinstance(result, dl.LensResult) and result.layers == [0, 4]
+    ip.run_line_magic("difflens", f'"a red circle" --model {pipe_folder} --layers 0,4 --steps 2 --seeds 0,1')
+    dash = ip.user_ns["_difflens"]
+    assert isinstance(dash, dl.LensDashboard) and dash.status in ("running", "done")
+    assert dash.wait(60) and dash.status == "done"
+    assert dash.result.layers == [0, 4] and dash.result.seeds == [0, 1] and len(dash.frames) == 4
     ip.run_cell_magic("difflens", f"--model {pipe_folder} --layers 4 --steps 1", "a red circle\na blue square\n")
-    assert [r.prompt for r in ip.user_ns["_difflens"]] == ["a red circle", "a blue square"]
+    dashes = ip.user_ns["_difflens"]
+    assert all(d.wait(60) for d in dashes)
+    assert [d.result.prompt for d in dashes] == ["a red circle", "a blue square"]
     capsys.readouterr()
     ip.run_line_magic("difflens", f'"a red circle" --model {pipe_folder} --layers 40')
     assert "difflens: layer 40 is out of range" in capsys.readouterr().out
     ip.run_line_magic("difflens", '"a red circle" --model /no/such/folder')
     assert "difflens: no pipeline folder" in capsys.readouterr().out
+    ip.run_line_magic("difflens", '"a red circle" --steps many')
+    assert "difflens: argument --steps: invalid int value" in capsys.readouterr().out
+    ip.run_line_magic("difflens", "--help")
+    assert "--layers" in capsys.readouterr().out
     ip.run_line_magic("unload_ext", "difflens")
     assert "difflens" not in ip.magics_manager.magics["line"]
+
+
+def test_half_precision_pipeline_keeps_vae_in_fp32():
+    import torch
+
+    from difflens_widgets.models import keep_vae_in_fp32
+    from difflens_widgets.testing import tiny_stable_diffusion
+
+    pipe = tiny_stable_diffusion().to(torch.bfloat16)
+    keep_vae_in_fp32(pipe)
+    assert pipe.vae.dtype == torch.float32 and pipe.unet.dtype == torch.bfloat16
+    res = dl.Lens(pipe).run("a red circle", layers=[0, 4], num_inference_steps=2)
+    assert res.image(4).size == (32, 32)
+    assert np.asarray(res.image(4)).std() > 0  # not a flat (NaN → black) image

@@ -1,0 +1,220 @@
+"""LensDashboard: the notebook face of the lens (an anywidget; front-end source in ``js/``).
+
+State lives in traitlets so that re-displaying the widget, or reloading the page, shows the last result again.
+Runs happen in a worker thread so the kernel stays responsive and progress can stream to the browser; images
+cross as PNG bytes (binary buffers), never base64 text, and no torch object is ever held by the widget.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import anywidget
+import traitlets as t
+
+from .. import options
+from ..engine import Lens
+from .. import exports
+from ..results import LensResult
+
+STATIC = Path(__file__).parent / "static"
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def frames_of(result: LensResult) -> list[dict]:
+    return [{"layer": l, "seed": s, "png": png_bytes(img)} for (l, s), img in sorted(result.images.items())]
+
+
+class LensDashboard(anywidget.AnyWidget):
+    """Interactive Diffusion Lens: prompt → filmstrip of every layer, a layer slider, heatmaps and exports.
+
+    ``LensDashboard("toy")`` or ``LensDashboard(pipe)``; ``tuned=`` a second pipeline (same architecture) shows
+    raw vs tuned side by side with identical seeds and noise. ``dashboard.result`` is the last LensResult.
+    """
+
+    _esm = STATIC / "widget.js"
+    _css = STATIC / "widget.css"
+
+    # inputs (edited in the browser, or from Python)
+    prompt = t.Unicode("a red circle left of a blue square").tag(sync=True)
+    negative_prompt = t.Unicode("").tag(sync=True)
+    seeds = t.Unicode("0").tag(sync=True)
+    steps = t.Int(20).tag(sync=True)
+    guidance = t.Float(7.5).tag(sync=True)
+    layer_range = t.Unicode("").tag(sync=True)  # "" = all layers; else e.g. "0:9:2" or "0,4,8"
+    final_norm = t.Bool(True).tag(sync=True)  # False: the paper's ablation without the encoder's final norm
+    selected_layer = t.Int(0).tag(sync=True)
+    show_difference = t.Bool(False).tag(sync=True)
+
+    # outputs (set by Python only)
+    model_info = t.Dict().tag(sync=True)
+    status = t.Unicode("idle").tag(sync=True)  # idle | running | done | cancelled | error | invalid
+    message = t.Unicode("").tag(sync=True)
+    progress = t.Float(0.0).tag(sync=True)
+    run_layers = t.List(t.Int()).tag(sync=True)
+    run_seeds = t.List(t.Int()).tag(sync=True)
+    frames = t.List().tag(sync=True)
+    tuned_frames = t.List().tag(sync=True)
+    previews = t.List().tag(sync=True)
+    heatmaps = t.Dict().tag(sync=True)
+    timings = t.Dict().tag(sync=True)
+
+    def __init__(self, pipe_or_model="toy", *, tuned=None, **kwargs):
+        super().__init__(**kwargs)
+        self._lens = pipe_or_model if isinstance(pipe_or_model, Lens) else Lens(pipe_or_model)
+        self._tuned = None if tuned is None else tuned if isinstance(tuned, Lens) else Lens(tuned)
+        if self._tuned is not None and self._tuned.num_layers != self._lens.num_layers:
+            raise ValueError(f"tuned model has {self._tuned.num_layers} layers but the base has "
+                             f"{self._lens.num_layers}; raw vs tuned needs the same text-encoder architecture")
+        self.result: LensResult | None = None
+        self.tuned_result: LensResult | None = None
+        self._thread: threading.Thread | None = None
+        self._pending: dict | None = None
+        self._lock = threading.Lock()
+        self.max_batch: int | None = None  # images per pipeline call (None: from free memory)
+        self.model_info = {
+            "family": self._lens.adapter.family, "num_layers": self._lens.num_layers,
+            "name": str(getattr(self._lens.pipe.config, "_name_or_path", "") or type(self._lens.pipe).__name__),
+            "tuned": self._tuned is not None,
+        }
+        self.on_msg(self._on_message)
+
+    # ---- commands ----------------------------------------------------------------------------------------------
+    def _on_message(self, _widget, content, _buffers) -> None:
+        action = content.get("action") if isinstance(content, dict) else None
+        if action == "run":
+            self.run()
+        elif action == "cancel":
+            self.cancel()
+        elif action == "export":
+            self._send_export(content.get("kind", ""))
+
+    def request(self) -> dict:
+        """The current inputs as ``Lens.run`` arguments; raises ValueError/TypeError with a message to show."""
+        if not self.prompt.strip():
+            raise ValueError("the prompt is empty: type what the model should draw")
+        return dict(
+            prompt=self.prompt.strip(),
+            layers=options.parse_layers(self.layer_range.strip() or None, self._lens.num_layers),
+            seeds=options.parse_seeds(self.seeds),
+            num_inference_steps=options.check_steps(self.steps),
+            guidance_scale=options.check_guidance(self.guidance),
+            negative_prompt=self.negative_prompt or None,
+            final_norm=bool(self.final_norm),
+        )
+
+    def run(self) -> None:
+        """Validate the inputs and start a run in the background; a run already going is cancelled and this one
+        starts when it has stopped (never two at once)."""
+        try:
+            request = self.request()
+        except (ValueError, TypeError) as err:
+            self.status, self.message = "invalid", str(err)
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                self._pending = request
+                self.cancel()
+                return
+            self._start(request)
+
+    def cancel(self) -> None:
+        self._lens.cancel()
+        if self._tuned is not None:
+            self._tuned.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current run (and any queued one) finishes; True if it did within ``timeout``."""
+        while True:
+            thread = self._thread
+            if thread is None:
+                return True
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
+            with self._lock:
+                if self._thread is thread:
+                    return True
+
+    # ---- the worker --------------------------------------------------------------------------------------------
+    def _start(self, request: dict) -> None:
+        self.status, self.message, self.progress, self.previews = "running", "", 0.0, []
+        self._thread = threading.Thread(target=self._work, args=(request,), daemon=True, name="difflens-run")
+        self._thread.start()
+
+    def _work(self, request: dict) -> None:
+        import time
+
+        started = time.perf_counter()
+        first_preview: list[float] = []
+        passes = 2 if self._tuned is not None else 1
+        steps = request["num_inference_steps"]
+        snapshot_every = max(1, steps // 5)
+
+        def progress_for(pass_index: int):
+            def progress(done, total, preview):
+                self.progress = (pass_index + done / total) / passes
+                if preview is not None:
+                    if not first_preview:
+                        first_preview.append(time.perf_counter() - started)
+                    self.previews = [{"layer": l, "seed": s, "png": png_bytes(img), "step": preview.step}
+                                     for (l, s), img in zip(preview.items, preview.images)]
+            return progress
+
+        try:
+            common = dict(request, snapshot_every=snapshot_every, max_batch=self.max_batch)
+            result = self._lens.run(**common, progress=progress_for(0))
+            tuned = None
+            if self._tuned is not None and result.complete:
+                tuned = self._tuned.run(**common, progress=progress_for(1))
+            self._show(result, tuned)
+            complete = result.complete and (tuned is None or tuned.complete)
+            self.status = "done" if complete else "cancelled"
+            self.message = "" if complete else "cancelled: showing the layers that finished"
+        except Exception as err:  # shown in the widget; the widget stays usable
+            self.status, self.message = "error", f"{type(err).__name__}: {err}"
+        finally:
+            self.timings = {"first_preview_s": first_preview[0] if first_preview else None,
+                            "total_s": time.perf_counter() - started}
+            self.previews = []
+            with self._lock:
+                pending, self._pending = self._pending, None
+                if pending is not None:
+                    self._start(pending)
+                else:
+                    self._thread = None
+
+    def _show(self, result: LensResult, tuned: LensResult | None) -> None:
+        from ..similarity import heatmap_figures
+
+        self.result, self.tuned_result = result, tuned
+        self.run_layers, self.run_seeds = result.layers, result.seeds
+        self.frames = frames_of(result)
+        self.tuned_frames = frames_of(tuned) if tuned is not None else []
+        if result.complete:
+            self.heatmaps = heatmap_figures(result, tuned)
+        if self.selected_layer not in result.layers:
+            self.selected_layer = result.layers[-1]
+
+    # ---- exports -----------------------------------------------------------------------------------------------
+    def export(self, kind: str) -> tuple[str, bytes]:
+        """(file name, bytes) of the last result as ``grid`` (PNG), ``gif`` (animated, across layers) or
+        ``html`` (a standalone report)."""
+        if self.result is None:
+            raise ValueError("nothing to export yet: run the lens first")
+        return exports.export(self.result, kind, tuned=self.tuned_result)
+
+    def _send_export(self, kind: str) -> None:
+        try:
+            name, data = self.export(kind)
+        except ValueError as err:
+            self.message = str(err)
+            return
+        self.send({"type": "download", "name": name}, buffers=[data])

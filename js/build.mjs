@@ -1,0 +1,19 @@
+// Bundles src/widget.js (with plotly.js) into the Python package, so `pip install` needs no Node and
+// nothing is fetched from a CDN at run time.
+import { build } from "esbuild";
+import { copyFileSync, mkdirSync } from "node:fs";
+
+const outdir = process.env.DIFFLENS_BUNDLE_DIR || "../difflens_widgets/widgets/static";
+mkdirSync(outdir, { recursive: true });
+await build({
+  entryPoints: ["src/widget.js"],
+  bundle: true,
+  format: "esm",
+  minify: true,
+  target: "es2020",
+  outfile: `${outdir}/widget.js`,
+  define: { "define.amd": "false" }, // plotly's UMD wrapper must not look for an AMD loader (anywidget #369)
+  legalComments: "none",
+});
+copyFileSync("src/widget.css", `${outdir}/widget.css`);
+console.log(`built ${outdir}/widget.js`);

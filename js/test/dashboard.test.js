@@ -1,0 +1,184 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { setupDom, FakeModel, frames } from "./helpers.js";
+import { createDashboard, parseLayers, parseSeeds, validate } from "../src/dashboard.js";
+
+setupDom();
+
+function mount(state = {}, plotly = null) {
+  const model = new FakeModel(state);
+  const el = document.createElement("div");
+  document.body.append(el);
+  const cleanup = createDashboard({ model, el, plotly });
+  return { model, el, cleanup };
+}
+
+const done = (layers = [0, 1, 2, 3], seeds = [0, 1]) => ({
+  status: "done", run_layers: layers, run_seeds: seeds, frames: frames(layers, seeds), selected_layer: layers.at(-1),
+});
+
+test("layer parsing mirrors the Python rules", () => {
+  assert.deepEqual(parseLayers("", 6).layers, [0, 1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(parseLayers("0:12:2", 6).layers, [0, 2, 4, 6]);
+  assert.deepEqual(parseLayers("::3", 6).layers, [0, 3, 6]);
+  assert.deepEqual(parseLayers("-2:", 6).layers, [5, 6]);
+  assert.deepEqual(parseLayers("5,1,1", 6).layers, [1, 5]);
+  assert.deepEqual(parseLayers("-1", 6).layers, [6]);
+  assert.match(parseLayers("7", 6).error, /out of range; valid layers are 0\.\.6/);
+  assert.match(parseLayers("10:20", 6).error, /selects no layer/);
+  assert.match(parseLayers("a:b", 6).error, /start:stop/);
+  assert.match(parseLayers("0:6:0", 6).error, /step cannot be 0/);
+});
+
+test("seed parsing rejects non-numbers and repeats", () => {
+  assert.deepEqual(parseSeeds("0, 1,2").seeds, [0, 1, 2]);
+  assert.match(parseSeeds("x").error, /not a whole number/);
+  assert.match(parseSeeds("1.5").error, /not a whole number/);
+  assert.match(parseSeeds("").error, /at least one seed/);
+  assert.match(parseSeeds("1,1").error, /repeated/);
+});
+
+test("renders a filmstrip of every layer for every seed, and a large view", () => {
+  const { el } = mount(done());
+  assert.equal(el.querySelectorAll(".dl-strip").length, 2);
+  assert.equal(el.querySelectorAll(".dl-thumb img").length, 8);
+  assert.equal(el.querySelectorAll(".dl-large-img img").length, 2);
+  assert.match(el.querySelector(".dl-large-img figcaption").textContent, /layer 3, seed 0/);
+  assert.equal(el.querySelector(".dl-thumb.dl-selected").dataset.layer, "3");
+  assert.equal(el.querySelector(".dl-slider").max, "3");
+});
+
+test("the final-norm checkbox is two-way bound", () => {
+  const { model, el } = mount();
+  const box = el.querySelector('[data-field="final_norm"]');
+  assert.equal(box.checked, true);
+  box.checked = false;
+  box.dispatchEvent(new Event("change", { bubbles: true }));
+  assert.equal(model.get("final_norm"), false);
+  model.set("final_norm", true);
+  assert.equal(box.checked, true);
+});
+
+test("keyboard arrows and thumbnail clicks move the selected layer", () => {
+  const { model, el } = mount(done());
+  const root = el.querySelector(".dl-root");
+  root.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowLeft", bubbles: true }));
+  assert.equal(model.get("selected_layer"), 2);
+  assert.match(el.querySelector(".dl-large-img figcaption").textContent, /layer 2/);
+  root.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowRight", bubbles: true }));
+  root.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowRight", bubbles: true }));
+  assert.equal(model.get("selected_layer"), 3); // stays at the last layer
+  el.querySelector('.dl-thumb[data-layer="1"]').dispatchEvent(new MouseEvent("click", { bubbles: true }));
+  assert.equal(model.get("selected_layer"), 1);
+  const slider = el.querySelector(".dl-slider");
+  const key = new KeyboardEvent("keydown", { key: "ArrowRight", bubbles: true, cancelable: true });
+  slider.dispatchEvent(key);
+  assert.equal(model.get("selected_layer"), 2);
+  assert.equal(key.defaultPrevented, true); // one step per key press, even where the host page interferes
+  slider.value = "0";
+  slider.dispatchEvent(new Event("input", { bubbles: true }));
+  assert.equal(model.get("selected_layer"), 0);
+});
+
+test("invalid fields show an inline message and do not start a run", () => {
+  const { model, el } = mount();
+  const prompt = el.querySelector('[data-field="prompt"]');
+  prompt.value = "   ";
+  el.querySelector(".dl-run").click();
+  assert.deepEqual(model.sent, []);
+  assert.match(el.querySelector(".dl-message").textContent, /prompt is empty/);
+  prompt.value = "a red circle";
+  el.querySelector('[data-field="seeds"]').value = "one";
+  el.querySelector(".dl-run").click();
+  assert.match(el.querySelector(".dl-message").textContent, /not a whole number/);
+  el.querySelector('[data-field="seeds"]').value = "0,1";
+  el.querySelector('[data-field="layer_range"]').value = "0:99:2,";
+  el.querySelector(".dl-run").click();
+  assert.deepEqual(model.sent, []);
+  el.querySelector('[data-field="layer_range"]').value = "12";
+  el.querySelector(".dl-run").click();
+  assert.match(el.querySelector(".dl-message").textContent, /valid layers are 0\.\.8/);
+  el.querySelector('[data-field="layer_range"]').value = "0:9:2";
+  el.querySelector(".dl-run").click();
+  assert.deepEqual(model.sent, [{ action: "run" }]);
+  assert.equal(model.get("seeds"), "0,1");
+  assert.equal(validate(model), "");
+});
+
+test("progress, live previews and cancel while running", () => {
+  const { model, el } = mount({ status: "running", progress: 0.25, run_layers: [0, 1], run_seeds: [0],
+    previews: frames([0, 1], [0]) });
+  assert.equal(el.querySelector(".dl-progress").hidden, false);
+  assert.match(el.querySelector(".dl-status").textContent, /25%/);
+  assert.equal(el.querySelectorAll(".dl-thumb img").length, 2); // previews fill the filmstrip
+  assert.equal(el.querySelector(".dl-cancel").disabled, false);
+  el.querySelector(".dl-cancel").click();
+  assert.deepEqual(model.sent, [{ action: "cancel" }]);
+  model.set("message", "cancelled: showing the layers that finished");
+  model.set("status", "cancelled");
+  assert.equal(el.querySelector(".dl-cancel").disabled, true);
+  assert.match(el.querySelector(".dl-message").textContent, /cancelled/);
+});
+
+test("errors from a run are shown and the widget stays usable", () => {
+  const { model, el } = mount(done());
+  model.set("message", "RuntimeError: boom");
+  model.set("status", "error");
+  assert.equal(el.querySelector(".dl-message").dataset.kind, "error");
+  assert.match(el.querySelector(".dl-message").textContent, /boom/);
+  el.querySelector(".dl-run").click();
+  assert.deepEqual(model.sent, [{ action: "run" }]);
+});
+
+test("raw vs tuned: two filmstrips, one slider, a difference toggle", () => {
+  const { model, el } = mount({ ...done([0, 1], [0]), model_info: { num_layers: 8, tuned: true },
+    tuned_frames: frames([0, 1], [0]) });
+  assert.deepEqual([...el.querySelectorAll(".dl-strip")].map((s) => s.dataset.kind), ["raw", "tuned"]);
+  assert.equal(el.querySelectorAll('.dl-large-img[data-kind="tuned"] img').length, 1);
+  const toggle = el.querySelector(".dl-diff-toggle input");
+  toggle.checked = true;
+  toggle.dispatchEvent(new Event("change", { bubbles: true }));
+  assert.equal(model.get("show_difference"), true);
+  assert.match(el.querySelector('.dl-large-img[data-kind="tuned"] figcaption').textContent, /raw − tuned/);
+  model.set("selected_layer", 0);
+  assert.match(el.querySelector('.dl-large-img[data-kind="raw"] figcaption').textContent, /layer 0/);
+});
+
+test("heatmaps are drawn with plotly and a click selects the layer", () => {
+  const drawn = [];
+  const plotly = {
+    react(div, data, layout) { drawn.push({ div, data, layout }); div.on = (ev, fn) => { div._click = fn; }; },
+    purge() {},
+  };
+  const heatmaps = { tokens: { data: [{ type: "heatmap", z: [[1]] }], layout: {} },
+    layers: { data: [{ type: "heatmap", z: [[1]] }], layout: {} } };
+  const { model, el, cleanup } = mount({ ...done(), heatmaps }, plotly);
+  assert.equal(drawn.length, 2);
+  assert.deepEqual([...el.querySelectorAll(".dl-heatmap")].map((d) => d.dataset.heatmap), ["tokens", "layers"]);
+  drawn[0].div._click({ points: [{ x: 1, y: "0:a" }] });
+  assert.equal(model.get("selected_layer"), 1);
+  cleanup();
+});
+
+test("export buttons ask Python, and a download message saves the file", () => {
+  const { model, el } = mount(done());
+  el.querySelector('[data-export="gif"]').click();
+  assert.deepEqual(model.sent, [{ action: "export", kind: "gif" }]);
+  let clicked = null;
+  const original = window.HTMLAnchorElement.prototype.click;
+  window.HTMLAnchorElement.prototype.click = function () { clicked = this.getAttribute("download"); };
+  model.emit("msg:custom", { type: "download", name: "lens.gif" }, [new DataView(new ArrayBuffer(4))]);
+  window.HTMLAnchorElement.prototype.click = original;
+  assert.equal(clicked, "lens.gif");
+});
+
+test("re-rendering the same model restores the last result", () => {
+  const { model, el, cleanup } = mount(done());
+  model.set("selected_layer", 1);
+  cleanup();
+  const again = document.createElement("div");
+  createDashboard({ model, el: again });
+  assert.equal(again.querySelectorAll(".dl-thumb img").length, 8);
+  assert.equal(again.querySelector(".dl-thumb.dl-selected").dataset.layer, "1");
+  assert.equal(el.querySelectorAll(".dl-thumb img").length, 8);
+});

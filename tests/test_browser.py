@@ -1,0 +1,195 @@
+"""The dashboard in a real browser (Debian's /usr/bin/chromium driven by Playwright; nothing is downloaded).
+
+Tier 1: a static page imports the shipped bundle and renders it with a fake model holding real lens images.
+Tier 2: a real JupyterLab runs ``%load_ext difflens`` and ``%difflens ... --model toy`` in a notebook.
+"""
+
+import base64
+import functools
+import http.server
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import difflens_widgets as dl
+from difflens_widgets.similarity import heatmap_figures
+from difflens_widgets.widgets.dashboard import STATIC, frames_of
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("DIFFLENS_ARTIFACTS", Path(__file__).parent / "artifacts"))
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("browser tests need Debian's chromium at /usr/bin/chromium: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def static_server(tmp_path):
+    """Serves ``tmp_path`` on loopback."""
+    shutil.copy(STATIC / "widget.js", tmp_path / "widget.js")
+    shutil.copy(STATIC / "widget.css", tmp_path / "widget.css")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" href="widget.css"></head>
+<body><div id="app"></div><script type="module">
+import widget from "./widget.js";
+const state = await (await fetch("state.json")).json();
+const toView = (b64) => { const s = atob(b64); const a = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i); return new DataView(a.buffer); };
+for (const f of state.frames) f.png = toView(f.png);
+const listeners = {};
+window.sent = [];
+window.model = { get: (k) => state[k], set: (k, v) => { state[k] = v; (listeners["change:" + k] || []).forEach((f) => f()); },
+  save_changes() {}, send: (m) => window.sent.push(m), on: (e, f) => (listeners[e] ||= []).push(f), off() {} };
+widget.render({ model: window.model, el: document.getElementById("app") });
+window.rendered = true;
+</script></body></html>"""
+
+
+def test_bundle_renders_in_chromium(browser, static_server, tiny_pipe):
+    folder, url = static_server
+    result = dl.Lens(tiny_pipe).run("a red circle left of a blue square", seeds=[0, 1], num_inference_steps=3)
+    state = {
+        "prompt": result.prompt, "negative_prompt": "", "seeds": "0,1", "steps": 3, "guidance": 7.5,
+        "layer_range": "", "final_norm": True, "selected_layer": 4, "show_difference": False,
+        "model_info": {"num_layers": 4, "tuned": False}, "status": "done", "message": "", "progress": 1.0,
+        "run_layers": result.layers, "run_seeds": result.seeds, "tuned_frames": [], "previews": [],
+        "frames": [dict(f, png=base64.b64encode(f["png"]).decode()) for f in frames_of(result)],
+        "heatmaps": heatmap_figures(result), "timings": {},
+    }
+    (folder / "state.json").write_text(json.dumps(state))
+    (folder / "index.html").write_text(PAGE)
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{url}/index.html")
+    page.wait_for_function("window.rendered === true", timeout=20_000)
+    assert page.locator(".dl-thumb img").count() == 10
+    page.wait_for_function("document.querySelectorAll('.dl-thumb img')[0].naturalWidth === 32")
+    page.wait_for_selector(".dl-heatmap .main-svg", timeout=20_000)  # plotly drew, from the bundle alone
+    assert page.locator(".dl-heatmap").count() == 2
+    before = page.locator(".dl-large-img img").first.get_attribute("src")
+    page.locator(".dl-slider").focus()
+    page.keyboard.press("ArrowLeft")
+    assert page.evaluate("window.model.get('selected_layer')") == 3
+    assert page.locator(".dl-large-img img").first.get_attribute("src") != before
+    page.locator('[data-field="prompt"]').fill("")
+    page.locator(".dl-run").click()
+    assert "prompt is empty" in page.locator(".dl-message").inner_text()
+    assert page.evaluate("window.sent") == []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard_static.png"), full_page=True)
+    assert errors == []
+    page.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tier 2: JupyterLab end to end
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def jupyterlab(tmp_path):
+    token = secrets.token_hex(16)
+    port = free_port()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("%load_ext difflens"),
+        nbformat.v4.new_code_cell('%difflens "a red triangle above a blue circle" --model toy --layers 0:12:2 '
+                                  "--seeds 0,1 --steps 20"),
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "lens.ipynb")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    log = open(tmp_path / "jupyter.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.terminate()
+        pytest.fail("JupyterLab did not start: " + (tmp_path / "jupyter.log").read_text()[-2000:])
+    yield f"{base}/lab/tree/lens.ipynb?token={token}"
+    server.terminate()
+    server.wait(20)
+    log.close()
+
+
+def test_jupyterlab_end_to_end(browser, jupyterlab):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    try:
+        drive_notebook(page, jupyterlab)
+    except Exception:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard_jupyterlab_failure.png"), full_page=True)
+        raise
+    finally:
+        page.close()
+
+
+def drive_notebook(page, url):
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    for index in range(2):  # run each cell (click, Shift+Enter) and wait until the kernel has taken it
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+        cell.locator(".jp-InputArea-editor").click()
+        page.wait_for_timeout(300)
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_function(
+            f"/\\[[0-9*]+\\]/.test(document.querySelectorAll('.jp-Notebook .jp-Cell')[{index}]"
+            ".querySelector('.jp-InputPrompt').textContent)", timeout=60_000)
+    page.wait_for_selector(".dl-root", timeout=60_000)
+    # toy model: layers 0:12:2 → 0, 2, 4, 6, 8; two seeds → 10 filmstrip images once the run is done
+    page.wait_for_function("document.querySelector('.dl-status')?.dataset.state === 'done'", timeout=180_000)
+    assert page.locator(".dl-thumb img").count() == 10
+    assert page.locator(".dl-heatmap .main-svg").count() >= 2
+    before = page.locator(".dl-large-img img").first.get_attribute("src")
+    caption = page.locator(".dl-large-img figcaption").first.inner_text()
+    page.locator(".dl-slider").focus()
+    page.keyboard.press("ArrowRight" if "layer 0," in caption else "ArrowLeft")
+    page.wait_for_function(f"document.querySelector('.dl-large-img img').getAttribute('src') !== {json.dumps(before)}")
+    assert page.locator(".dl-large-img figcaption").first.inner_text() != caption
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator(".dl-root").screenshot(path=str(ARTIFACTS / "dashboard_jupyterlab.png"))

@@ -1,0 +1,137 @@
+"""The dashboard's Python side: trait changes → run → image buffers; cancel; queueing; errors; exports."""
+
+import io
+import threading
+
+import pytest
+from PIL import Image
+
+import difflens_widgets as dl
+from difflens_widgets.testing import tiny_stable_diffusion
+
+
+@pytest.fixture
+def dash(tiny_pipe):
+    widget = dl.LensDashboard(tiny_pipe)
+    widget.steps, widget.layer_range = 3, ""
+    yield widget
+    widget.cancel()
+    widget.wait(30)
+
+
+def test_run_streams_png_buffers(dash):
+    seen_previews = []
+    dash.observe(lambda change: seen_previews.append(len(change["new"])), "previews")
+    dash.seeds = "0,1"
+    dash.run()
+    assert dash.wait(60)
+    assert dash.status == "done" and dash.message == ""
+    assert dash.run_layers == [0, 1, 2, 3, 4] and dash.run_seeds == [0, 1]
+    assert len(dash.frames) == 10
+    for frame in dash.frames:
+        assert isinstance(frame["png"], bytes) and frame["png"][:8] == b"\x89PNG\r\n\x1a\n"
+        assert Image.open(io.BytesIO(frame["png"])).size == (32, 32)
+    assert max(seen_previews) == 10  # live previews of every (layer, seed) while denoising
+    assert dash.previews == [] and dash.progress == 1.0
+    assert set(dash.heatmaps) == {"tokens", "layers"}
+    assert dash.heatmaps["layers"]["data"][0]["type"] == "heatmap"
+    assert dash.selected_layer in dash.run_layers and dash.result.layers == dash.run_layers
+    assert dash.timings["first_preview_s"] <= dash.timings["total_s"]
+
+
+def test_invalid_fields_never_start_a_run(dash):
+    for field, value, text in [("prompt", "  ", "prompt is empty"), ("layer_range", "40", "0..4"),
+                               ("seeds", "a,b", "seeds"), ("steps", 0, "≥ 1"), ("guidance", -1.0, "guidance")]:
+        original = getattr(dash, field)
+        setattr(dash, field, value)
+        dash.run()
+        assert dash.status == "invalid" and text in dash.message, (field, dash.message)
+        assert dash._thread is None
+        setattr(dash, field, original)
+
+
+def test_cancel_keeps_finished_layers(dash):
+    dash.max_batch = 1
+    dash.steps = 4
+
+    def cancel_midway(change):
+        if change["new"] >= 0.5:
+            dash.cancel()
+
+    dash.observe(cancel_midway, "progress")
+    dash.run()
+    assert dash.wait(60)
+    assert dash.status == "cancelled" and "cancelled" in dash.message
+    shown = {f["layer"] for f in dash.frames}
+    assert 0 < len(shown) < 5 and shown == set(range(len(shown)))
+
+
+def test_second_run_cancels_the_first_and_runs_after(dash):
+    dash.max_batch = 1
+    dash.steps = 5
+    started = threading.Event()
+    dash.observe(lambda change: started.set(), "progress")
+    dash.run()
+    started.wait(30)
+    dash.prompt = "a blue square"
+    dash.run()
+    assert dash.wait(60)
+    assert dash.status == "done" and dash.result.prompt == "a blue square" and len(dash.frames) == 5
+
+
+def test_run_error_is_shown_and_widget_stays_usable(dash, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(dash._lens, "run", broken)
+    dash.run()
+    assert dash.wait(30)
+    assert dash.status == "error" and "out of memory (simulated)" in dash.message
+    monkeypatch.undo()
+    dash.run()
+    assert dash.wait(60) and dash.status == "done" and dash.message == ""
+
+
+def test_messages_from_the_browser(dash, monkeypatch):
+    sent = []
+    monkeypatch.setattr(dash, "send", lambda content, buffers=None: sent.append((content, buffers)))
+    dash._on_message(dash, {"action": "export", "kind": "grid"}, [])
+    assert "run the lens first" in dash.message and not sent
+    dash._on_message(dash, {"action": "run"}, [])
+    assert dash.wait(60) and dash.status == "done"
+    dash._on_message(dash, {"action": "export", "kind": "gif"}, [])
+    (content, buffers), = sent
+    assert content["type"] == "download" and content["name"].endswith(".gif")
+    gif = Image.open(io.BytesIO(buffers[0]))
+    assert gif.n_frames == 5
+
+
+def test_exports(dash):
+    dash.run()
+    assert dash.wait(60)
+    name, png = dash.export("grid")
+    assert name.endswith(".png") and Image.open(io.BytesIO(png)).size == dash.result.grid().size
+    name, page = dash.export("html")
+    text = page.decode()
+    assert name.endswith(".html") and dash.prompt in text and text.count("data:image/png;base64,") == 1
+    assert "<script" not in text and "http" not in text.split("<body>")[1].split("Made with")[0]
+    with pytest.raises(ValueError, match="grid, gif or html"):
+        dash.export("pdf")
+
+
+def test_raw_vs_tuned(tiny_pipe):
+    tuned = tiny_stable_diffusion(seed=1)  # same architecture, other weights
+    dash = dl.LensDashboard(tiny_pipe, tuned=tuned)
+    dash.steps = 2
+    dash.run()
+    assert dash.wait(60) and dash.status == "done", dash.message
+    assert dash.model_info["tuned"] and len(dash.tuned_frames) == len(dash.frames) == 5
+    assert set(dash.heatmaps) == {"tokens", "layers", "tuned"}
+    assert any(a["png"] != b["png"] for a, b in zip(dash.frames, dash.tuned_frames))
+    name, png = dash.export("grid")
+    assert Image.open(io.BytesIO(png)).width > dash.result.grid().width  # raw and tuned side by side
+
+
+def test_tuned_with_other_architecture_is_refused(tiny_pipe):
+    with pytest.raises(ValueError, match="same text-encoder architecture"):
+        dl.LensDashboard(tiny_pipe, tuned=tiny_stable_diffusion(num_layers=3))

@@ -1,0 +1,85 @@
+"""The shipped toy model: it loads offline, generates, the lens runs over it, and the report works."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import difflens_widgets as dl
+from difflens_widgets.models import TOY_MODEL_DIR
+from difflens_widgets.toy import train
+from difflens_widgets.toy.annotate import judge
+from difflens_widgets.toy.report import FAMILIES, evaluation_prompts, run_report
+from difflens_widgets.toy.world import World
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return dl.load_pipeline("toy", device="cpu")
+
+
+def test_toy_is_a_small_safetensors_pipeline():
+    weights = list(TOY_MODEL_DIR.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} == {"unet", "vae", "text_encoder"}
+    assert not list(TOY_MODEL_DIR.rglob("*.bin"))
+    assert sum(f.stat().st_size for f in TOY_MODEL_DIR.rglob("*") if f.is_file()) < 30e6
+
+
+def test_toy_loads_and_generates(toy):
+    assert type(toy).__name__ == "StableDiffusionPipeline" and toy.unet.dtype == torch.float32
+    assert toy.text_encoder.config.num_hidden_layers == 8
+    image = toy("a red circle", num_inference_steps=5, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
+def test_lens_over_toy(toy):
+    res = dl.Lens(toy).run("a red circle left of a blue square", seeds=[0], num_inference_steps=8)
+    assert res.layers == list(range(9))
+    own = toy("a red circle left of a blue square", num_inference_steps=8,
+              generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.abs(np.asarray(own, dtype=int) - np.asarray(res.image(8), dtype=int)).max() <= 2
+    assert np.abs(np.asarray(res.image(0), dtype=int) - np.asarray(res.image(8), dtype=int)).mean() > 5
+
+
+def test_toy_draws_single_coloured_objects(toy):
+    res = dl.Lens(toy).run(["a red circle", "a blue square"], layers=[8], seeds=[0, 1, 2, 3],
+                           num_inference_steps=20)
+    for result in res:
+        hits = [judge(result.image(8, s), result.prompt)["both"] for s in result.seeds]
+        assert sum(hits) >= 3, (result.prompt, hits)
+
+
+def test_report_on_a_tiny_subset(tmp_path):
+    table = run_report("toy", seeds=1, steps=2, per_family=1, out=tmp_path)
+    saved = json.loads((tmp_path / "emergence.json").read_text())
+    assert (tmp_path / "emergence.png").stat().st_size > 10_000
+    for variant in ("final_norm", "no_final_norm"):
+        assert set(saved[variant]) == set(FAMILIES)
+        relation = saved[variant]["relation"]
+        assert set(relation) == {"objects", "colors", "both", "relation"}
+        assert [int(k) for k in relation["both"]] == list(range(9))
+        assert all(0.0 <= v <= 1.0 for aspect in relation.values() for v in aspect.values())
+    assert table["final_norm"]["object"]["objects"][8] in (0.0, 1.0)  # one prompt, one seed
+
+
+def test_evaluation_prompts_use_held_out_pairs():
+    prompts = evaluation_prompts()
+    assert len(prompts["colored"]) == 36 and len(prompts["and"]) == 63 and len(prompts["relation"]) == 63
+    assert prompts["rare color"][0].startswith("a pink")
+
+
+def test_training_is_seeded_and_resumable(tmp_path):
+    world = World(0)
+    a = train.batch_for_step(world, 0, 7, 4)
+    b = train.batch_for_step(World(0), 0, 7, 4)
+    assert a[1] == b[1] and torch.equal(a[0], b[0])
+    common = ["--out", str(tmp_path), "--vae-steps", "2", "--vae-batch", "2", "--batch", "2",
+              "--checkpoint-every", "1", "--export-every", "100"]
+    train.main(common + ["--steps", "1"])
+    train.main(common + ["--steps", "2"])
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    unet_steps = [r["step"] for r in log if r.get("stage") == "unet" and "loss" in r]
+    assert unet_steps == [1, 2]  # the second call resumed at step 1 instead of starting over
+    pipe = dl.load_pipeline(tmp_path / "pipeline", device="cpu")
+    assert pipe.text_encoder.config.num_hidden_layers == 8
