@@ -4,13 +4,11 @@ Tier 1: a static page imports the shipped bundle and renders it with a fake mode
 Tier 2: a real JupyterLab runs ``%load_ext difflens`` and ``%difflens ... --model toy`` in a notebook.
 """
 
-import base64
 import functools
 import http.server
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,8 +21,7 @@ import nbformat
 import pytest
 
 import difflens_widgets as dl
-from difflens_widgets.similarity import heatmap_figures
-from difflens_widgets.widgets.dashboard import STATIC, frames_of
+from difflens_widgets.widgets.preview_page import write_preview
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("DIFFLENS_ARTIFACTS", Path(__file__).parent / "artifacts"))
@@ -53,8 +50,6 @@ def free_port() -> int:
 @pytest.fixture
 def static_server(tmp_path):
     """Serves ``tmp_path`` on loopback."""
-    shutil.copy(STATIC / "widget.js", tmp_path / "widget.js")
-    shutil.copy(STATIC / "widget.css", tmp_path / "widget.css")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -62,35 +57,10 @@ def static_server(tmp_path):
     server.shutdown()
 
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" href="widget.css"></head>
-<body><div id="app"></div><script type="module">
-import widget from "./widget.js";
-const state = await (await fetch("state.json")).json();
-const toView = (b64) => { const s = atob(b64); const a = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i); return new DataView(a.buffer); };
-for (const f of state.frames) f.png = toView(f.png);
-const listeners = {};
-window.sent = [];
-window.model = { get: (k) => state[k], set: (k, v) => { state[k] = v; (listeners["change:" + k] || []).forEach((f) => f()); },
-  save_changes() {}, send: (m) => window.sent.push(m), on: (e, f) => (listeners[e] ||= []).push(f), off() {} };
-widget.render({ model: window.model, el: document.getElementById("app") });
-window.rendered = true;
-</script></body></html>"""
-
-
 def test_bundle_renders_in_chromium(browser, static_server, tiny_pipe):
     folder, url = static_server
     result = dl.Lens(tiny_pipe).run("a red circle left of a blue square", seeds=[0, 1], num_inference_steps=3)
-    state = {
-        "prompt": result.prompt, "negative_prompt": "", "seeds": "0,1", "steps": 3, "guidance": 7.5,
-        "layer_range": "", "final_norm": True, "selected_layer": 4, "show_difference": False,
-        "model_info": {"num_layers": 4, "tuned": False}, "status": "done", "message": "", "progress": 1.0,
-        "run_layers": result.layers, "run_seeds": result.seeds, "tuned_frames": [], "previews": [],
-        "frames": [dict(f, png=base64.b64encode(f["png"]).decode()) for f in frames_of(result)],
-        "heatmaps": heatmap_figures(result), "timings": {},
-    }
-    (folder / "state.json").write_text(json.dumps(state))
-    (folder / "index.html").write_text(PAGE)
+    write_preview(result, folder, num_layers=4)
     page = browser.new_page(viewport={"width": 1200, "height": 1000})
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))

@@ -1,0 +1,97 @@
+"""Dashboard responsiveness on the toy model: Run → first live preview, Run → full result, and the layer slider.
+
+    python benchmarks/bench_dashboard.py [--seeds 0] [--steps 20] [--repeats 3]
+
+The slider is measured in Debian's Chromium (/usr/bin/chromium) on the shipped bundle: every image is already in
+the browser, so a slider step only swaps object URLs; the figure is key press → new image shown, averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import difflens_widgets as dl
+
+PROMPTS = ["a red circle left of a blue square", "a green star above a yellow cross", "an orange diamond",
+           "a purple triangle below a blue circle", "a yellow square and a red star"]
+
+
+def run_timings(seeds: str, steps: int, repeats: int) -> tuple[list[float], list[float], int]:
+    dash = dl.LensDashboard("toy")
+    dash.seeds, dash.steps = seeds, steps
+    first, total = [], []
+    for prompt in PROMPTS[:repeats]:
+        dash.prompt = prompt
+        dash.run()
+        dash.wait()
+        assert dash.status == "done", dash.message
+        first.append(dash.timings["first_preview_s"])
+        total.append(dash.timings["total_s"])
+    return first, total, len(dash.frames)
+
+
+def slider_timing(presses: int = 16) -> float:
+    """Mean ms from an ArrowRight key press on the slider to the large view showing the next layer."""
+    import functools
+    import http.server
+    import tempfile
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    from difflens_widgets.widgets.preview_page import write_preview
+
+    result = dl.Lens(dl.load_pipeline("toy")).run(PROMPTS[0], seeds=[0, 1], num_inference_steps=20)
+    folder = write_preview(result, tempfile.mkdtemp(), num_layers=8, selected_layer=0)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+        page.wait_for_function("window.rendered === true")
+        page.locator(".dl-slider").focus()
+        times = page.evaluate("""async (presses) => {
+          const out = [];
+          const slider = document.querySelector('.dl-slider');
+          for (let i = 0; i < presses; i++) {
+            const before = document.querySelector('.dl-large-img img').src;
+            const key = i % 16 < 8 ? 'ArrowRight' : 'ArrowLeft';
+            const t0 = performance.now();
+            slider.dispatchEvent(new KeyboardEvent('keydown', {key, bubbles: true, cancelable: true}));
+            const img = document.querySelector('.dl-large-img img');
+            if (img.src === before) throw new Error('layer did not change');
+            await img.decode();
+            await new Promise(requestAnimationFrame);
+            out.push(performance.now() - t0);
+          }
+          return out;
+        }""", presses)
+        browser.close()
+    server.shutdown()
+    return statistics.mean(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    first, total, images = run_timings(args.seeds, args.steps, args.repeats)
+    slider_ms = slider_timing()
+    print(f"\ntoy model, {images} images (all layers × seeds {args.seeds}), {args.steps} steps, "
+          f"median of {args.repeats} runs")
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| Run → first live preview | {statistics.median(first):.2f} s |")
+    print(f"| Run → full result (images + heatmaps) | {statistics.median(total):.2f} s |")
+    print(f"| slider step → next layer shown (browser, cached images) | {slider_ms:.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()
