@@ -1,7 +1,7 @@
 """The dashboard in a real browser (Debian's /usr/bin/chromium driven by Playwright; nothing is downloaded).
 
 Tier 1: a static page imports the shipped bundle and renders it with a fake model holding real lens images.
-Tier 2: a real JupyterLab runs ``%load_ext difflens`` and ``%difflens ... --model toy`` in a notebook.
+Tier 2: a real JupyterLab 4 and a real Notebook 7 run ``%load_ext difflens`` and ``%difflens ... --model toy`` in a notebook.
 """
 
 import functools
@@ -86,10 +86,12 @@ def test_bundle_renders_in_chromium(browser, static_server, tiny_pipe):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tier 2: JupyterLab end to end
+# Tier 2: JupyterLab 4 and Notebook 7, end to end
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def jupyterlab(tmp_path):
+@pytest.fixture(params=["jupyterlab", "notebook"])
+def jupyter(request, tmp_path):
+    """A JupyterLab 4 or Notebook 7 server on loopback with a two-cell notebook; yields the notebook's URL."""
+    app = request.param
     token = secrets.token_hex(16)
     port = free_port()
     notebook = nbformat.v4.new_notebook()
@@ -104,9 +106,8 @@ def jupyterlab(tmp_path):
                JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
     log = open(tmp_path / "jupyter.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        [sys.executable, "-m", app, "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     base = f"http://127.0.0.1:{port}"
@@ -119,29 +120,30 @@ def jupyterlab(tmp_path):
             time.sleep(0.5)
     else:
         server.terminate()
-        pytest.fail("JupyterLab did not start: " + (tmp_path / "jupyter.log").read_text()[-2000:])
-    yield f"{base}/lab/tree/lens.ipynb?token={token}"
+        pytest.fail(f"{app} did not start: " + (tmp_path / "jupyter.log").read_text()[-2000:])
+    path = "lab/tree" if app == "jupyterlab" else "notebooks"
+    yield app, f"{base}/{path}/lens.ipynb?token={token}"
     server.terminate()
     server.wait(20)
     log.close()
 
 
-def test_jupyterlab_end_to_end(browser, jupyterlab):
+def test_notebook_end_to_end(browser, jupyter):
+    app, url = jupyter
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     try:
-        drive_notebook(page, jupyterlab)
+        drive_notebook(page, url, app)
     except Exception:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "dashboard_jupyterlab_failure.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / f"dashboard_{app}_failure.png"), full_page=True)
         raise
     finally:
         page.close()
 
 
-def drive_notebook(page, url):
+def drive_notebook(page, url, app):
     page.goto(url)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
     for index in range(2):  # run each cell (click, Shift+Enter) and wait until the kernel has taken it
         cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
         cell.locator(".jp-InputArea-editor").click()
@@ -149,7 +151,7 @@ def drive_notebook(page, url):
         page.keyboard.press("Shift+Enter")
         page.wait_for_function(
             f"/\\[[0-9*]+\\]/.test(document.querySelectorAll('.jp-Notebook .jp-Cell')[{index}]"
-            ".querySelector('.jp-InputPrompt').textContent)", timeout=60_000)
+            ".querySelector('.jp-InputPrompt').textContent)", timeout=90_000)
     page.wait_for_selector(".dl-root", timeout=60_000)
     # toy model: layers 0:12:2 → 0, 2, 4, 6, 8; two seeds → 10 filmstrip images once the run is done
     page.wait_for_function("document.querySelector('.dl-status')?.dataset.state === 'done'", timeout=180_000)
@@ -162,4 +164,4 @@ def drive_notebook(page, url):
     page.wait_for_function(f"document.querySelector('.dl-large-img img').getAttribute('src') !== {json.dumps(before)}")
     assert page.locator(".dl-large-img figcaption").first.inner_text() != caption
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.locator(".dl-root").screenshot(path=str(ARTIFACTS / "dashboard_jupyterlab.png"))
+    page.locator(".dl-root").screenshot(path=str(ARTIFACTS / f"dashboard_{app}.png"))

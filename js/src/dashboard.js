@@ -165,6 +165,9 @@ export function createDashboard({ model, el, plotly = null }) {
     EL("div", { class: "dl-sliderbar" }, [sliderLabel, slider, diffToggle]),
     large, strips, heatmaps, exportsBar,
   ]);
+  // JupyterLab / Notebook 7 (Lumino) match shortcuts against the focused element itself, so every focusable part of
+  // the widget says it wants its keys (else the slider's arrow keys move between notebook cells instead).
+  for (const node of [root, ...root.querySelectorAll("input, button")]) node.setAttribute("data-lm-suppress-shortcuts", "true");
   el.replaceChildren(root);
 
   // ---- helpers

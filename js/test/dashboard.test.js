@@ -46,6 +46,8 @@ test("renders a filmstrip of every layer for every seed, and a large view", () =
   assert.match(el.querySelector(".dl-large-img figcaption").textContent, /layer 3, seed 0/);
   assert.equal(el.querySelector(".dl-thumb.dl-selected").dataset.layer, "3");
   assert.equal(el.querySelector(".dl-slider").max, "3");
+  assert.equal(el.querySelector(".dl-root").dataset.lmSuppressShortcuts, "true");
+  assert.equal(el.querySelector(".dl-slider").dataset.lmSuppressShortcuts, "true");
 });
 
 test("the final-norm checkbox is two-way bound", () => {
