@@ -51,7 +51,7 @@ def test_toy_draws_single_coloured_objects(toy):
 
 
 def test_report_on_a_tiny_subset(tmp_path):
-    table = run_report("toy", seeds=1, steps=2, per_family=1, out=tmp_path)
+    table = run_report("toy", seeds=1, steps=2, per_family=1, out=tmp_path, final_layer=False)
     saved = json.loads((tmp_path / "emergence.json").read_text())
     assert (tmp_path / "emergence.png").stat().st_size > 10_000
     for variant in ("final_norm", "no_final_norm"):
@@ -61,6 +61,17 @@ def test_report_on_a_tiny_subset(tmp_path):
         assert [int(k) for k in relation["both"]] == list(range(9))
         assert all(0.0 <= v <= 1.0 for aspect in relation.values() for v in aspect.values())
     assert table["final_norm"]["object"]["objects"][8] in (0.0, 1.0)  # one prompt, one seed
+
+
+def test_final_layer_accuracy_scores_only_the_last_layer(toy, count_calls):
+    from difflens_widgets.toy.report import final_layer_accuracy
+
+    lens = dl.Lens(toy)
+    unet = count_calls(toy.unet)
+    scores = final_layer_accuracy(lens, {"relation": ["a red circle above a blue square"]}, [0, 1], 2, 7.5)
+    assert set(scores["relation"]) == {"objects", "colors", "both", "relation"}
+    assert all(v in (0.0, 0.5, 1.0) for v in scores["relation"].values())
+    assert unet.calls[0][0][0].shape[0] == 4  # one layer × two seeds, doubled by guidance
 
 
 def test_evaluation_prompts_use_held_out_pairs():

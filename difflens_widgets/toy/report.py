@@ -5,7 +5,9 @@
 For every caption family (the toy analogue of the paper's Figures 3 and 5), the share of lens images per layer that
 the annotator judges to match the prompt — objects / colours / both (and the relation, for relation captions) —
 with the encoder's final norm and without it (the paper's App. A.3 ablation). Writes ``emergence.json`` and
-``emergence.png``. Two-object prompts come from the held-out pairs, which training never showed.
+``emergence.png``. Two-object prompts come from the held-out pairs, which training never showed. The curves use
+``--per-family`` prompts per family; the last layer alone (the pipeline's own images) is also scored over every
+evaluation prompt.
 """
 
 from __future__ import annotations
@@ -54,17 +56,27 @@ def evaluation_prompts(per_family: int | None = None, seed: int = 0) -> dict[str
 
 
 def score_family(lens, prompts: list[str], seeds: list[int], steps: int, guidance: float,
-                 final_norm: bool) -> dict[str, dict[int, float]]:
+                 final_norm: bool, layers=None) -> dict[str, dict[int, float]]:
     """Share of images judged to match, per aspect and layer, over ``prompts`` × ``seeds``."""
     counts: dict[str, dict[int, list[int]]] = {}
     for prompt in prompts:
-        result = lens.run(prompt, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance,
+        result = lens.run(prompt, layers=layers, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance,
                           final_norm=final_norm)
         for (layer, _), image in result.images.items():
             for aspect, ok in judge(annotate(image), prompt).items():
                 counts.setdefault(aspect, {}).setdefault(layer, []).append(int(ok))
     return {aspect: {layer: sum(v) / len(v) for layer, v in sorted(per_layer.items())}
             for aspect, per_layer in counts.items()}
+
+
+def final_layer_accuracy(lens, prompts: dict[str, list[str]], seeds: list[int], steps: int,
+                         guidance: float) -> dict[str, dict[str, float]]:
+    """Per family, the share of last-layer images (the pipeline's own output) judged to match: over *every*
+    evaluation prompt, since only one layer is denoised."""
+    last = lens.num_layers
+    return {family: {aspect: per_layer[last] for aspect, per_layer in
+                     score_family(lens, family_prompts, seeds, steps, guidance, True, layers=[last]).items()}
+            for family, family_prompts in prompts.items()}
 
 
 def plot(table: dict, out: Path) -> None:
@@ -95,8 +107,8 @@ def plot(table: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def run_report(model="toy", seeds: int = 4, steps: int = 20, guidance: float = 7.5, per_family: int | None = 16,
-               out: str | Path = "report", ablation: bool = True) -> dict:
+def run_report(model="toy", seeds: int = 4, steps: int = 20, guidance: float = 7.5, per_family: int | None = 8,
+               out: str | Path = "report", ablation: bool = True, final_layer: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     from ..engine import Lens
@@ -114,6 +126,10 @@ def run_report(model="toy", seeds: int = 4, steps: int = 20, guidance: float = 7
             for family, family_prompts in prompts.items():
                 table[name][family] = score_family(lens, family_prompts, seed_list, steps, guidance, final_norm)
                 bar.update()
+    if final_layer:
+        all_prompts = evaluation_prompts(None)
+        table["final_layer"] = final_layer_accuracy(lens, all_prompts, seed_list, steps, guidance)
+        table["final_layer_prompts"] = {family: len(ps) for family, ps in all_prompts.items()}
     table["seconds"] = round(time.perf_counter() - start, 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,13 +158,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--per-family", type=int, default=16, help="prompts per family (0 = all)")
+    parser.add_argument("--per-family", type=int, default=8, help="prompts per family for the per-layer curves "
+                        "(0 = all)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the final_norm=False variant")
+    parser.add_argument("--no-final-layer", action="store_true",
+                        help="skip the last-layer accuracy over every evaluation prompt")
     parser.add_argument("--out", default="report")
     args = parser.parse_args(argv)
     table = run_report(args.model, args.seeds, args.steps, args.guidance, args.per_family or None, args.out,
-                       ablation=not args.no_ablation)
+                       ablation=not args.no_ablation, final_layer=not args.no_final_layer)
     print(summary(table))
+    if "final_layer" in table:
+        print("\nlast layer (the pipeline's own images), every evaluation prompt × seeds:")
+        for family, aspects in table["final_layer"].items():
+            n = table["final_layer_prompts"][family]
+            print(f"  {family:11} ({n:2} prompts): " + ", ".join(f"{a} {v:.2f}" for a, v in aspects.items()))
     print(f"\nwrote {Path(args.out) / 'emergence.json'} ({table['seconds']} s)")
 
 
