@@ -9,6 +9,7 @@ generator=manual_seed(s))`` by construction, for any scheduler, and keeps every 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 import weakref
@@ -95,8 +96,6 @@ def auto_max_batch(pipe, height: int, width: int) -> int:
         budget = 0.6 * free
     else:
         try:
-            import os
-
             budget = 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             budget = 4 * 2**30
