@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -132,6 +133,21 @@ class Lens:
     def clear_cache(self) -> None:
         """Forget cached results (call after changing the pipeline's weights in place, e.g. loading a LoRA)."""
         self._cache.clear()
+
+    def embed(self, prompt: str, layers: options.LayerSpec = None, *, final_norm: bool = True
+              ) -> tuple[dict[int, np.ndarray], list[str]]:
+        """The text side of the lens alone (no diffusion): ``({layer: lens embedding (tokens × width)}, tokens)``.
+
+        One text-encoder pass; the embedding of layer l is exactly what ``run`` would condition on at layer l.
+        """
+        prompts = options.parse_prompts(prompt)
+        if len(prompts) != 1:
+            raise ValueError("embed takes one prompt")
+        layer_list = options.parse_layers(layers, self.num_layers)
+        encoded = self.adapter.encode(prompts)
+        vectors = {l: self.adapter.lens(encoded.hidden_states[l][:1], final_norm)[0].float().cpu().numpy()
+                   for l in layer_list}
+        return vectors, encoded.tokens[0]
 
     # ------------------------------------------------------------------------------------------------------------
     def run(

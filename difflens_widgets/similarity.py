@@ -1,18 +1,31 @@
-"""Cosine-similarity analyses of lens embeddings (what the dashboard's heatmaps show).
+"""Cosine-similarity analyses of lens embeddings: where in the text encoder does a concept live, and where did
+fine-tuning change it?
 
-What is compared, precisely: the *lens embedding* of a layer, i.e. the vector the diffusion model would be
-conditioned on (the encoder's final norm applied to that layer's hidden state, unless the run used
-``final_norm=False``). Only real positions are used: the start token, the prompt's tokens and the first end token;
-padding positions after it are excluded. The "pooled" prompt representation is the first end-of-text position,
-which is where a causal CLIP encoder pools (it is the only position that has seen the whole prompt).
+What is compared, precisely:
+
+* A **lens embedding** is the vector the diffusion model would be conditioned on at layer l: the encoder's own
+  final norm applied to ``hidden_states[l]`` (the raw hidden state when ``final_norm=False``).
+* **Padding is excluded**: only the start token, the prompt's tokens and the first end token take part; positions
+  after the first end token are padding.
+* **A word** is located by tokenizing it alone and finding those pieces in the prompt (first occurrence). A word of
+  several pieces (the toy model reads "xon" as ``x`` + ``on</w>``) is represented by its **last piece**: in a causal
+  encoder it is the only piece that has seen the whole word.
+* The **pooled** prompt representation is the first end-of-text position, where a causal CLIP encoder pools (the
+  only position that has seen the whole prompt).
+
+Each analysis returns a :class:`Similarity`: plain arrays (``values``, ``layers``, ``labels``) and ``figure()`` for
+an interactive plotly figure. The ``*_of_result`` helpers compute the same quantities from a finished LensResult
+(what the dashboard's heatmaps show).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
+from . import options
 from .results import LensResult
 
 END_TOKENS = ("<|endoftext|>", "</s>")
@@ -49,20 +62,21 @@ def layer_layer_similarity(result: LensResult) -> tuple[np.ndarray, list[int]]:
 def raw_tuned_similarity(raw: LensResult, tuned: LensResult) -> tuple[np.ndarray, list[str], list[int]]:
     """cos(raw lens embedding, tuned lens embedding) per token and layer: where did tuning move the
     representation? Both results must share prompt and layers."""
-    if raw.tokens != tuned.tokens or raw.layers != tuned.layers:
-        raise ValueError("raw and tuned results must come from the same prompt, tokenizer and layers")
+    if raw.layers != tuned.layers:
+        raise ValueError(f"raw and tuned results must share their layers: {raw.layers} vs {tuned.layers}")
+    _check_same_tokens(raw.tokens, tuned.tokens)
     n = real_positions(raw.tokens)
     sims = np.stack([(_unit(raw.embeddings[l][:n]) * _unit(tuned.embeddings[l][:n])).sum(-1) for l in raw.layers],
                     axis=1)
     return sims, [t.replace("</w>", "") for t in raw.tokens[:n]], raw.layers
 
 
-def _token_heatmap(sims, tokens, layers, title: str, hover: str):
+def _token_heatmap(sims, tokens, layers, title: str, hover: str, raw_labels: bool = False, row_name: str = "token"):
     import plotly.graph_objects as go
 
-    labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
+    labels = list(tokens) if raw_labels else [f"{i}:{t}" for i, t in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(z=sims, x=layers, y=labels, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
-                               hovertemplate=f"token %{{y}}<br>layer %{{x}}<br>{hover} %{{z:.3f}}<extra></extra>"))
+                               hovertemplate=f"{row_name} %{{y}}<br>layer %{{x}}<br>{hover} %{{z:.3f}}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="layer", yaxis=dict(autorange="reversed"),
                       margin=dict(l=90, r=10, t=40, b=40), height=320)
     return fig
@@ -87,3 +101,117 @@ def heatmap_figures(result: LensResult, tuned: LensResult | None = None) -> dict
         figures["tuned"] = _token_heatmap(*raw_tuned_similarity(result, tuned), "raw vs tuned, per token and layer",
                                           "cos raw↔tuned")
     return {name: json.loads(fig.to_json()) for name, fig in figures.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Analyses straight from text encoders (no diffusion): fast enough to run at every layer, every training step
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Similarity:
+    """The numbers of one analysis and a plotly figure of them.
+
+    ``values`` is 1-D over ``layers`` (token vs token) or 2-D with one row per entry of ``labels`` (tokens, or
+    layers for a layer × layer matrix) and one column per layer.
+    """
+
+    values: np.ndarray
+    layers: list[int]
+    labels: list[str] | None
+    title: str
+    hover: str = "cos"
+    row_name: str = "token"
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        if self.values.ndim == 1:
+            fig = go.Figure(go.Scatter(x=self.layers, y=self.values, mode="lines+markers",
+                                       hovertemplate=f"layer %{{x}}<br>{self.hover} %{{y:.4f}}<extra></extra>"))
+            fig.update_layout(title=self.title, xaxis_title="layer", yaxis_title=self.hover, height=320,
+                              margin=dict(l=60, r=10, t=40, b=40))
+            return fig
+        return _token_heatmap(self.values, self.labels, self.layers, self.title, self.hover, raw_labels=True,
+                              row_name=self.row_name)
+
+    def as_dict(self) -> dict:
+        return {"title": self.title, "layers": self.layers, "labels": self.labels,
+                "values": np.round(self.values, 6).tolist()}
+
+
+def _lens_of(model):
+    from .engine import Lens
+
+    return model if isinstance(model, Lens) else Lens(model)
+
+
+def word_position(tokens: list[str], pieces: list[str], word: str, prompt: str) -> int:
+    """Index of the last piece of the first occurrence of ``pieces`` in ``tokens`` (padding excluded)."""
+    real = tokens[:real_positions(tokens)]
+    for start in range(len(real) - len(pieces) + 1):
+        if real[start:start + len(pieces)] == pieces:
+            return start + len(pieces) - 1
+    shown = " ".join(t.replace("</w>", "") for t in real)
+    raise ValueError(f"{word!r} (tokens {pieces}) is not in the prompt {prompt!r}, whose tokens are: {shown}")
+
+
+def word_vectors(model, prompt: str, word: str, layers: options.LayerSpec = None, final_norm: bool = True
+                 ) -> tuple[np.ndarray, list[int]]:
+    """Lens embedding of ``word`` inside ``prompt`` at each layer: array (layers × width), layers."""
+    if not isinstance(word, str) or not word.strip():
+        raise ValueError(f"the word to find must be a non-empty string, got {word!r}")
+    lens = _lens_of(model)
+    pieces = lens.pipe.tokenizer.tokenize(word.strip())
+    vectors, tokens = lens.embed(prompt, layers, final_norm=final_norm)
+    position = word_position(tokens, pieces, word, prompt)
+    chosen = sorted(vectors)
+    return np.stack([vectors[l][position] for l in chosen]), chosen
+
+
+def token_similarity(model, prompt_a: str, word_a: str, prompt_b: str, word_b: str, *,
+                     layers: options.LayerSpec = None, final_norm: bool = True) -> Similarity:
+    """cos(lens embedding of ``word_a`` in ``prompt_a``, of ``word_b`` in ``prompt_b``) at every layer.
+
+    ``token_similarity(pipe, "a photo of xon dog", "xon", "a photo of a dog", "dog")`` is the DreamBooth check
+    "how close did the new token move to its class word", at every layer rather than only the last.
+    """
+    a, chosen = word_vectors(model, prompt_a, word_a, layers, final_norm)
+    b, _ = word_vectors(model, prompt_b, word_b, layers, final_norm)
+    return Similarity((_unit(a) * _unit(b)).sum(-1), chosen, None,
+                      f"cos({word_a!r} in {prompt_a!r}, {word_b!r} in {prompt_b!r})")
+
+
+def token_shift(raw, tuned, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool = True
+                ) -> Similarity:
+    """cos(raw lens embedding, tuned lens embedding) per real token and layer: 1 where tuning left the token's
+    representation alone, lower where it moved it. Both models must tokenize ``prompt`` identically."""
+    raw_lens, tuned_lens = _lens_of(raw), _lens_of(tuned)
+    raw_vecs, raw_tokens = raw_lens.embed(prompt, layers, final_norm=final_norm)
+    tuned_vecs, tuned_tokens = tuned_lens.embed(prompt, layers, final_norm=final_norm)
+    _check_same_tokens(raw_tokens, tuned_tokens)
+    n = real_positions(raw_tokens)
+    chosen = sorted(raw_vecs)
+    sims = np.stack([(_unit(raw_vecs[l][:n]) * _unit(tuned_vecs[l][:n])).sum(-1) for l in chosen], axis=1)
+    return Similarity(sims, chosen, _labels(raw_tokens[:n]), f"raw vs tuned per token: {prompt!r}", "cos raw↔tuned")
+
+
+def layer_similarity(model, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool = True
+                     ) -> Similarity:
+    """cos(pooled lens embedding at layer i, at layer j): how fast the prompt's representation settles."""
+    vectors, tokens = _lens_of(model).embed(prompt, layers, final_norm=final_norm)
+    chosen = sorted(vectors)
+    pooled = _unit(np.stack([vectors[l][real_positions(tokens) - 1] for l in chosen]))
+    return Similarity(pooled @ pooled.T, chosen, [str(l) for l in chosen], f"layer × layer: {prompt!r}",
+                      row_name="layer")
+
+
+def _labels(tokens: list[str]) -> list[str]:
+    return [f"{i}:{t.replace('</w>', '')}" for i, t in enumerate(tokens)]
+
+
+def _check_same_tokens(raw_tokens: list[str], tuned_tokens: list[str]) -> None:
+    if raw_tokens != tuned_tokens:
+        raw_real, tuned_real = raw_tokens[:real_positions(raw_tokens)], tuned_tokens[:real_positions(tuned_tokens)]
+        raise ValueError(
+            "raw and tuned models tokenize the prompt differently, so tokens cannot be compared position by "
+            f"position: raw {raw_real} vs tuned {tuned_real} (textual inversion adds tokens the raw model lacks)"
+        )

@@ -133,5 +133,5 @@ def test_raw_vs_tuned(tiny_pipe):
 
 
 def test_tuned_with_other_architecture_is_refused(tiny_pipe):
-    with pytest.raises(ValueError, match="same text-encoder architecture"):
+    with pytest.raises(ValueError, match="text-encoder layers: base 4, tuned 3"):
         dl.LensDashboard(tiny_pipe, tuned=tiny_stable_diffusion(num_layers=3))

@@ -18,6 +18,7 @@ from .. import options
 from ..engine import Lens
 from .. import exports
 from ..results import LensResult
+from ..tuning import check_compatible, compare, load_tuned
 
 STATIC = Path(__file__).parent / "static"
 
@@ -35,7 +36,8 @@ def frames_of(result: LensResult) -> list[dict]:
 class LensDashboard(anywidget.AnyWidget):
     """Interactive Diffusion Lens: prompt → filmstrip of every layer, a layer slider, heatmaps and exports.
 
-    ``LensDashboard("toy")`` or ``LensDashboard(pipe)``; ``tuned=`` a second pipeline (same architecture) shows
+    ``LensDashboard("toy")`` or ``LensDashboard(pipe)``; ``tuned=`` a fine-tuned variant (a pipeline, or any
+    path :func:`~difflens_widgets.load_tuned` accepts: pipeline folder, components, LoRA, textual inversion) shows
     raw vs tuned side by side with identical seeds and noise. ``dashboard.result`` is the last LensResult.
     """
 
@@ -69,10 +71,11 @@ class LensDashboard(anywidget.AnyWidget):
     def __init__(self, pipe_or_model="toy", *, tuned=None, **kwargs):
         super().__init__(**kwargs)
         self._lens = pipe_or_model if isinstance(pipe_or_model, Lens) else Lens(pipe_or_model)
-        self._tuned = None if tuned is None else tuned if isinstance(tuned, Lens) else Lens(tuned)
-        if self._tuned is not None and self._tuned.num_layers != self._lens.num_layers:
-            raise ValueError(f"tuned model has {self._tuned.num_layers} layers but the base has "
-                             f"{self._lens.num_layers}; raw vs tuned needs the same text-encoder architecture")
+        if tuned is not None and not isinstance(tuned, Lens):
+            tuned = Lens(load_tuned(self._lens.pipe, tuned))
+        self._tuned = tuned
+        if self._tuned is not None:
+            check_compatible(self._lens.pipe, self._tuned.pipe)
         self.result: LensResult | None = None
         self.tuned_result: LensResult | None = None
         self._thread: threading.Thread | None = None
@@ -154,26 +157,24 @@ class LensDashboard(anywidget.AnyWidget):
 
         started = time.perf_counter()
         first_preview: list[float] = []
-        passes = 2 if self._tuned is not None else 1
         steps = request["num_inference_steps"]
         snapshot_every = max(1, steps // 5)
 
-        def progress_for(pass_index: int):
-            def progress(done, total, preview):
-                self.progress = (pass_index + done / total) / passes
-                if preview is not None:
-                    if not first_preview:
-                        first_preview.append(time.perf_counter() - started)
-                    self.previews = [{"layer": l, "seed": s, "png": png_bytes(img), "step": preview.step}
-                                     for (l, s), img in zip(preview.items, preview.images)]
-            return progress
+        def progress(done, total, preview):
+            self.progress = done / total
+            if preview is not None:
+                if not first_preview:
+                    first_preview.append(time.perf_counter() - started)
+                self.previews = [{"layer": l, "seed": s, "png": png_bytes(img), "step": preview.step}
+                                 for (l, s), img in zip(preview.items, preview.images)]
 
         try:
-            common = dict(request, snapshot_every=snapshot_every, max_batch=self.max_batch)
-            result = self._lens.run(**common, progress=progress_for(0))
-            tuned = None
-            if self._tuned is not None and result.complete:
-                tuned = self._tuned.run(**common, progress=progress_for(1))
+            common = dict(request, snapshot_every=snapshot_every, max_batch=self.max_batch, progress=progress)
+            if self._tuned is None:
+                result, tuned = self._lens.run(**common), None
+            else:
+                both = compare(self._lens, self._tuned, **common)
+                result, tuned = both.raw, (both.tuned if both.raw.complete else None)
             self._show(result, tuned)
             complete = result.complete and (tuned is None or tuned.complete)
             self.status = "done" if complete else "cancelled"

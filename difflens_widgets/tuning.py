@@ -1,0 +1,269 @@
+"""Raw vs tuned: load a fine-tuned variant of a base pipeline and lens both with identical seeds, layers and noise.
+
+A tuned variant can be a whole fine-tuned pipeline, fine-tuned components (a text encoder and/or UNet folder),
+LoRA weights (loaded by diffusers' ``load_lora_weights`` through peft) or textual-inversion embeddings (diffusers'
+``load_textual_inversion``). LoRA and textual inversion are applied to *copies* of the modules they change, so the
+base pipeline is never modified and both can be lensed side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .engine import Lens, ProgressCallback
+from .results import LensResult
+
+WHAT_WE_LOAD = (
+    "a diffusers pipeline folder (model_index.json), a folder with text_encoder/ and/or unet/ subfolders, a "
+    "text-encoder or UNet folder (config.json + weights), LoRA weights (pytorch_lora_weights.safetensors or a "
+    ".safetensors file of lora_A/lora_B tensors), or textual-inversion embeddings (learned_embeds.safetensors)"
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Architecture check
+# ---------------------------------------------------------------------------------------------------------------
+def _signature(pipe) -> dict:
+    from .adapters import adapter_for
+
+    adapter = adapter_for(pipe)
+    text, unet = pipe.text_encoder.config, pipe.unet.config
+    return {
+        "pipeline family": adapter.family,
+        "text-encoder layers": adapter.num_layers,
+        "text-encoder width": int(text.hidden_size),
+        "UNet cross-attention width": unet.cross_attention_dim,
+        "UNet input channels": int(unet.in_channels),
+        "UNet sample size": unet.sample_size,
+    }
+
+
+def check_compatible(base, tuned) -> None:
+    """Raise ValueError naming every difference when ``tuned`` is not the same architecture as ``base``.
+
+    Raw vs tuned compares the same layers under the same noise, so the text encoders must have the same depth and
+    width and the UNets must accept the same latents and conditioning. Vocabulary size may differ (textual
+    inversion adds tokens).
+    """
+    ours, theirs = _signature(base), _signature(tuned)
+    diffs = [f"{key}: base {ours[key]}, tuned {theirs[key]}" for key in ours if ours[key] != theirs[key]]
+    if diffs:
+        raise ValueError("the tuned model does not have the base model's architecture, so raw vs tuned cannot "
+                         "compare them layer by layer (" + "; ".join(diffs) + ")")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading a tuned variant
+# ---------------------------------------------------------------------------------------------------------------
+def derived_pipeline(base, **replace):
+    """A new pipeline of the base's class sharing every component except ``replace`` (and its own scheduler, so
+    runs of base and variant never share scheduler state)."""
+    components = {**base.components, "scheduler": type(base.scheduler).from_config(base.scheduler.config), **replace}
+    extra = {}
+    if "requires_safety_checker" in inspect.signature(type(base).__init__).parameters:
+        extra["requires_safety_checker"] = bool(base.config.get("requires_safety_checker", False))
+    pipe = type(base)(**components, **extra)
+    pipe.set_progress_bar_config(**getattr(base, "_progress_bar_config", {}))
+    return pipe
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def _is_lora_file(path: Path) -> bool:
+    return path.suffix == ".safetensors" and any("lora" in k for k in _safetensors_keys(path))
+
+
+def _kind_of(path: Path) -> tuple[str, Path]:
+    """What a path holds: ("pipeline" | "components" | "text_encoder" | "unet" | "lora" | "textual_inversion")."""
+    if path.is_file():
+        if _is_lora_file(path):
+            return "lora", path
+        if path.suffix in (".safetensors", ".bin", ".pt"):
+            return "textual_inversion", path
+    elif path.is_dir():
+        if (path / "model_index.json").exists():
+            return "pipeline", path
+        if any((path / sub / "config.json").exists() for sub in ("text_encoder", "unet")):
+            return "components", path
+        config = path / "config.json"
+        if config.exists():
+            import json
+
+            spec = json.loads(config.read_text())
+            if "UNet" in str(spec.get("_class_name", "")):
+                return "unet", path
+            if any("TextModel" in a for a in spec.get("architectures", [])):
+                return "text_encoder", path
+        for name in ("pytorch_lora_weights.safetensors", "learned_embeds.safetensors", "learned_embeds.bin"):
+            if (path / name).exists():
+                return ("lora" if "lora" in name else "textual_inversion"), path / name
+        loras = [f for f in sorted(path.glob("*.safetensors")) if _is_lora_file(f)]
+        if loras:
+            return "lora", loras[0]
+    raise ValueError(f"{path} holds no tuned model this tool can load; expected {WHAT_WE_LOAD}")
+
+
+def _load_module(folder: Path, like):
+    """A component folder loaded with the class, device and dtype of the base's component ``like``."""
+    module = type(like).from_pretrained(folder, dtype=like.dtype)
+    return module.to(like.device).eval()
+
+
+def load_tuned(base, source, *, lora_scale: float = 1.0, token: str | None = None):
+    """A fine-tuned variant of ``base`` (a pipeline, or anything :func:`load_pipeline` accepts), ready to compare.
+
+    ``source`` is a pipeline object or a path holding one of: a pipeline folder; ``text_encoder/`` and/or
+    ``unet/`` subfolders; a single text-encoder or UNet folder; LoRA weights (scaled by ``lora_scale``; 0 gives
+    back the base's behaviour); textual-inversion embeddings (``token`` names the new token when the file does
+    not). The base is never modified. Raises ValueError when ``source`` holds none of these or has a different
+    architecture than the base (checked before any run).
+    """
+    from .models import load_pipeline
+
+    if isinstance(base, (str, os.PathLike)):
+        base = load_pipeline(base)
+    if not isinstance(source, (str, os.PathLike)):
+        tuned = load_pipeline(source)
+        check_compatible(base, tuned)
+        return tuned
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no tuned model at {path}; expected {WHAT_WE_LOAD}")
+    kind, target = _kind_of(path)
+    if kind == "pipeline":
+        tuned = load_pipeline(target, device=base.device, dtype=base.unet.dtype)
+    elif kind in ("components", "text_encoder", "unet"):
+        parts = ("text_encoder", "unet") if kind == "components" else (kind,)
+        replace = {}
+        for part in parts:
+            folder = target / part if kind == "components" else target
+            if (folder / "config.json").exists():
+                replace[part] = _load_module(folder, getattr(base, part))
+        tuned = derived_pipeline(base, **replace)
+    elif kind == "lora":
+        tuned = derived_pipeline(base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder))
+        tuned.load_lora_weights(str(target.parent), weight_name=target.name, adapter_name="tuned")
+        tuned.set_adapters(["tuned"], adapter_weights=[float(lora_scale)])
+    else:
+        tuned = derived_pipeline(base, tokenizer=copy.deepcopy(base.tokenizer),
+                                 text_encoder=copy.deepcopy(base.text_encoder))
+        tuned.load_textual_inversion(str(target), token=token)
+    check_compatible(base, tuned)
+    return tuned
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    """Two lens runs with identical prompt, seeds, layers and initial noise: ``raw`` and ``tuned``."""
+
+    raw: LensResult
+    tuned: LensResult
+
+    @property
+    def layers(self) -> list[int]:
+        return self.raw.layers
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.raw.seeds
+
+    @property
+    def complete(self) -> bool:
+        return self.raw.complete and self.tuned.complete
+
+    def pair(self, layer: int, seed: int | None = None) -> tuple[Image.Image, Image.Image]:
+        return self.raw.image(layer, seed), self.tuned.image(layer, seed)
+
+    def pairs(self) -> list[tuple[int, int, Image.Image, Image.Image]]:
+        """(layer, seed, raw image, tuned image) for every pair both runs finished."""
+        return [(l, s, self.raw.images[(l, s)], self.tuned.images[(l, s)])
+                for (l, s) in sorted(self.raw.images) if (l, s) in self.tuned.images]
+
+    def difference(self, layer: int, seed: int | None = None) -> np.ndarray:
+        """|raw − tuned| per pixel and channel, float32 in 0..255."""
+        raw, tuned = self.pair(layer, seed)
+        return np.abs(np.asarray(raw, dtype=np.float32) - np.asarray(tuned, dtype=np.float32))
+
+    def difference_image(self, layer: int, seed: int | None = None, gain: float = 4.0) -> Image.Image:
+        """The difference as an image, amplified by ``gain`` so small changes show."""
+        return Image.fromarray(np.clip(self.difference(layer, seed) * gain, 0, 255).astype(np.uint8))
+
+    def mean_difference(self) -> dict[tuple[int, int], float]:
+        """Mean absolute pixel difference (0..255) per (layer, seed): where in depth tuning changes the image."""
+        return {(l, s): float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
+                for l, s, a, b in self.pairs()}
+
+    def token_shift(self):
+        """cos(raw, tuned) lens embedding per token and layer (see :func:`similarity.raw_tuned_similarity`)."""
+        from .similarity import Similarity, _labels, raw_tuned_similarity
+
+        sims, _, layers = raw_tuned_similarity(self.raw, self.tuned)
+        n = sims.shape[0]
+        return Similarity(sims, layers, _labels(self.raw.tokens[:n]), f"raw vs tuned per token: {self.raw.prompt!r}",
+                          "cos raw↔tuned")
+
+    def grid(self) -> Image.Image:
+        """Rows: raw and tuned for each seed, then their difference (×4); columns: layers."""
+        rows = []
+        for seed in self.seeds:
+            rows += [("raw", seed, self.raw), ("tuned", seed, self.tuned)]
+        layers = sorted({l for l, _, _, _ in self.pairs()})
+        if not layers:
+            raise ValueError("this comparison holds no finished pair of images")
+        w, h = self.raw.image(layers[0]).size
+        scale = max(1, 128 // max(w, h))
+        from PIL import ImageDraw, ImageFont
+
+        top, left, w, h = 18, 86, w * scale, h * scale
+        labels = [(f"{k} s{s}", r.image(l, s)) for k, s, r in rows for l in layers]
+        labels += [(f"|diff| s{s}", self.difference_image(l, s)) for s in self.seeds for l in layers]
+        n_rows = len(rows) + len(self.seeds)
+        canvas = Image.new("RGB", (left + w * len(layers), top + h * n_rows), "white")
+        draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+        for col, layer in enumerate(layers):
+            draw.text((left + col * w + 4, 3), f"L{layer}", fill="black", font=font)
+        for index, (label, img) in enumerate(labels):
+            row, col = divmod(index, len(layers))
+            canvas.paste(img.resize((w, h), Image.NEAREST), (left + col * w, top + row * h))
+            if col == 0:
+                draw.text((4, top + row * h + h // 2 - 6), label, fill="black", font=font)
+        return canvas
+
+
+def compare(raw, tuned, prompt: str, *, progress: ProgressCallback | None = None, **lens_options) -> Comparison:
+    """Lens ``prompt`` on ``raw`` and ``tuned`` (pipelines, ``Lens`` objects or model names) with identical seeds,
+    layers and initial noise. ``lens_options`` are :meth:`Lens.run`'s; ``progress`` sees one run of twice the
+    length. When the raw run is cancelled, the tuned one is not started (its result is then empty)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"compare takes one prompt string, not {type(prompt).__name__}")
+    raw_lens = raw if isinstance(raw, Lens) else Lens(raw)
+    tuned_lens = tuned if isinstance(tuned, Lens) else Lens(tuned)
+    check_compatible(raw_lens.pipe, tuned_lens.pipe)
+
+    def half(offset: int) -> Callable | None:
+        if progress is None:
+            return None
+        return lambda done, total, preview: progress(offset * total + done, 2 * total, preview)
+
+    raw_result = raw_lens.run(prompt, progress=half(0), **lens_options)
+    if not raw_result.complete:
+        empty = LensResult(prompt, raw_result.layers, raw_result.seeds, {}, {}, raw_result.tokens,
+                           dict(raw_result.params), complete=False)
+        return Comparison(raw_result, empty)
+    return Comparison(raw_result, tuned_lens.run(prompt, progress=half(1), **lens_options))
