@@ -2,17 +2,7 @@
 // Everything shown is derived from model traits, so re-rendering the widget (re-display, page reload,
 // VS Code re-run) shows the last result again. Plotly is injected so the logic can be tested without it.
 
-const EL = (tag, attrs = {}, children = []) => {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
-};
+import { EL, ImageUrls } from "./common.js";
 
 // ---- validation (mirrors difflens_widgets/options.py, so bad input never starts a run) -----------------------
 
@@ -79,20 +69,6 @@ export function validate(model) {
 }
 
 // ---- images ---------------------------------------------------------------------------------------------------
-
-class ImageUrls {
-  // Object URLs for PNG buffers, keyed by "kind:layer:seed"; revoked when replaced.
-  constructor() { this.urls = new Map(); }
-  set(kind, frames) {
-    for (const [key, url] of this.urls) if (key.startsWith(kind + ":")) { URL.revokeObjectURL(url); this.urls.delete(key); }
-    for (const f of frames || []) {
-      const bytes = f.png instanceof DataView ? new Uint8Array(f.png.buffer, f.png.byteOffset, f.png.byteLength) : f.png;
-      this.urls.set(`${kind}:${f.layer}:${f.seed}`, URL.createObjectURL(new Blob([bytes], { type: "image/png" })));
-    }
-  }
-  get(kind, layer, seed) { return this.urls.get(`${kind}:${layer}:${seed}`); }
-  clear() { for (const url of this.urls.values()) URL.revokeObjectURL(url); this.urls.clear(); }
-}
 
 function differenceInto(canvas, urlA, urlB) {
   // |raw − tuned| per pixel, amplified ×4 so small changes show.
