@@ -36,6 +36,10 @@ class Preview:
     images: list[Image.Image]
 
 
+class StopDenoising(Exception):
+    """Raised from a step callback to stop a pipeline that has no interrupt flag (the chunk is dropped)."""
+
+
 ProgressCallback = Callable[[int, int, "Preview | None"], "bool | None"]
 
 # One lock per pipeline object: runs of several Lens objects (several dashboards) on the same pipeline take turns,
@@ -91,7 +95,8 @@ def auto_max_batch(pipe, height: int, width: int) -> int:
     of the machine's RAM on CPU. Always at least 1, at most 64.
     """
     device = getattr(pipe, "_execution_device", None) or pipe.device
-    bytes_per_image = height * width * 2_500 * (2 if getattr(pipe.unet, "dtype", None) == torch.float32 else 1)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    bytes_per_image = height * width * 2_500 * (2 if getattr(denoiser, "dtype", None) == torch.float32 else 1)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = 0.6 * free
@@ -104,22 +109,26 @@ def auto_max_batch(pipe, height: int, width: int) -> int:
 
 
 class Lens:
-    """Runs Diffusion Lens on one pipeline. Results are kept in a bounded LRU cache (``cache_size`` runs)."""
+    """Runs Diffusion Lens on one pipeline. Results are kept in a bounded LRU cache (``cache_size`` runs).
 
-    def __init__(self, pipe, *, cache_size: int = 16):
+    ``encoder`` picks the text encoder to lens in a multi-encoder pipeline (e.g. ``"text_encoder"`` or
+    ``"text_encoder_2"`` for SDXL); the default is the family's main sequence encoder (see the README's table).
+    """
+
+    def __init__(self, pipe, *, encoder: str | None = None, cache_size: int = 16):
         if isinstance(pipe, str):
             from .models import load_pipeline
 
             pipe = load_pipeline(pipe)
         self.pipe = pipe
-        self.adapter = adapter_for(pipe)
+        self.adapter = adapter_for(pipe, encoder)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, LensResult] = OrderedDict()
         self._cancel = threading.Event()
 
     @property
     def num_layers(self) -> int:
-        """L: lens layers are 0..L (0 = token embeddings, L = the pipeline's own conditioning)."""
+        """L: lens layers are 0..L (0 = token embeddings, L = the lensed encoder's last block)."""
         return self.adapter.num_layers
 
     @property
@@ -127,14 +136,14 @@ class Lens:
         return getattr(self.pipe, "_execution_device", None) or self.pipe.device
 
     def cancel(self) -> None:
-        """Stop the current run between two UNet calls; ``run`` returns what finished (``complete=False``)."""
+        """Stop the current run between two denoiser calls; ``run`` returns what finished (``complete=False``)."""
         self._cancel.set()
 
     def clear_cache(self) -> None:
         """Forget cached results (call after changing the pipeline's weights in place, e.g. loading a LoRA)."""
         self._cache.clear()
 
-    def embed(self, prompt: str, layers: options.LayerSpec = None, *, final_norm: bool = True
+    def embed(self, prompt: str, layers: options.LayerSpec = None, *, final_norm: bool | None = None
               ) -> tuple[dict[int, np.ndarray], list[str]]:
         """The text side of the lens alone (no diffusion): ``({layer: lens embedding (tokens × width)}, tokens)``.
 
@@ -144,8 +153,9 @@ class Lens:
         if len(prompts) != 1:
             raise ValueError("embed takes one prompt")
         layer_list = options.parse_layers(layers, self.num_layers)
+        norm = self.adapter.own_final_norm if final_norm is None else bool(final_norm)
         encoded = self.adapter.encode(prompts)
-        vectors = {l: self.adapter.lens(encoded.hidden_states[l][:1], final_norm)[0].float().cpu().numpy()
+        vectors = {l: self.adapter.lens(encoded.hidden_states[l][:1], norm)[0].float().cpu().numpy()
                    for l in layer_list}
         return vectors, encoded.tokens[0]
 
@@ -161,8 +171,14 @@ class Lens:
         height: int | None = None,
         width: int | None = None,
         *,
-        final_norm: bool = True,
+        final_norm: bool | None = None,
         lens_negative: bool = False,
+        tokens: str = "all",
+        per_token: bool = False,
+        skip_layers: Sequence[int] | int | None = None,
+        other_encoders: str = "empty",
+        lens_pooled: bool = False,
+        text_from=None,
         snapshot_every: int | None = None,
         max_batch: int | None = None,
         sequential: bool = False,
@@ -177,18 +193,32 @@ class Lens:
                 ``"0:12:2"`` (a Python slice over 0..L) or ``"0,4,8"``.
             seeds: the image for seed s starts from the noise ``pipe(prompt, generator=manual_seed(s))`` draws,
                 the same for every layer.
-            guidance_scale: ≤ 1 turns classifier-free guidance off.
-            negative_prompt: the unconditional branch's text (default ""), kept at its normal final-layer
-                embedding unless ``lens_negative`` lenses it at the same layer as the prompt.
-            final_norm: False is the paper's ablation (App. A.3): condition on the raw hidden state.
+            guidance_scale: ≤ 1 turns classifier-free guidance off (FLUX: the distilled guidance value).
+            negative_prompt: the unconditional branch's text (default: what the pipeline uses), kept at its normal
+                conditioning unless ``lens_negative`` lenses it at the same layer as the prompt.
+            final_norm: apply the lensed encoder's final norm (default: as the pipeline does, i.e. True except for
+                encoders whose pipeline conditions on a raw penultimate state, SDXL's and SD3's CLIPs). False on
+                a final-norm family is the paper's ablation (App. A.3).
+            tokens: which positions are lensed: ``"all"`` (default), ``"prompt"`` (start, prompt and end tokens;
+                padding from the empty prompt's normal conditioning) or ``"padding"`` (the reverse).
+            per_token: one result per real token (→ a list): at layer l the conditioning is the *empty prompt's*
+                lens embedding at layer l with only that token's position replaced by the prompt's.
+            skip_layers: blocks (1..L) of the lensed encoder to bypass (h^l = h^(l-1)); a knock-out experiment.
+                The whole encoder pass (negative and empty prompt too) runs with the blocks bypassed.
+            other_encoders: multi-encoder pipelines: the encoders not lensed give the empty prompt's (default) or
+                the prompt's normal conditioning.
+            lens_pooled: also lens the pooled embedding (when the lensed encoder gives one).
+            text_from: a pipeline (or Lens) whose text encoder provides the lens embeddings, driving this
+                pipeline's denoiser (cross-model lens); shapes must match.
             snapshot_every: also keep a preview of the predicted clean image every k denoising steps.
             max_batch: images per pipeline call (default: from free memory, see :func:`auto_max_batch`).
             sequential: reference mode, one pipeline call per layer (for tests and benchmarks).
-            progress: called as ``progress(done, total, preview)`` after every UNet call (``preview`` is a
+            progress: called as ``progress(done, total, preview)`` after every denoiser call (``preview`` is a
                 :class:`Preview` at snapshot steps, else None); returning True cancels the run.
         """
         prompts = options.parse_prompts(prompt)
-        layer_list = options.parse_layers(layers, self.num_layers)
+        source = self._text_source(text_from)
+        layer_list = options.parse_layers(layers, source.num_layers)
         seed_list = options.parse_seeds(seeds)
         steps = options.check_steps(num_inference_steps)
         guidance = options.check_guidance(guidance_scale)
@@ -199,54 +229,85 @@ class Lens:
         width = options.check_size("width", default_w if width is None else width, self.adapter.size_multiple)
         snapshot_every = options.check_positive_int("snapshot_every", snapshot_every)
         max_batch = options.check_positive_int("max_batch", max_batch)
+        token_range = options.check_choice("tokens", tokens, options.TOKEN_RANGES)
+        other = options.check_choice("other_encoders", other_encoders, options.OTHER_ENCODERS)
+        skip = options.parse_skip_layers(skip_layers, source.num_layers)
+        if per_token and (len(prompts) != 1 or token_range != "all"):
+            raise ValueError("per_token takes one prompt and tokens='all' (it defines its own context)")
+        if token_range == "padding" and self.adapter.masks_padding:
+            raise ValueError(f"tokens='padding' is meaningless for {self.adapter.family}: its denoiser masks "
+                             "padding positions out of attention")
+        if lens_pooled:
+            source.check_lens_pooled()
+        if source is not self.adapter:
+            self._check_cross_model(source)
 
         params = dict(
             layers=layer_list, seeds=seed_list, num_inference_steps=steps, guidance_scale=guidance,
-            negative_prompt=negative_prompt, height=height, width=width, final_norm=bool(final_norm),
-            lens_negative=bool(lens_negative), snapshot_every=snapshot_every,
+            negative_prompt=negative_prompt, height=height, width=width,
+            final_norm=source.own_final_norm if final_norm is None else bool(final_norm),
+            lens_negative=bool(lens_negative), tokens=token_range, per_token=bool(per_token), skip_layers=skip,
+            other_encoders=other, lens_pooled=bool(lens_pooled) or source.pooled_is_lensed,
+            encoder=source.encoder_name,
+            text_from=None if source is self.adapter else _name_of(source.pipe) or f"pipeline@{id(source.pipe):x}",
+            snapshot_every=snapshot_every,
             scheduler=type(self.pipe.scheduler).__name__, scheduler_config=dict(self.pipe.scheduler.config),
-            pipeline=type(self.pipe).__name__, model=getattr(self.pipe.config, "_name_or_path", None),
-            family=self.adapter.family, num_layers=self.num_layers, sequential=bool(sequential),
+            pipeline=type(self.pipe).__name__, model=_name_of(self.pipe),
+            family=self.adapter.family, num_layers=source.num_layers, sequential=bool(sequential),
         )
         keys = [self._cache_key(p, params) for p in prompts]
-        if use_cache and all(k in self._cache for k in keys):
+        if use_cache and not per_token and all(k in self._cache for k in keys):
             results = [self._cache_get(k) for k in keys]
             return results[0] if isinstance(prompt, str) else results
 
         self._cancel.clear()  # before waiting for the pipeline, so a cancel() while waiting still counts
         with pipeline_lock(self.pipe):
-            results = self._run_locked(prompts, keys, params, max_batch, progress, use_cache)
-        return results[0] if isinstance(prompt, str) else results
+            results = self._run_locked(prompts, keys, params, source, max_batch, progress, use_cache)
+        return results[0] if isinstance(prompt, str) and not per_token else results
 
-    def _run_locked(self, prompts, keys, params, max_batch, progress, use_cache) -> list[LensResult]:
-        do_cfg = params["guidance_scale"] > 1.0
-        texts = prompts + ([params["negative_prompt"] or ""] if do_cfg else [])
-        encoded = self.adapter.encode(texts)  # the one text-encoder pass
+    def _text_source(self, text_from):
+        if text_from is None:
+            return self.adapter
+        if isinstance(text_from, Lens):
+            return text_from.adapter
+        return adapter_for(text_from, self.adapter.encoder_name if hasattr(text_from, self.adapter.encoder_name)
+                           else None)
+
+    def _check_cross_model(self, source) -> None:
+        """Lens embeddings of ``source`` must have the shape this pipeline's lensed encoder gives (cheap: text only)."""
+        theirs = source.encode([]).hidden_states[0].shape[1:]
+        ours = self.adapter.encode([]).hidden_states[0].shape[1:]
+        if theirs != ours or source.spec.pooled != self.adapter.spec.pooled:
+            raise ValueError(
+                f"cross-model lens needs matching conditioning shapes: {_name_of(source.pipe)}'s "
+                f"{source.encoder_name} gives {tuple(theirs)} (tokens × width) but {_name_of(self.pipe)}'s "
+                f"{self.adapter.encoder_name} gives {tuple(ours)}"
+            )
+
+    def _run_locked(self, prompts, keys, params, source, max_batch, progress, use_cache) -> list[LensResult]:
+        do_cfg = params["guidance_scale"] > 1.0 and self.adapter.uses_negative_embeddings
+        negative = params["negative_prompt"]
+        texts = prompts + ([negative or ""] if do_cfg else [])
+        encoded = self.adapter.encode(texts, params["skip_layers"] if source is self.adapter else ())
+        lensed = encoded if source is self.adapter else source.encode(texts, params["skip_layers"])  # the one pass
+        plan = _Plan(self, source, encoded, lensed, params, do_cfg)
         results = []
         for index, text in enumerate(prompts):
-            result = self._lens_one(text, index, encoded, params, do_cfg, max_batch, progress)
-            if result.complete and use_cache:
-                self._cache_put(keys[index], result)
-            results.append(result)
-            if not result.complete:
-                break
+            variants = plan.per_token(index) if params["per_token"] else [(None, plan.conditions(index))]
+            for variant, (cond, uncond, embeddings) in variants:
+                result = self._denoise_all(text, index, cond, uncond, embeddings, lensed, params, max_batch,
+                                           progress, variant)
+                if result.complete and use_cache and variant is None:
+                    self._cache_put(keys[index], result)
+                results.append(result)
+                if not result.complete:
+                    return results
         return results
 
     # ------------------------------------------------------------------------------------------------------------
-    def _lens_one(self, text, index, encoded, params, do_cfg, max_batch, progress) -> LensResult:
+    def _denoise_all(self, text, index, cond, uncond, embeddings, lensed, params, max_batch, progress, variant
+                     ) -> LensResult:
         layers, seeds = params["layers"], params["seeds"]
-        final_norm, L = params["final_norm"], self.num_layers
-        hidden = encoded.hidden_states
-        cond = {l: self.adapter.lens(hidden[l][index:index + 1], final_norm) for l in layers}
-        uncond = None
-        if do_cfg:
-            neg = len(encoded.tokens) - 1
-            if params["lens_negative"]:
-                uncond = {l: self.adapter.lens(hidden[l][neg:neg + 1], final_norm) for l in layers}
-            else:
-                normal = self.adapter.lens(hidden[L][neg:neg + 1], True)
-                uncond = {l: normal for l in layers}
-
         items = [(l, s) for l in layers for s in seeds]
         if params["sequential"]:
             chunks = [[(l, s) for s in seeds] for l in layers]
@@ -254,8 +315,7 @@ class Lens:
             size = max_batch or auto_max_batch(self.pipe, params["height"], params["width"])
             chunks = [items[i:i + size] for i in range(0, len(items), size)]
 
-        steps = params["num_inference_steps"]
-        total = steps * len(chunks)
+        total = params["num_inference_steps"] * len(chunks)
         images, snapshots = {}, {}
         state = {"done": 0, "cancelled": False}
         started = time.perf_counter()
@@ -265,19 +325,20 @@ class Lens:
                 if state["cancelled"]:
                     break
                 images.update(zip(chunk, chunk_images))
+        extra = {} if variant is None else {"token_position": variant[0], "token": variant[1]}
         params = dict(params, prompt=text, negative_prompt=params["negative_prompt"] or "",
-                      seconds=round(time.perf_counter() - started, 3))
+                      seconds=round(time.perf_counter() - started, 3), **extra)
         return LensResult(
             prompt=text, layers=layers, seeds=seeds, images=images,
-            embeddings={l: cond[l][0].float().cpu().numpy() for l in layers},
-            tokens=encoded.tokens[index], params=params, snapshots=snapshots, complete=not state["cancelled"],
+            embeddings={l: embeddings[l][0].float().cpu().numpy() for l in layers},
+            tokens=lensed.tokens[index], params=params, snapshots=snapshots, complete=not state["cancelled"],
         )
 
     def _denoise_chunk(self, chunk, cond, uncond, params, snapshots, state, total, progress) -> list[Image.Image]:
         """One pipeline call for the (layer, seed) pairs in ``chunk``."""
         steps, every = params["num_inference_steps"], params["snapshot_every"]
-        cond_batch = torch.cat([cond[l] for l, _ in chunk])
-        uncond_batch = None if uncond is None else torch.cat([uncond[l] for l, _ in chunk])
+        kwargs = self.adapter.pipeline_kwargs([cond[l] for l, _ in chunk],
+                                              None if uncond is None else [uncond[l] for l, _ in chunk])
         generators = [torch.Generator(self.device).manual_seed(s) for _, s in chunk]
         predicted: list = [None]
 
@@ -286,7 +347,7 @@ class Lens:
             preview = None
             if every and ((i + 1) % every == 0 or i + 1 == steps):
                 latents = predicted[0] if predicted[0] is not None else tensors["latents"]
-                previews = self.adapter.decode_preview(latents)
+                previews = self.adapter.decode_preview(latents, params["height"], params["width"])
                 for item, img in zip(chunk, previews):
                     snapshots.setdefault(item, []).append((i + 1, img))
                 preview = Preview(i + 1, list(chunk), previews)
@@ -294,16 +355,21 @@ class Lens:
             if stop or self._cancel.is_set():
                 state["cancelled"] = True
                 pipe._interrupt = True
+                if "callback_on_step_end" not in callbacks:  # an older pipeline with no interrupt flag
+                    raise StopDenoising
             return tensors
 
+        callbacks = self.adapter.step_callback_kwargs(on_step_end)
         recorder = recording_predictions(self.pipe.scheduler, predicted) if every else nullcontext()
-        with recorder:
-            out = self.pipe(
-                **self.adapter.pipeline_kwargs(cond_batch, uncond_batch),
-                num_inference_steps=steps, guidance_scale=params["guidance_scale"],
-                height=params["height"], width=params["width"], generator=generators, output_type="pil",
-                callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
-            )
+        try:
+            with recorder:
+                out = self.pipe(
+                    **kwargs, **self.adapter.call_kwargs(), **callbacks,
+                    num_inference_steps=steps, guidance_scale=params["guidance_scale"],
+                    height=params["height"], width=params["width"], generator=generators, output_type="pil",
+                )
+        except StopDenoising:
+            return []
         return out.images
 
     # ------------------------------------------------------------------------------------------------------------
@@ -321,3 +387,76 @@ class Lens:
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+def _name_of(pipe) -> str | None:
+    return getattr(pipe.config, "_name_or_path", None) or None
+
+
+class _Plan:
+    """Builds the conditioning of every (prompt, layer): lens embedding of the source encoder, token range or
+    per-token splicing, then the target pipeline's own assembly (other encoders, pooled, masks)."""
+
+    def __init__(self, lens: Lens, source, encoded, lensed, params, do_cfg: bool):
+        self.target, self.source = lens.adapter, source
+        self.encoded, self.lensed, self.params, self.do_cfg = encoded, lensed, params, do_cfg
+        self.norm = params["final_norm"]
+        self.hidden = lensed.hidden_states
+        self.empty = lensed.empty_index
+
+    def lens_at(self, layer: int, row: int) -> torch.Tensor:
+        return self.source.lens(self.hidden[layer][row:row + 1], self.norm)
+
+    def normal_seq(self, row: int) -> torch.Tensor:
+        return self.source.lens(self.hidden[self.source.own_layer][row:row + 1], self.source.own_final_norm)
+
+    def pooled_at(self, layer: int, row: int):
+        if not self.params["lens_pooled"]:
+            return None
+        return self.source.lens_pooled(self.hidden[layer][row:row + 1], self.lensed.token_ids[row:row + 1])
+
+    def _cond(self, index: int, seq, layer: int, mask=None) -> dict:
+        return self.target.conditioning(self.encoded, index, seq, pooled=self.pooled_at(layer, index), mask=mask,
+                                        other=self.params["other_encoders"])
+
+    def _uncond(self, layers) -> dict | None:
+        if not self.do_cfg:
+            return None
+        neg = len(self.encoded.texts) - 2  # the negative text sits just before the empty prompt
+        if self.params["lens_negative"]:
+            return {l: self.target.conditioning(self.encoded, neg, self.lens_at(l, neg),
+                                                pooled=self.pooled_at(l, neg), other="normal") for l in layers}
+        normal = self.target.unconditional(self.encoded, neg, self.params["negative_prompt"] is not None)
+        return {l: normal for l in layers}
+
+    def conditions(self, index: int):
+        layers, token_range = self.params["layers"], self.params["tokens"]
+        embeddings = {l: self.lens_at(l, index) for l in layers}
+        sequences = dict(embeddings)
+        if token_range != "all":
+            real = self.lensed.mask[index].bool().to(self.hidden[0].device)
+            keep = real if token_range == "prompt" else ~real
+            neutral = self.normal_seq(self.empty)
+            sequences = {l: torch.where(keep[None, :, None], e, neutral) for l, e in embeddings.items()}
+        cond = {l: self._cond(index, sequences[l], l) for l in layers}
+        return cond, self._uncond(layers), embeddings
+
+    def per_token(self, index: int):
+        """One (variant, conditions) per real position of prompt ``index``."""
+        layers = self.params["layers"]
+        mask = self.lensed.mask[index]
+        positions = [p for p in range(mask.shape[0]) if mask[p]]
+        if not positions:
+            raise ValueError("per_token needs a prompt with at least one token")
+        empty_mask = self.lensed.mask[self.empty:self.empty + 1].to(self.hidden[0].device)
+        embeddings = {l: self.lens_at(l, index) for l in layers}
+        uncond = self._uncond(layers)
+        for p in positions:
+            cond = {}
+            for l in layers:
+                seq = self.lens_at(l, self.empty).clone()
+                seq[:, p] = embeddings[l][:, p]
+                token_mask = empty_mask.clone()
+                token_mask[:, p] = 1
+                cond[l] = self._cond(index, seq, l, mask=token_mask)
+            yield (p, self.lensed.tokens[index][p]), (cond, uncond, embeddings)

@@ -136,3 +136,37 @@ def check_positive_int(name: str, value: object, allow_none: bool = True) -> int
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be an integer ≥ 1{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
+
+
+TOKEN_RANGES = ("all", "prompt", "padding")
+OTHER_ENCODERS = ("empty", "normal")
+
+
+def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+    return str(value)
+
+
+def parse_skip_layers(spec: object, num_layers: int) -> tuple[int, ...]:
+    """Block numbers 1..L to bypass (block l turns h^(l-1) into h^l; bypassed, h^l = h^(l-1))."""
+    if spec is None:
+        return ()
+    if _is_int(spec):
+        spec = [spec]
+    if isinstance(spec, str):
+        try:
+            spec = [int(p) for p in spec.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(f"skip_layers {spec!r} must be block numbers like '3,4'") from None
+    try:
+        blocks = list(spec)
+    except TypeError:
+        raise TypeError(f"skip_layers must be a block number or a list of them, not {type(spec).__name__}") from None
+    for block in blocks:
+        if not _is_int(block):
+            raise TypeError(f"skip_layers entry {block!r} is not an integer")
+        if not 1 <= block <= num_layers:
+            raise ValueError(f"skip_layers entry {block} is out of range: blocks are numbered 1..{num_layers} "
+                             f"(block l produces hidden_states[l]; 0 is the embedding layer and cannot be skipped)")
+    return tuple(sorted(set(blocks)))

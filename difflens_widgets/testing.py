@@ -51,3 +51,163 @@ def tiny_stable_diffusion(seed: int = 0, num_layers: int = 4, scheduler: str = "
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny pipelines of the other families (random weights; each runs in well under a second on a CPU)
+# ---------------------------------------------------------------------------------------------------------------
+TINY_WORDS = ["a", "an", "and", "of", "photo", "cat", "dog", "red", "blue", "green", "circle", "square", "left",
+              "right", "above", "below", "big", "small", "the", "on", "in", "xon"]
+
+
+def tiny_t5_tokenizer(max_length: int = 16):
+    """A fast T5-style tokenizer (one token per word, ``</s>`` appended, ``<pad>`` = 0) built without any file."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(TINY_WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                   model_max_length=max_length)
+
+
+def tiny_t5(tokenizer, num_layers: int = 3, width: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width,
+                                   num_layers=num_layers, num_heads=4, dropout_rate=0.0,
+                                   pad_token_id=0, eos_token_id=1)).eval()
+
+
+def tiny_clip(tokenizer, num_layers: int = 4, width: int = 32, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                            num_hidden_layers=num_layers, num_attention_heads=4, projection_dim=width,
+                            max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _tiny_vae(latent_channels: int = 4, **extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         block_out_channels=(16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, norm_num_groups=8,
+                         sample_size=32, **extra).eval()
+
+
+def tiny_sdxl(seed: int = 0):
+    """StableDiffusionXLPipeline: two CLIPs (4 and 5 blocks, the second with projection), 32×32 images."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=8,
+    ).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=tiny_clip(tok, 4), text_encoder_2=tiny_clip(tok, 5, projection=True),
+        tokenizer=tok, tokenizer_2=tiny_clip_tokenizer(), unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1, timestep_spacing="leading"),
+        force_zeros_for_empty_prompt=True, add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd3(seed: int = 0, with_t5: bool = True):
+    """StableDiffusion3Pipeline: CLIP-L, CLIP-G (4 blocks each) and T5 (3 blocks), 32×32 images."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
+    ).eval()
+    t5_tok = tiny_t5_tokenizer()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=tiny_clip(tok, 4, projection=True), tokenizer=tok,
+        text_encoder_2=tiny_clip(tok, 4, projection=True), tokenizer_2=tiny_clip_tokenizer(),
+        text_encoder_3=tiny_t5(t5_tok) if with_t5 else None, tokenizer_3=t5_tok if with_t5 else None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux(seed: int = 0):
+    """FluxPipeline: CLIP (4 blocks, pooled) and T5 (3 blocks), 1-channel latents packed 2×2; pass height/width
+    (e.g. 32): the pipeline's default size is 128·vae_scale_factor."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    tok, t5_tok = tiny_clip_tokenizer(), tiny_t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    ).eval()
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035).eval()
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=tiny_clip(tok, 4),
+                        tokenizer=tok, text_encoder_2=tiny_t5(t5_tok), tokenizer_2=t5_tok, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pixart(seed: int = 0):
+    """PixArtAlphaPipeline: T5 (3 blocks) with attention mask, 32×32 images."""
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    t5_tok = tiny_t5_tokenizer()
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+    ).eval()
+    pipe = PixArtAlphaPipeline(tokenizer=t5_tok, text_encoder=tiny_t5(t5_tok), vae=_tiny_vae(),
+                               transformer=transformer, scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_deepfloyd_if(seed: int = 0):
+    """IFPipeline (stage I): T5 (3 blocks), pixel-space UNet with learned variance, 32×32 images."""
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    t5_tok = tiny_t5_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=32, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), in_channels=3, out_channels=6,
+        cross_attention_dim=32, encoder_hid_dim=32, attention_head_dim=8, addition_embed_type="text",
+        addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
+        act_fn="gelu", norm_num_groups=8,
+    ).eval()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001,
+                              beta_end=0.02, thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.0,
+                              prediction_type="epsilon", variance_type="learned_range")
+    pipe = IFPipeline(tokenizer=t5_tok, text_encoder=tiny_t5(t5_tok), unet=unet, scheduler=scheduler,
+                      safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TINY_FAMILIES = {
+    "stable-diffusion": tiny_stable_diffusion, "stable-diffusion-xl": tiny_sdxl, "stable-diffusion-3": tiny_sd3,
+    "flux": tiny_flux, "pixart": tiny_pixart, "deepfloyd-if": tiny_deepfloyd_if,
+}

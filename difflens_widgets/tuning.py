@@ -34,16 +34,7 @@ WHAT_WE_LOAD = (
 def _signature(pipe) -> dict:
     from .adapters import adapter_for
 
-    adapter = adapter_for(pipe)
-    text, unet = pipe.text_encoder.config, pipe.unet.config
-    return {
-        "pipeline family": adapter.family,
-        "text-encoder layers": adapter.num_layers,
-        "text-encoder width": int(text.hidden_size),
-        "UNet cross-attention width": unet.cross_attention_dim,
-        "UNet input channels": int(unet.in_channels),
-        "UNet sample size": unet.sample_size,
-    }
+    return adapter_for(pipe).signature()
 
 
 def check_compatible(base, tuned) -> None:

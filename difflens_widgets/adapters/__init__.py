@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 from .base import EncodedPrompts, LensAdapter
+from .deepfloyd_if import DeepFloydIFAdapter
+from .flux import FluxAdapter
+from .pixart import PixArtAdapter
+from .sd3 import StableDiffusion3Adapter
+from .sdxl import StableDiffusionXLAdapter
 from .stable_diffusion import StableDiffusionAdapter
 
-ADAPTERS: list[type[LensAdapter]] = [StableDiffusionAdapter]
+ADAPTERS: list[type[LensAdapter]] = [StableDiffusionAdapter, StableDiffusionXLAdapter, StableDiffusion3Adapter,
+                                     FluxAdapter, PixArtAdapter, DeepFloydIFAdapter]
 
 
 def supported_families() -> str:
     return "; ".join(f"{a.family}: {a.description}" for a in ADAPTERS)
 
 
-def adapter_for(pipe) -> LensAdapter:
-    """The adapter that understands ``pipe``, or a ValueError/TypeError listing what is supported."""
+def adapter_for(pipe, encoder: str | None = None) -> LensAdapter:
+    """The adapter that understands ``pipe`` (lensing ``encoder``, default: the family's main one), or a
+    ValueError/TypeError listing what is supported."""
     if not hasattr(pipe, "components"):
         raise TypeError(
             f"expected a diffusers pipeline, got {type(pipe).__name__}; load one with dl.load_pipeline(...)"
         )
     for adapter in ADAPTERS:
         if adapter.matches(pipe):
-            return adapter(pipe)
+            return adapter(pipe, encoder)
     raise ValueError(
         f"{type(pipe).__name__} is not a supported pipeline family yet. Supported: {supported_families()}"
     )

@@ -1,26 +1,65 @@
 """What the lens needs to know about one family of pipelines, and nothing else.
 
-An adapter answers four questions for its family: how to get every hidden state of the text encoder in one pass,
-what the lens embedding of a layer is (the encoder's own final norm applied to that hidden state), how to hand
-embeddings to the pipeline, and how to turn latents into a cheap preview. The engine is family-agnostic.
+An adapter answers, for its family: which text encoders the pipeline has and how it uses each
+(:class:`~.encoders.TextEncoderSpec`), which one is lensed, how the per-encoder pieces are assembled into the
+pipeline's conditioning arguments (``prompt_embeds``, pooled embeddings, attention masks), and how to turn latents
+into a cheap preview. The engine is family-agnostic: it only calls the methods below.
+
+Multi-encoder pipelines: one encoder is lensed; the others contribute either the **empty prompt's** conditioning
+(``other_encoders="empty"``, the default: otherwise they would hand the full prompt to the model at every layer and
+hide what the lensed encoder knows at that depth) or the prompt's normal conditioning (``"normal"``). Pooled
+embeddings are the prompt's normal ones unless ``lens_pooled=True``.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
+from . import encoders as enc
+from .encoders import EncoderRun, TextEncoderSpec
+
+
+@dataclass
+class Part:
+    """One encoder's share of a conditioning: sequence (1, T, W), pooled (1, P) and attention mask (1, T)."""
+
+    seq: torch.Tensor | None
+    pooled: torch.Tensor | None
+    mask: torch.Tensor | None
+
 
 @dataclass
 class EncodedPrompts:
-    """Every hidden state of one text-encoder pass: ``hidden_states[l]`` has shape (batch, tokens, width)."""
+    """One pass of every text encoder over ``texts``; the last text is always the empty prompt."""
 
-    hidden_states: tuple[torch.Tensor, ...]
-    token_ids: torch.Tensor
-    tokens: list[list[str]]
+    texts: list[str]
+    runs: dict[str, EncoderRun]
+    lensed: str
+
+    @property
+    def hidden_states(self) -> tuple[torch.Tensor, ...]:
+        return self.runs[self.lensed].hidden
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        return self.runs[self.lensed].ids
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.runs[self.lensed].mask
+
+    @property
+    def tokens(self) -> list[list[str]]:
+        return self.runs[self.lensed].tokens
+
+    @property
+    def empty_index(self) -> int:
+        return len(self.texts) - 1
 
     @property
     def num_layers(self) -> int:
@@ -28,44 +67,184 @@ class EncodedPrompts:
 
 
 class LensAdapter:
-    """Base class; subclasses set ``family`` and implement the abstract methods."""
+    """Base class; a family sets ``family``/``description`` and implements ``matches``, ``encoder_specs`` and
+    ``assemble`` (plus ``call_kwargs``/``decode_preview`` where it differs from a latent-diffusion UNet)."""
 
     family: str = ""
     description: str = ""
+    uses_negative_embeddings: bool = True  # False: the family has no classifier-free guidance branch (FLUX)
+    masks_padding: bool = False  # True: the denoiser never sees padding positions (attention mask passed to it)
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, encoder: str | None = None):
         self.pipe = pipe
+        self.specs = tuple(s for s in self.encoder_specs() if getattr(pipe, s.component, None) is not None)
+        names = [s.component for s in self.specs]
+        encoder = encoder or self.default_encoder()
+        if encoder not in names:
+            raise ValueError(f"encoder {encoder!r} is not a text encoder of this {self.family} pipeline; "
+                             f"choose one of {names}")
+        self.spec = next(s for s in self.specs if s.component == encoder)
 
+    # ---- what a family says -----------------------------------------------------------------------------------
     @classmethod
     def matches(cls, pipe) -> bool:
         raise NotImplementedError
 
-    # ---- geometry -------------------------------------------------------------------------------------------
+    def encoder_specs(self) -> tuple[TextEncoderSpec, ...]:
+        raise NotImplementedError
+
+    def default_encoder(self) -> str:
+        return next(s.component for s in self.specs if s.sequence)
+
+    def assemble(self, parts: dict[str, Part]) -> dict[str, torch.Tensor]:
+        """The pipeline's conditioning arguments (positive side) from each encoder's part."""
+        raise NotImplementedError
+
+    def step_callback_kwargs(self, on_step_end) -> dict:
+        """Pipeline arguments that call ``on_step_end(pipe, step, timestep, {"latents": ...})`` after every step
+        (diffusers' ``callback_on_step_end``; setting ``pipe._interrupt`` there stops the loop)."""
+        return {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
+
+    def preprocess(self, texts: list[str]) -> list[str]:
+        """The pipeline's own text clean-up before tokenizing (identity for CLIP pipelines)."""
+        return list(texts)
+
+    def call_kwargs(self) -> dict:
+        """Extra arguments for the pipeline call (e.g. turning off resolution binning)."""
+        return {}
+
+    # ---- geometry ---------------------------------------------------------------------------------------------
+    @property
+    def text_encoder(self):
+        return getattr(self.pipe, self.spec.component)
+
+    @property
+    def encoder_name(self) -> str:
+        return self.spec.component
+
     @property
     def num_layers(self) -> int:
-        """L: the number of encoder blocks; lens layers are 0..L."""
-        raise NotImplementedError
+        """L: blocks of the lensed encoder; lens layers are 0..L."""
+        return enc.num_blocks(self.text_encoder)
+
+    @property
+    def own_layer(self) -> int:
+        """The layer whose lens (with ``own_final_norm``) is the pipeline's own conditioning."""
+        return self.num_layers - 1 if self.spec.penultimate else self.num_layers
+
+    @property
+    def own_final_norm(self) -> bool:
+        return not self.spec.penultimate
 
     @property
     def size_multiple(self) -> int:
-        raise NotImplementedError
+        return math.lcm(8, int(getattr(self.pipe, "vae_scale_factor", 8)))
 
     def default_size(self) -> tuple[int, int]:
-        raise NotImplementedError
+        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        side = int(denoiser.config.sample_size) * int(getattr(self.pipe, "vae_scale_factor", 1))
+        return side, side
 
-    # ---- text side ------------------------------------------------------------------------------------------
-    def encode(self, prompts: list[str]) -> EncodedPrompts:
-        raise NotImplementedError
+    def signature(self) -> dict:
+        """What must match for two pipelines to be compared layer by layer (see tuning.check_compatible)."""
+        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        text = self.text_encoder.config
+        return {
+            "pipeline family": self.family,
+            "lensed encoder": self.spec.component,
+            "text-encoder layers": self.num_layers,
+            "text-encoder width": int(getattr(text, "hidden_size", None) or text.d_model),
+            "denoiser input channels": int(denoiser.config.in_channels),
+            "denoiser sample size": denoiser.config.sample_size,
+            "denoiser conditioning width": (getattr(denoiser.config, "cross_attention_dim", None)
+                                            or getattr(denoiser.config, "joint_attention_dim", None)
+                                            or getattr(denoiser.config, "caption_channels", None)),
+        }
+
+    # ---- text side --------------------------------------------------------------------------------------------
+    def encode(self, texts: list[str], skip: tuple[int, ...] = ()) -> EncodedPrompts:
+        """Every encoder once over ``texts`` + the empty prompt; ``skip`` bypasses blocks of the lensed one."""
+        texts = self.preprocess(texts)
+        for text in texts:
+            dropped = enc.truncated(self.pipe, self.spec, text)
+            if dropped:
+                self.warn_truncated(text, enc.max_length(self.pipe, self.spec), dropped)
+        texts = list(texts) + [""]
+        runs = {s.component: enc.run_encoder(self.pipe, s, texts, skip if s is self.spec else ())
+                for s in self.specs}
+        return EncodedPrompts(texts, runs, self.spec.component)
 
     def lens(self, hidden: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
-        raise NotImplementedError
+        if not final_norm:
+            return hidden
+        with torch.no_grad():
+            return enc.final_norm(self.text_encoder)(hidden)
 
-    def pipeline_kwargs(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> dict:
-        raise NotImplementedError
+    def check_lens_pooled(self) -> None:
+        if self.spec.pooled is None:
+            givers = [s.component for s in self.specs if s.pooled]
+            raise ValueError(f"{self.spec.component} gives no pooled embedding in a {self.family} pipeline; "
+                             f"lens_pooled needs the lensed encoder to be one of {givers or 'none'}")
 
-    # ---- image side -----------------------------------------------------------------------------------------
-    def decode_preview(self, latents: torch.Tensor) -> list[Image.Image]:
-        raise NotImplementedError
+    def lens_pooled(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The lensed encoder's pooled embedding computed from layer l's state instead of the last block's."""
+        self.check_lens_pooled()
+        return enc.pooled(self.text_encoder, self.spec, hidden, ids)
+
+    @property
+    def pooled_is_lensed(self) -> bool:
+        """True when the lensed encoder feeds the pipeline only through its pooled output (FLUX's CLIP)."""
+        return not self.spec.sequence
+
+    def normal_part(self, encoded: EncodedPrompts, component: str, index: int) -> Part:
+        """What the pipeline itself would take from ``component`` for text ``index``."""
+        spec = next(s for s in self.specs if s.component == component)
+        run = encoded.runs[component]
+        rows = slice(index, index + 1)
+        encoder = getattr(self.pipe, component)
+        if spec.penultimate:
+            seq = run.hidden[-2][rows]
+        else:
+            with torch.no_grad():
+                seq = enc.final_norm(encoder)(run.hidden[-1][rows])
+        pooled = enc.pooled(encoder, spec, run.hidden[-1][rows], run.ids[rows]) if spec.pooled else None
+        return Part(seq, pooled, run.mask[rows].to(seq.device))
+
+    def conditioning(self, encoded: EncodedPrompts, index: int, seq: torch.Tensor, *, pooled=None, mask=None,
+                     other: str = "empty") -> dict[str, torch.Tensor]:
+        """The pipeline's arguments for text ``index`` with the lensed encoder's sequence replaced by ``seq`` (and
+        its pooled by ``pooled`` / mask by ``mask`` when given); other encoders per ``other``."""
+        parts = {}
+        for spec in self.specs:
+            own = self.normal_part(encoded, spec.component, index)
+            if spec is self.spec:
+                parts[spec.component] = Part(seq, own.pooled if pooled is None else pooled,
+                                             own.mask if mask is None else mask)
+            elif other == "empty":
+                empty = self.normal_part(encoded, spec.component, encoded.empty_index)
+                parts[spec.component] = Part(empty.seq, own.pooled, empty.mask)
+            else:
+                parts[spec.component] = own
+        return self.assemble(parts)
+
+    def unconditional(self, encoded: EncodedPrompts, index: int, negative_given: bool) -> dict[str, torch.Tensor]:
+        """The normal conditioning of the negative text ``index`` (what the pipeline's own CFG branch sees)."""
+        return self.assemble({s.component: self.normal_part(encoded, s.component, index) for s in self.specs})
+
+    def pipeline_kwargs(self, conds: list[dict], unconds: list[dict] | None) -> dict:
+        kwargs = {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
+        if unconds is not None and self.uses_negative_embeddings:
+            kwargs.update({f"negative_{key}": torch.cat([u[key] for u in unconds]) for key in unconds[0]})
+        return kwargs
+
+    # ---- image side -------------------------------------------------------------------------------------------
+    def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+        """A latent-diffusion preview: the VAE decode of (predicted clean) latents."""
+        vae = self.pipe.vae
+        with torch.no_grad():
+            latents = latents.to(vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", 0) or 0)
+            images = vae.decode(latents, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(images, output_type="pil")
 
     @staticmethod
     def warn_truncated(prompt: str, kept: int, dropped: list[str]) -> None:
@@ -74,3 +253,8 @@ class LensAdapter:
             f"this part was cut: {' '.join(dropped)!r}",
             UserWarning, stacklevel=4,
         )
+
+
+def clip_final_norm(text_encoder) -> torch.nn.Module:
+    """The final LayerNorm of a CLIP text encoder in both module layouts (kept for callers of the first API)."""
+    return enc.final_norm(text_encoder)

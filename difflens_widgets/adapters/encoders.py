@@ -1,0 +1,153 @@
+"""Text encoders as pipelines use them: CLIP (causal, final LayerNorm, optional projection) and T5 (bidirectional,
+final RMS norm). One :class:`TextEncoderSpec` says how a pipeline tokenizes for an encoder and which of its outputs it
+conditions on; :func:`run_encoder` returns every hidden state *before* the final norm, so the lens of layer l is
+always ``final_norm(h^l)`` and a pipeline's own conditioning is one of those (or the raw penultimate state).
+
+Both transformers 4 and 5 module layouts are handled (transformers 5's ``CLIPTextModel`` has no ``text_model``).
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """How one pipeline uses one text encoder.
+
+    ``penultimate``: the pipeline conditions on ``hidden_states[-2]`` without the final norm (SDXL, SD3's CLIPs);
+    otherwise on the final norm of the last block. ``pooled``: None, ``"pooler"`` (final-normed end-token state,
+    CLIP's ``pooler_output``) or ``"projection"`` (``text_projection`` of it, CLIP's ``text_embeds``).
+    ``mask_to_encoder``: the pipeline passes the attention mask to the encoder (T5 in IF and PixArt).
+    ``max_length``: tokens per prompt (None: the tokenizer's ``model_max_length``).
+    """
+
+    component: str
+    tokenizer: str
+    kind: str  # "clip" | "t5"
+    max_length: int | None = None
+    penultimate: bool = False
+    pooled: str | None = None
+    mask_to_encoder: bool = False
+    sequence: bool = True  # False: the pipeline uses only this encoder's pooled output (FLUX's CLIP)
+
+
+@dataclass
+class EncoderRun:
+    """One pass of one encoder over a batch of texts. ``hidden[l]`` is (batch, tokens, width), pre final norm."""
+
+    hidden: tuple[torch.Tensor, ...]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    tokens: list[list[str]]
+
+
+def inner_model(encoder) -> torch.nn.Module:
+    """The module holding ``encoder`` and ``final_layer_norm``: ``text_model`` (transformers 4 CLIP, any
+    ``CLIPTextModelWithProjection``), the model itself (transformers 5 ``CLIPTextModel``), or T5's ``encoder``."""
+    for name in ("text_model", "encoder"):
+        inner = getattr(encoder, name, None)
+        if inner is not None and hasattr(inner, "final_layer_norm"):
+            return inner
+    if hasattr(encoder, "final_layer_norm"):
+        return encoder
+    raise ValueError(f"{type(encoder).__name__} has no final_layer_norm; expected a CLIP or T5 text encoder")
+
+
+def final_norm(encoder) -> torch.nn.Module:
+    return inner_model(encoder).final_layer_norm
+
+
+def blocks(encoder) -> torch.nn.ModuleList:
+    """The encoder's transformer blocks, in order (block l turns h^(l-1) into h^l)."""
+    inner = inner_model(encoder)
+    if hasattr(inner, "block"):  # T5Stack
+        return inner.block
+    return inner.encoder.layers  # CLIP
+
+
+def num_blocks(encoder) -> int:
+    return len(blocks(encoder))
+
+
+def _bypass(block: torch.nn.Module):
+    """Make ``block`` an identity on its hidden states (the residual passes through) until the returned undo is
+    called. Its other outputs (T5's position bias) are kept, so later blocks run as usual. ``forward`` itself is
+    wrapped, not hooked, so transformers' own hidden-state recording sees the bypassed output."""
+    original = block.forward
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        output = original(*args, **kwargs)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    block.forward = forward
+    return lambda: delattr(block, "forward")
+
+
+def max_length(pipe, spec: TextEncoderSpec) -> int:
+    return spec.max_length or getattr(pipe, spec.tokenizer).model_max_length
+
+
+def tokenize(pipe, spec: TextEncoderSpec, texts: list[str]):
+    tokenizer = getattr(pipe, spec.tokenizer)
+    limit = max_length(pipe, spec)
+    batch = tokenizer(texts, padding="max_length", max_length=limit, truncation=True, add_special_tokens=True,
+                      return_tensors="pt")
+    return tokenizer, batch, limit
+
+
+def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, ...] = ()) -> EncoderRun:
+    """Tokenize ``texts`` exactly as the pipeline does and run the encoder once, keeping every hidden state before
+    the final norm. ``skip`` holds block numbers (1..L) whose output is replaced by their input."""
+    encoder = getattr(pipe, spec.component)
+    tokenizer, batch, _ = tokenize(pipe, spec, texts)
+    device = encoder.device
+    mask = batch.attention_mask.to(device)
+    captured: list[torch.Tensor] = []
+    with ExitStack() as stack, torch.no_grad():
+        norm_hook = final_norm(encoder).register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        stack.callback(norm_hook.remove)
+        for number in skip:
+            stack.callback(_bypass(blocks(encoder)[number - 1]))
+        out = encoder(batch.input_ids.to(device), attention_mask=mask if spec.mask_to_encoder else None,
+                      output_hidden_states=True)
+    hidden = list(out.hidden_states)
+    if captured:  # T5 reports its last state after the final norm; CLIP before it: keep the pre-norm state
+        hidden[-1] = captured[-1]
+    tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in batch.input_ids.tolist()]
+    return EncoderRun(tuple(hidden), batch.input_ids, batch.attention_mask, tokens)
+
+
+def truncated(pipe, spec: TextEncoderSpec, text: str) -> list[str]:
+    """The tokens of ``text`` that do not fit (empty when it fits)."""
+    tokenizer, _, limit = tokenize(pipe, spec, [text])
+    full = tokenizer(text).input_ids
+    if len(full) <= limit:
+        return []
+    return tokenizer.convert_ids_to_tokens(full[limit - 1:-1])
+
+
+def end_positions(encoder, ids: torch.Tensor) -> torch.Tensor:
+    """Where CLIP pools: the end-of-text token (argmax of ids for the legacy eos id 2, as transformers does)."""
+    eos = encoder.config.eos_token_id
+    if eos == 2:
+        return ids.argmax(dim=-1)
+    return (ids == eos).int().argmax(dim=-1)
+
+
+def pooled(encoder, spec: TextEncoderSpec, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The pooled embedding from a (pre-norm) hidden state: final norm at the end token, projected if the pipeline
+    uses ``text_embeds``. Applied to the last block's state this is exactly what the pipeline computes."""
+    with torch.no_grad():
+        normed = final_norm(encoder)(hidden)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        vector = normed[rows, end_positions(encoder, ids.to(hidden.device))]
+        if spec.pooled == "projection":
+            vector = encoder.text_projection(vector)
+    return vector

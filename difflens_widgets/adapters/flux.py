@@ -1,0 +1,49 @@
+"""FLUX.1: a T5-XXL sequence (final-normed, 512 tokens) and a CLIP-L pooled vector (``pooler_output``: the final-
+normed end token, no projection). There is no classifier-free-guidance branch (``guidance_scale`` is the distilled
+guidance), so no negative embeddings are built.
+
+Default lensed encoder: ``text_encoder_2`` (T5, 24 blocks; layer L = the pipeline's own conditioning). Lensing
+``text_encoder`` (CLIP, 12 blocks) lenses the pooled vector, the only thing FLUX takes from CLIP; the T5 sequence is
+then the empty prompt's (``other_encoders="empty"``) or the prompt's own (``"normal"``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+
+from .base import LensAdapter, Part
+from .encoders import TextEncoderSpec
+
+T5_TOKENS = 512  # the pipeline's default max_sequence_length
+
+
+class FluxAdapter(LensAdapter):
+    family = "flux"
+    description = "FLUX.1 (T5-XXL sequence + CLIP-L pooled; no CFG branch)"
+    uses_negative_embeddings = False
+
+    @classmethod
+    def matches(cls, pipe) -> bool:
+        return type(pipe).__name__ == "FluxPipeline"
+
+    def encoder_specs(self):
+        return (TextEncoderSpec("text_encoder", "tokenizer", "clip", pooled="pooler", sequence=False),
+                TextEncoderSpec("text_encoder_2", "tokenizer_2", "t5", max_length=T5_TOKENS))
+
+    @property
+    def size_multiple(self) -> int:
+        return math.lcm(8, 2 * int(self.pipe.vae_scale_factor))  # latents are packed 2×2
+
+    def default_size(self) -> tuple[int, int]:
+        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
+        return side, side
+
+    def assemble(self, parts: dict[str, Part]) -> dict:
+        return {"prompt_embeds": parts["text_encoder_2"].seq, "pooled_prompt_embeds": parts["text_encoder"].pooled}
+
+    def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+        unpacked = self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
+        return super().decode_preview(unpacked, height, width)

@@ -1,0 +1,191 @@
+"""Every pipeline family through its adapter, plus per-token, token-range, skip-layer and cross-model lenses.
+
+Each family is a tiny random pipeline built from configs (no download). The key invariant: the layer the pipeline
+itself conditions on, lensed as the pipeline does it and with the other encoders at their normal output,
+reproduces the pipeline's own image for the same seed.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import difflens_widgets as dl
+from difflens_widgets.testing import TINY_FAMILIES, tiny_pixart, tiny_sdxl, tiny_stable_diffusion
+
+PROMPT = "a red circle"
+# family → (expected lensed blocks L, the pipeline's own layer, guidance, extra call kwargs)
+EXPECTED = {
+    "stable-diffusion": (4, 4, 5.0, {}),
+    "stable-diffusion-xl": (5, 4, 5.0, {}),  # text_encoder_2, penultimate
+    "stable-diffusion-3": (3, 3, 5.0, {}),  # T5
+    "flux": (3, 3, 3.5, {"height": 32, "width": 32}),  # T5; guidance is FLUX's distilled guidance
+    "pixart": (3, 3, 5.0, {}),
+    "deepfloyd-if": (3, 3, 5.0, {}),
+}
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def own_image(pipe, lens, guidance, size):
+    extra = {k: v for k, v in lens.adapter.call_kwargs().items() if k != "negative_prompt"}
+    if lens.adapter.family in ("pixart", "deepfloyd-if"):
+        extra["clean_caption"] = False
+    return pipe(PROMPT, num_inference_steps=3, guidance_scale=guidance, generator=torch.Generator().manual_seed(0),
+                **size, **extra).images[0]
+
+
+@pytest.mark.parametrize("family", list(TINY_FAMILIES))
+def test_each_family_reproduces_its_own_image_at_its_own_layer(family):
+    pipe = TINY_FAMILIES[family]()
+    lens = dl.Lens(pipe)
+    blocks, own, guidance, size = EXPECTED[family]
+    assert lens.adapter.family == family and lens.num_layers == blocks and lens.adapter.own_layer == own
+    res = lens.run(PROMPT, seeds=0, num_inference_steps=3, guidance_scale=guidance, other_encoders="normal", **size)
+    assert res.layers == list(range(blocks + 1)) and len(res.images) == blocks + 1
+    reference = own_image(pipe, lens, guidance, size)
+    assert np.abs(pixels(res.image(own)) - pixels(reference)).max() <= 2
+    assert not np.array_equal(pixels(res.image(0)), pixels(res.image(own)))  # the layers do differ
+
+
+def test_sdxl_other_encoder_empty_by_default_and_either_encoder_can_be_lensed():
+    pipe = tiny_sdxl()
+    default = dl.Lens(pipe).run(PROMPT, layers=[4], seeds=0, num_inference_steps=2)
+    normal = dl.Lens(pipe).run(PROMPT, layers=[4], seeds=0, num_inference_steps=2, other_encoders="normal")
+    assert default.params["other_encoders"] == "empty" and default.params["final_norm"] is False
+    assert not np.array_equal(pixels(default.image(4)), pixels(normal.image(4)))
+    first = dl.Lens(pipe, encoder="text_encoder")
+    assert first.num_layers == 4 and first.adapter.own_layer == 3
+    first_run = first.run(PROMPT, seeds=0, num_inference_steps=2, guidance_scale=5.0, other_encoders="normal")
+    own = pipe(PROMPT, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.abs(pixels(first_run.image(3)) - pixels(own)).max() <= 2
+    with pytest.raises(ValueError, match=r"encoder 'text_encoder_3' is not a text encoder.*\['text_encoder', "
+                                         r"'text_encoder_2'\]"):
+        dl.Lens(pipe, encoder="text_encoder_3")
+
+
+def test_pooled_embeddings_are_normal_unless_lensed():
+    pipe = tiny_sdxl()
+    lens = dl.Lens(pipe)
+    plain = lens.run(PROMPT, layers=[1], seeds=0, num_inference_steps=2)
+    pooled = lens.run(PROMPT, layers=[1], seeds=0, num_inference_steps=2, lens_pooled=True)
+    assert not np.array_equal(pixels(plain.image(1)), pixels(pooled.image(1)))
+    with pytest.raises(ValueError, match="text_encoder gives no pooled embedding.*\\['text_encoder_2'\\]"):
+        dl.Lens(pipe, encoder="text_encoder").run(PROMPT, lens_pooled=True)
+    with pytest.raises(ValueError, match="gives no pooled embedding"):
+        dl.Lens(tiny_stable_diffusion()).run(PROMPT, lens_pooled=True)
+
+
+def test_flux_clip_lens_drives_only_the_pooled_vector():
+    pipe = TINY_FAMILIES["flux"]()
+    lens = dl.Lens(pipe, encoder="text_encoder")
+    res = lens.run(PROMPT, seeds=0, num_inference_steps=2, guidance_scale=3.5, height=32, width=32,
+                   other_encoders="normal")
+    assert res.layers == [0, 1, 2, 3, 4] and res.params["lens_pooled"] is True
+    own = pipe(PROMPT, num_inference_steps=2, guidance_scale=3.5, height=32, width=32,
+               generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.abs(pixels(res.image(4)) - pixels(own)).max() <= 2  # pooler_output = final norm of the last block
+    assert not np.array_equal(pixels(res.image(0)), pixels(res.image(4)))
+
+
+# ---- per-token and token ranges (checked on what reaches the UNet) ----------------------------------------------
+def unet_conditioning(counter) -> torch.Tensor:
+    return counter.calls[0][1]["encoder_hidden_states"]
+
+
+def test_per_token_puts_one_prompt_token_into_the_empty_prompts_context(count_calls):
+    pipe = tiny_stable_diffusion()
+    lens = dl.Lens(pipe)
+    empty = lens.adapter.encode([""])
+    results = lens.run(PROMPT, layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0, per_token=True)
+    assert [r.params["token"] for r in results] == ["<|startoftext|>", "a</w>", "red</w>", "circle</w>",
+                                                    "<|endoftext|>"]
+    counter = count_calls(pipe.unet)
+    red = lens.run(PROMPT, layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0, per_token=True)[2]
+    assert len(counter) == 5  # one UNet call per token (one step, no guidance)
+    seen = counter.calls[2][1]["encoder_hidden_states"][0]
+    neutral = lens.adapter.lens(empty.hidden_states[2][:1])[0]
+    prompt_lens = torch.from_numpy(red.embeddings[2])
+    assert torch.allclose(seen[2], prompt_lens[2], atol=1e-6)  # the token's own lens embedding at layer 2
+    others = [p for p in range(seen.shape[0]) if p != 2]
+    assert torch.allclose(seen[others], neutral[others], atol=1e-6)  # everything else: the empty prompt, layer 2
+    # the start token is prompt-independent in a causal encoder, so its per-token image does not depend on the prompt
+    other_prompt = lens.run("a blue square", layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0,
+                            per_token=True)
+    assert np.array_equal(pixels(results[0].image(2)), pixels(other_prompt[0].image(2)))
+    assert not np.array_equal(pixels(results[2].image(2)), pixels(other_prompt[2].image(2)))
+
+
+@pytest.mark.parametrize("token_range", ["prompt", "padding"])
+def test_token_ranges_lens_only_their_positions(count_calls, token_range):
+    pipe = tiny_stable_diffusion()
+    lens = dl.Lens(pipe)
+    counter = count_calls(pipe.unet)
+    res = lens.run(PROMPT, layers=[1], seeds=0, num_inference_steps=1, guidance_scale=1.0, tokens=token_range)
+    seen = unet_conditioning(counter)[0]
+    lensed = torch.from_numpy(res.embeddings[1])
+    empty_normal = pipe.encode_prompt("", "cpu", 1, False)[0][0]
+    real = torch.arange(seen.shape[0]) < 5  # <start> a red circle <end>
+    keep = real if token_range == "prompt" else ~real
+    assert torch.allclose(seen[keep], lensed[keep], atol=1e-6)
+    assert torch.allclose(seen[~keep], empty_normal[~keep], atol=1e-5)
+
+
+def test_bad_per_token_and_token_range_requests():
+    lens = dl.Lens(tiny_stable_diffusion())
+    with pytest.raises(ValueError, match="empty"):
+        lens.run("   ", per_token=True)
+    with pytest.raises(ValueError, match="per_token takes one prompt"):
+        lens.run(["a", "b"], per_token=True)
+    with pytest.raises(ValueError, match="tokens must be one of 'all', 'prompt', 'padding'"):
+        lens.run(PROMPT, tokens="words")
+    with pytest.raises(ValueError, match="masks padding positions"):
+        dl.Lens(tiny_pixart()).run(PROMPT, tokens="padding")
+
+
+# ---- skip layers ---------------------------------------------------------------------------------------------
+def test_skipped_block_passes_its_input_through(count_calls):
+    pipe = tiny_stable_diffusion()
+    lens = dl.Lens(pipe)
+    plain = lens.run(PROMPT, seeds=0, num_inference_steps=2)
+    skipped = lens.run(PROMPT, seeds=0, num_inference_steps=2, skip_layers=[2])
+    assert np.array_equal(skipped.embeddings[2], skipped.embeddings[1])
+    assert np.array_equal(pixels(skipped.image(2)), pixels(skipped.image(1)))
+    assert np.array_equal(skipped.embeddings[1], plain.embeddings[1])  # blocks before the knock-out untouched
+    assert not np.allclose(skipped.embeddings[3], plain.embeddings[3])  # and the ones after see the difference
+    unet_calls = count_calls(pipe.unet)
+    for bad, message in (([0], "blocks are numbered 1..4"), ([5], "out of range"), (["x"], "not an integer")):
+        with pytest.raises((ValueError, TypeError), match=message):
+            lens.run(PROMPT, skip_layers=bad)
+    assert len(unet_calls) == 0
+
+
+# ---- cross-model lens ----------------------------------------------------------------------------------------
+def test_cross_model_lens_feeds_one_encoders_lens_to_another_denoiser(count_calls):
+    text_model, image_model = tiny_stable_diffusion(seed=0), tiny_stable_diffusion(seed=1)
+    counter = count_calls(image_model.unet)
+    res = dl.Lens(image_model).run(PROMPT, layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0,
+                                   text_from=text_model)
+    source = dl.Lens(text_model).embed(PROMPT, [2])[0][2]
+    assert np.allclose(res.embeddings[2], source)
+    assert torch.allclose(unet_conditioning(counter)[0], torch.from_numpy(source), atol=1e-6)
+    assert res.params["text_from"] is not None
+    own = dl.Lens(image_model).run(PROMPT, layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0)
+    assert not np.array_equal(pixels(own.image(2)), pixels(res.image(2)))
+
+
+def test_cross_model_with_mismatched_shapes_is_refused_before_any_run(count_calls):
+    image_model = tiny_stable_diffusion()
+    counter = count_calls(image_model.unet)
+    with pytest.raises(ValueError, match=r"cross-model lens needs matching conditioning shapes.*\(16, 32\)"):
+        dl.Lens(image_model).run(PROMPT, text_from=tiny_pixart())
+    assert len(counter) == 0
+
+
+def test_skip_layers_in_a_t5_encoder_keeps_the_position_bias_flowing():
+    lens = dl.Lens(tiny_pixart())
+    plain, _ = lens.embed(PROMPT)
+    pipe_run = lens.run(PROMPT, layers=[0, 1, 2, 3], seeds=0, num_inference_steps=1, skip_layers=1)
+    assert np.array_equal(pipe_run.embeddings[1], pipe_run.embeddings[0])
+    assert np.isfinite(pipe_run.embeddings[3]).all() and not np.allclose(pipe_run.embeddings[3], plain[3])
