@@ -48,24 +48,9 @@ class LensResult:
         layers = [l for l in self.layers if any((l, s) in self.images for s in self.seeds)]
         if not layers:
             raise ValueError("this result holds no image (the run was cancelled before any layer finished)")
-        w, h = next(iter(self.images.values())).size
-        scale = scale or max(1, 128 // max(w, h))
-        w, h = w * scale, h * scale
-        top, left = (18, 62) if label else (0, 0)
-        canvas = Image.new("RGB", (left + w * len(layers), top + h * len(self.seeds)), "white")
-        draw = ImageDraw.Draw(canvas)
-        font = ImageFont.load_default()
-        for col, layer in enumerate(layers):
-            if label:
-                draw.text((left + col * w + 4, 3), f"L{layer}", fill="black", font=font)
-            for row, seed in enumerate(self.seeds):
-                img = self.images.get((layer, seed))
-                if img is not None:
-                    canvas.paste(img.resize((w, h), Image.NEAREST), (left + col * w, top + row * h))
-        if label:
-            for row, seed in enumerate(self.seeds):
-                draw.text((4, top + row * h + h // 2 - 6), f"seed {seed}", fill="black", font=font)
-        return canvas
+        rows = [[self.images.get((l, s)) for l in layers] for s in self.seeds]
+        return labelled_grid(rows, [f"seed {s}" for s in self.seeds] if label else None,
+                             [f"L{l}" for l in layers] if label else None, scale=scale)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``layer{L:02d}_seed{S}.png`` per image, ``grid.png``, and ``lens.json`` with every parameter
@@ -87,3 +72,24 @@ class LensResult:
     def __repr__(self) -> str:
         state = "" if self.complete else ", cancelled"
         return f"LensResult({self.prompt!r}, layers={self.layers}, seeds={self.seeds}{state})"
+
+
+def labelled_grid(rows: list[list[Image.Image | None]], row_labels: list[str] | None, col_labels: list[str] | None,
+                  *, scale: int | None = None, target: int = 128, left: int = 62) -> Image.Image:
+    """Paste images in rows and columns (None leaves a cell blank) with optional row and column labels. Images
+    smaller than ``target`` pixels are enlarged by an integer factor with nearest-neighbour, so pixels stay crisp."""
+    first = next(img for row in rows for img in row if img is not None)
+    scale = scale or max(1, target // max(first.size))
+    w, h = first.width * scale, first.height * scale
+    top, left = (18 if col_labels else 0), (left if row_labels else 0)
+    canvas = Image.new("RGB", (left + w * max(len(r) for r in rows), top + h * len(rows)), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for col, text in enumerate(col_labels or []):
+        draw.text((left + col * w + 4, 3), text, fill="black", font=font)
+    for r, row in enumerate(rows):
+        if row_labels:
+            draw.text((4, top + r * h + h // 2 - 6), row_labels[r], fill="black", font=font)
+        for c, img in enumerate(row):
+            if img is not None:
+                canvas.paste(img.resize((w, h), Image.NEAREST), (left + c * w, top + r * h))
+    return canvas

@@ -4,7 +4,8 @@ fine-tuning change it?
 What is compared, precisely:
 
 * A **lens embedding** is the vector the diffusion model would be conditioned on at layer l: the encoder's own
-  final norm applied to ``hidden_states[l]`` (the raw hidden state when ``final_norm=False``).
+  final norm applied to ``hidden_states[l]`` (the raw hidden state when ``final_norm=False``, and by default for
+  encoders whose pipeline conditions on a raw state, such as SDXL's).
 * **Padding is excluded**: only the start token, the prompt's tokens and the first end token take part; positions
   after the first end token are padding.
 * **A word** is located by tokenizing it alone and finding those pieces in the prompt (first occurrence). A word of
@@ -154,13 +155,13 @@ def word_position(tokens: list[str], pieces: list[str], word: str, prompt: str) 
     raise ValueError(f"{word!r} (tokens {pieces}) is not in the prompt {prompt!r}, whose tokens are: {shown}")
 
 
-def word_vectors(model, prompt: str, word: str, layers: options.LayerSpec = None, final_norm: bool = True
+def word_vectors(model, prompt: str, word: str, layers: options.LayerSpec = None, final_norm: bool | None = None
                  ) -> tuple[np.ndarray, list[int]]:
     """Lens embedding of ``word`` inside ``prompt`` at each layer: array (layers × width), layers."""
     if not isinstance(word, str) or not word.strip():
         raise ValueError(f"the word to find must be a non-empty string, got {word!r}")
     lens = _lens_of(model)
-    pieces = lens.pipe.tokenizer.tokenize(word.strip())
+    pieces = getattr(lens.pipe, lens.adapter.spec.tokenizer).tokenize(word.strip())
     vectors, tokens = lens.embed(prompt, layers, final_norm=final_norm)
     position = word_position(tokens, pieces, word, prompt)
     chosen = sorted(vectors)
@@ -168,7 +169,7 @@ def word_vectors(model, prompt: str, word: str, layers: options.LayerSpec = None
 
 
 def token_similarity(model, prompt_a: str, word_a: str, prompt_b: str, word_b: str, *,
-                     layers: options.LayerSpec = None, final_norm: bool = True) -> Similarity:
+                     layers: options.LayerSpec = None, final_norm: bool | None = None) -> Similarity:
     """cos(lens embedding of ``word_a`` in ``prompt_a``, of ``word_b`` in ``prompt_b``) at every layer.
 
     ``token_similarity(pipe, "a photo of xon dog", "xon", "a photo of a dog", "dog")`` is the DreamBooth check
@@ -180,7 +181,7 @@ def token_similarity(model, prompt_a: str, word_a: str, prompt_b: str, word_b: s
                       f"cos({word_a!r} in {prompt_a!r}, {word_b!r} in {prompt_b!r})")
 
 
-def token_shift(raw, tuned, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool = True
+def token_shift(raw, tuned, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool | None = None
                 ) -> Similarity:
     """cos(raw lens embedding, tuned lens embedding) per real token and layer: 1 where tuning left the token's
     representation alone, lower where it moved it. Both models must tokenize ``prompt`` identically."""
@@ -194,7 +195,7 @@ def token_shift(raw, tuned, prompt: str, *, layers: options.LayerSpec = None, fi
     return Similarity(sims, chosen, _labels(raw_tokens[:n]), f"raw vs tuned per token: {prompt!r}", "cos raw↔tuned")
 
 
-def layer_similarity(model, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool = True
+def layer_similarity(model, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool | None = None
                      ) -> Similarity:
     """cos(pooled lens embedding at layer i, at layer j): how fast the prompt's representation settles."""
     vectors, tokens = _lens_of(model).embed(prompt, layers, final_norm=final_norm)

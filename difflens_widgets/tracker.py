@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from . import options
+from .results import labelled_grid
 
 WordPair = tuple[str, str, str, str]  # (prompt_a, word_a, prompt_b, word_b)
 
@@ -115,18 +116,9 @@ class LensTracker:
         """Rows = layers, columns = recorded training steps, labelled."""
         if not self.history:
             raise ValueError("nothing recorded yet: call the tracker from the training loop first")
-        w, h = next(iter(self.history[0].images.values())).size
-        scale = max(1, 96 // max(w, h))
-        w, h, top, left = w * scale, h * scale, 18, 40
-        canvas = Image.new("RGB", (left + w * len(self.history), top + h * len(self.layers)), "white")
-        draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-        for col, record in enumerate(self.history):
-            draw.text((left + col * w + 4, 3), f"step {record.step}", fill="black", font=font)
-            for row, layer in enumerate(self.layers):
-                canvas.paste(record.images[layer].resize((w, h), Image.NEAREST), (left + col * w, top + row * h))
-        for row, layer in enumerate(self.layers):
-            draw.text((4, top + row * h + h // 2 - 6), f"L{layer}", fill="black", font=font)
-        return canvas
+        rows = [[record.images[layer] for record in self.history] for layer in self.layers]
+        return labelled_grid(rows, [f"L{l}" for l in self.layers], [f"step {r.step}" for r in self.history],
+                             target=96, left=40)
 
     def save(self, folder: str | Path) -> Path:
         """``step{S:05d}_layer{L:02d}.png`` per image, ``evolution.png`` (the grid) and ``tracker.json``."""

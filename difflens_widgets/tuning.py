@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .engine import Lens, ProgressCallback
-from .results import LensResult
+from .results import LensResult, labelled_grid
 
 WHAT_WE_LOAD = (
     "a diffusers pipeline folder (model_index.json), a folder with text_encoder/ and/or unet/ subfolders, a "
@@ -210,31 +210,19 @@ class Comparison:
                           "cos raw↔tuned")
 
     def grid(self) -> Image.Image:
-        """Rows: raw and tuned for each seed, then their difference (×4); columns: layers."""
-        rows = []
-        for seed in self.seeds:
-            rows += [("raw", seed, self.raw), ("tuned", seed, self.tuned)]
+        """Rows: raw and tuned for each seed, then their difference (×4) per seed; columns: layers."""
         layers = sorted({l for l, _, _, _ in self.pairs()})
         if not layers:
             raise ValueError("this comparison holds no finished pair of images")
-        w, h = self.raw.image(layers[0]).size
-        scale = max(1, 128 // max(w, h))
-        from PIL import ImageDraw, ImageFont
-
-        top, left, w, h = 18, 86, w * scale, h * scale
-        labels = [(f"{k} s{s}", r.image(l, s)) for k, s, r in rows for l in layers]
-        labels += [(f"|diff| s{s}", self.difference_image(l, s)) for s in self.seeds for l in layers]
-        n_rows = len(rows) + len(self.seeds)
-        canvas = Image.new("RGB", (left + w * len(layers), top + h * n_rows), "white")
-        draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-        for col, layer in enumerate(layers):
-            draw.text((left + col * w + 4, 3), f"L{layer}", fill="black", font=font)
-        for index, (label, img) in enumerate(labels):
-            row, col = divmod(index, len(layers))
-            canvas.paste(img.resize((w, h), Image.NEAREST), (left + col * w, top + row * h))
-            if col == 0:
-                draw.text((4, top + row * h + h // 2 - 6), label, fill="black", font=font)
-        return canvas
+        rows, labels = [], []
+        for seed in self.seeds:
+            for kind, result in (("raw", self.raw), ("tuned", self.tuned)):
+                rows.append([result.images.get((l, seed)) for l in layers])
+                labels.append(f"{kind} s{seed}")
+        for seed in self.seeds:
+            rows.append([self.difference_image(l, seed) for l in layers])
+            labels.append(f"|diff| s{seed}")
+        return labelled_grid(rows, labels, [f"L{l}" for l in layers], left=86)
 
 
 def compare(raw, tuned, prompt: str, *, progress: ProgressCallback | None = None, **lens_options) -> Comparison:

@@ -76,6 +76,7 @@ class LensDashboard(anywidget.AnyWidget):
         self._tuned = tuned
         if self._tuned is not None:
             check_compatible(self._lens.pipe, self._tuned.pipe)
+        self.final_norm = self._lens.adapter.own_final_norm  # the pipeline's own convention (False for SDXL)
         self.result: LensResult | None = None
         self.tuned_result: LensResult | None = None
         self._thread: threading.Thread | None = None
