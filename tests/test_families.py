@@ -189,3 +189,19 @@ def test_skip_layers_in_a_t5_encoder_keeps_the_position_bias_flowing():
     pipe_run = lens.run(PROMPT, layers=[0, 1, 2, 3], seeds=0, num_inference_steps=1, skip_layers=1)
     assert np.array_equal(pipe_run.embeddings[1], pipe_run.embeddings[0])
     assert np.isfinite(pipe_run.embeddings[3]).all() and not np.allclose(pipe_run.embeddings[3], plain[3])
+
+
+def test_similarity_and_dashboard_work_on_other_families():
+    from difflens_widgets import similarity
+
+    pixart = tiny_pixart()
+    sims = similarity.token_similarity(pixart, "a red circle", "red", "a blue circle", "blue")
+    assert sims.layers == [0, 1, 2, 3] and sims.values.shape == (4,)
+    with pytest.raises(ValueError, match="whose tokens are: a red circle </s>"):
+        similarity.token_similarity(pixart, "a red circle", "dog", "a dog", "dog")
+    dash = dl.LensDashboard(tiny_sdxl())
+    assert dash.final_norm is False and dash.model_info["family"] == "stable-diffusion-xl"
+    dash.prompt, dash.steps, dash.layer_range = PROMPT, 2, "3:6"
+    dash.run()
+    assert dash.wait(60) and dash.status == "done", dash.message
+    assert [f["layer"] for f in dash.frames] == [3, 4, 5]
