@@ -89,8 +89,8 @@ class LensTracker:
             result = lens.run(self.prompt, layers=self.layer_spec, seeds=(self.seed,),
                               num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
                               use_cache=False)
-            sims = {pair_name(p): token_similarity(lens, *p, layers=result.layers).values.round(6).tolist()
-                    for p in self.pairs}
+            sims = {pair_name(p): np.round(token_similarity(lens, *p, layers=result.layers).values.astype(float), 6)
+                    .tolist() for p in self.pairs}
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)

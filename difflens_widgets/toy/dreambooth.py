@@ -92,7 +92,7 @@ def measure(pipe, seeds: list[int], steps: int = 20) -> dict:
                    use_cache=False)
     plain = lens.run(CLASS_PROMPT, layers=[lens.num_layers], seeds=seeds, num_inference_steps=steps, use_cache=False)
     return {
-        "cos_xon_triangle_per_layer": dict(zip(sims.layers, np.round(sims.values, 4).tolist())),
+        "cos_xon_triangle_per_layer": dict(zip(sims.layers, np.round(sims.values.astype(float), 4).tolist())),
         "xon_stripe_share": round(float(np.mean([stripe_share(xon.image(lens.num_layers, s)) for s in seeds])), 3),
         "class_prompt_draws_triangle": round(float(np.mean(
             [judge(plain.image(lens.num_layers, s), CLASS_PROMPT)["objects"] for s in seeds])), 3),
