@@ -43,7 +43,7 @@ def _run(args) -> int:
 
     result = lens.run(args.prompt, layers=args.layers, seeds=args.seeds, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, negative_prompt=args.negative, height=args.height,
-                      width=args.width, final_norm=not args.no_final_norm, progress=progress)
+                      width=args.width, final_norm=False if args.no_final_norm else None, progress=progress)
     bar.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

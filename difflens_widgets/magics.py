@@ -63,9 +63,10 @@ class DiffLensMagics(Magics):
         try:
             pipe = self._pipeline(args.model)
             for prompt in prompts:
+                ablation = {"final_norm": False} if args.no_final_norm else {}  # else the pipeline's convention
                 dash = LensDashboard(pipe, prompt=prompt, layer_range=args.layers or "", seeds=args.seeds,
                                      steps=args.steps, guidance=args.guidance, negative_prompt=args.negative,
-                                     final_norm=not args.no_final_norm)
+                                     **ablation)
                 dash.request()  # validate before showing anything
                 dashboards.append(dash)
         except (ValueError, TypeError, FileNotFoundError, OSError) as err:

@@ -74,6 +74,10 @@ def test_magics(pipe_folder, capsys):
     assert isinstance(dash, dl.LensDashboard) and dash.status in ("running", "done")
     assert dash.wait(60) and dash.status == "done"
     assert dash.result.layers == [0, 4] and dash.result.seeds == [0, 1] and len(dash.frames) == 4
+    assert dash.final_norm is True and dash.result.params["final_norm"] is True
+    ip.run_line_magic("difflens", f'"a red circle" --model {pipe_folder} --layers 4 --steps 1 --no-final-norm')
+    ablated = ip.user_ns["_difflens"]
+    assert ablated.wait(60) and ablated.final_norm is False and ablated.result.params["final_norm"] is False
     ip.run_cell_magic("difflens", f"--model {pipe_folder} --layers 4 --steps 1", "a red circle\na blue square\n")
     dashes = ip.user_ns["_difflens"]
     assert all(d.wait(60) for d in dashes)

@@ -76,7 +76,8 @@ class LensDashboard(anywidget.AnyWidget):
         self._tuned = tuned
         if self._tuned is not None:
             check_compatible(self._lens.pipe, self._tuned.pipe)
-        self.final_norm = self._lens.adapter.own_final_norm  # the pipeline's own convention (False for SDXL)
+        if "final_norm" not in kwargs:  # default: the pipeline's own convention (False for SDXL)
+            self.final_norm = self._lens.adapter.own_final_norm
         self.result: LensResult | None = None
         self.tuned_result: LensResult | None = None
         self._thread: threading.Thread | None = None
