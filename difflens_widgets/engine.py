@@ -279,9 +279,9 @@ class Lens:
         ours = self.adapter.encode([]).hidden_states[0].shape[1:]
         if theirs != ours or source.spec.pooled != self.adapter.spec.pooled:
             raise ValueError(
-                f"cross-model lens needs matching conditioning shapes: {_name_of(source.pipe)}'s "
-                f"{source.encoder_name} gives {tuple(theirs)} (tokens × width) but {_name_of(self.pipe)}'s "
-                f"{self.adapter.encoder_name} gives {tuple(ours)}"
+                f"cross-model lens needs matching conditioning shapes: the text model's ({_label(source.pipe)}) "
+                f"{source.encoder_name} gives {tuple(theirs)} (tokens × width) but this pipeline's "
+                f"({_label(self.pipe)}) {self.adapter.encoder_name} gives {tuple(ours)}"
             )
 
     def _run_locked(self, prompts, keys, params, source, max_batch, progress, use_cache) -> list[LensResult]:
@@ -391,6 +391,10 @@ class Lens:
 
 def _name_of(pipe) -> str | None:
     return getattr(pipe.config, "_name_or_path", None) or None
+
+
+def _label(pipe) -> str:
+    return _name_of(pipe) or type(pipe).__name__
 
 
 class _Plan:
