@@ -22,9 +22,10 @@ from .engine import Lens, ProgressCallback
 from .results import LensResult, labelled_grid
 
 WHAT_WE_LOAD = (
-    "a diffusers pipeline folder (model_index.json), a folder with text_encoder/ and/or unet/ subfolders, a "
-    "text-encoder or UNet folder (config.json + weights), LoRA weights (pytorch_lora_weights.safetensors or a "
-    ".safetensors file of lora_A/lora_B tensors), or textual-inversion embeddings (learned_embeds.safetensors)"
+    "a diffusers pipeline folder (model_index.json), a folder with text_encoder/ and/or unet/ (or transformer/) "
+    "subfolders, a text-encoder, UNet or transformer folder (config.json + weights), LoRA weights "
+    "(pytorch_lora_weights.safetensors or a .safetensors file of lora_A/lora_B tensors), or textual-inversion "
+    "embeddings (learned_embeds.safetensors)"
 )
 
 
@@ -87,7 +88,7 @@ def _kind_of(path: Path) -> tuple[str, Path]:
     elif path.is_dir():
         if (path / "model_index.json").exists():
             return "pipeline", path
-        if any((path / sub / "config.json").exists() for sub in ("text_encoder", "unet")):
+        if any((path / sub / "config.json").exists() for sub in TUNABLE):
             return "components", path
         config = path / "config.json"
         if config.exists():
@@ -96,6 +97,8 @@ def _kind_of(path: Path) -> tuple[str, Path]:
             spec = json.loads(config.read_text())
             if "UNet" in str(spec.get("_class_name", "")):
                 return "unet", path
+            if "Transformer" in str(spec.get("_class_name", "")):
+                return "transformer", path
             if any("TextModel" in a for a in spec.get("architectures", [])):
                 return "text_encoder", path
         for name in ("pytorch_lora_weights.safetensors", "learned_embeds.safetensors", "learned_embeds.bin"):
@@ -105,6 +108,14 @@ def _kind_of(path: Path) -> tuple[str, Path]:
         if loras:
             return "lora", loras[0]
     raise ValueError(f"{path} holds no tuned model this tool can load; expected {WHAT_WE_LOAD}")
+
+
+TUNABLE = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")
+
+
+def _tunable(pipe) -> list[str]:
+    """The components a fine-tune can change that this pipeline has."""
+    return [name for name in TUNABLE if getattr(pipe, name, None) is not None]
 
 
 def _load_module(folder: Path, like):
@@ -135,9 +146,9 @@ def load_tuned(base, source, *, lora_scale: float = 1.0, token: str | None = Non
         raise FileNotFoundError(f"no tuned model at {path}; expected {WHAT_WE_LOAD}")
     kind, target = _kind_of(path)
     if kind == "pipeline":
-        tuned = load_pipeline(target, device=base.device, dtype=base.unet.dtype)
-    elif kind in ("components", "text_encoder", "unet"):
-        parts = ("text_encoder", "unet") if kind == "components" else (kind,)
+        tuned = load_pipeline(target, device=base.device, dtype=base.dtype)
+    elif kind in ("components", "text_encoder", "unet", "transformer"):
+        parts = _tunable(base) if kind == "components" else (kind,)
         replace = {}
         for part in parts:
             folder = target / part if kind == "components" else target
@@ -145,7 +156,7 @@ def load_tuned(base, source, *, lora_scale: float = 1.0, token: str | None = Non
                 replace[part] = _load_module(folder, getattr(base, part))
         tuned = derived_pipeline(base, **replace)
     elif kind == "lora":
-        tuned = derived_pipeline(base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder))
+        tuned = derived_pipeline(base, **{name: copy.deepcopy(getattr(base, name)) for name in _tunable(base)})
         tuned.load_lora_weights(str(target.parent), weight_name=target.name, adapter_name="tuned")
         tuned.set_adapters(["tuned"], adapter_weights=[float(lora_scale)])
     else:

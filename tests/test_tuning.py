@@ -189,3 +189,21 @@ def test_dashboard_accepts_a_lora_path_as_tuned(base, lora_dir):
     assert dash.wait(60) and dash.status == "done", dash.message
     assert len(dash.frames) == len(dash.tuned_frames) == 2
     assert any(a["png"] != b["png"] for a, b in zip(dash.frames, dash.tuned_frames))
+
+
+def test_lora_on_a_transformer_family(tmp_path):
+    """LoRA loading is not Stable-Diffusion-only: a FLUX transformer LoRA goes through the same path."""
+    from diffusers import FluxPipeline
+
+    from difflens_widgets.testing import tiny_flux
+
+    base, work = tiny_flux(), tiny_flux()
+    torch.manual_seed(1)
+    work.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v"]))
+    FluxPipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(work.transformer))
+    options = dict(seeds=0, num_inference_steps=2, guidance_scale=3.5, height=32, width=32)
+    on = dl.compare(base, dl.load_tuned(base, tmp_path), "a red circle", **options)
+    off = dl.compare(base, dl.load_tuned(base, tmp_path, lora_scale=0.0), "a red circle", **options)
+    assert all(d > 0 for d in on.mean_difference().values())
+    assert all(d == 0 for d in off.mean_difference().values())

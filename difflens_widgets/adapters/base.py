@@ -155,7 +155,7 @@ class LensAdapter:
             "text-encoder layers": self.num_layers,
             "text-encoder width": int(getattr(text, "hidden_size", None) or text.d_model),
             "denoiser input channels": int(denoiser.config.in_channels),
-            "denoiser sample size": denoiser.config.sample_size,
+            "denoiser sample size": getattr(denoiser.config, "sample_size", None),
             "denoiser conditioning width": (getattr(denoiser.config, "cross_attention_dim", None)
                                             or getattr(denoiser.config, "joint_attention_dim", None)
                                             or getattr(denoiser.config, "caption_channels", None)),
