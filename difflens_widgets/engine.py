@@ -412,7 +412,7 @@ class _Plan:
         return self.source.lens(self.hidden[layer][row:row + 1], self.norm)
 
     def normal_seq(self, row: int) -> torch.Tensor:
-        return self.source.lens(self.hidden[self.source.own_layer][row:row + 1], self.source.own_final_norm)
+        return self.source.normal_part(self.lensed, self.source.encoder_name, row).seq
 
     def pooled_at(self, layer: int, row: int):
         if not self.params["lens_pooled"]:
@@ -454,11 +454,12 @@ class _Plan:
             raise ValueError("per_token needs a prompt with at least one token")
         empty_mask = self.lensed.mask[self.empty:self.empty + 1].to(self.hidden[0].device)
         embeddings = {l: self.lens_at(l, index) for l in layers}
+        neutral = {l: self.lens_at(l, self.empty) for l in layers}
         uncond = self._uncond(layers)
         for p in positions:
             cond = {}
             for l in layers:
-                seq = self.lens_at(l, self.empty).clone()
+                seq = neutral[l].clone()
                 seq[:, p] = embeddings[l][:, p]
                 token_mask = empty_mask.clone()
                 token_mask[:, p] = 1

@@ -15,8 +15,8 @@ What is compared, precisely:
   only position that has seen the whole prompt).
 
 Each analysis returns a :class:`Similarity`: plain arrays (``values``, ``layers``, ``labels``) and ``figure()`` for
-an interactive plotly figure. The ``*_of_result`` helpers compute the same quantities from a finished LensResult
-(what the dashboard's heatmaps show).
+an interactive plotly figure. ``token_layer_similarity``, ``layer_layer_similarity`` and ``raw_tuned_similarity``
+compute the same quantities from finished LensResults (what the dashboard's heatmaps show).
 """
 
 from __future__ import annotations
@@ -55,9 +55,7 @@ def token_layer_similarity(result: LensResult) -> tuple[np.ndarray, list[str], l
 
 def layer_layer_similarity(result: LensResult) -> tuple[np.ndarray, list[int]]:
     """cos(pooled embedding at layer i, at layer j) for the run's layers: array (layers × layers), layers."""
-    pooled_at = real_positions(result.tokens) - 1
-    vectors = _unit(np.stack([result.embeddings[l][pooled_at] for l in result.layers]))
-    return vectors @ vectors.T, result.layers
+    return _pooled_cosines(result.embeddings, result.layers, result.tokens), result.layers
 
 
 def raw_tuned_similarity(raw: LensResult, tuned: LensResult) -> tuple[np.ndarray, list[str], list[int]]:
@@ -67,8 +65,7 @@ def raw_tuned_similarity(raw: LensResult, tuned: LensResult) -> tuple[np.ndarray
         raise ValueError(f"raw and tuned results must share their layers: {raw.layers} vs {tuned.layers}")
     _check_same_tokens(raw.tokens, tuned.tokens)
     n = real_positions(raw.tokens)
-    sims = np.stack([(_unit(raw.embeddings[l][:n]) * _unit(tuned.embeddings[l][:n])).sum(-1) for l in raw.layers],
-                    axis=1)
+    sims = _per_token_cosines(raw.embeddings, tuned.embeddings, raw.layers, n)
     return sims, [t.replace("</w>", "") for t in raw.tokens[:n]], raw.layers
 
 
@@ -134,10 +131,6 @@ class Similarity:
         return _token_heatmap(self.values, self.labels, self.layers, self.title, self.hover, raw_labels=True,
                               row_name=self.row_name)
 
-    def as_dict(self) -> dict:
-        return {"title": self.title, "layers": self.layers, "labels": self.labels,
-                "values": np.round(self.values, 6).tolist()}
-
 
 def _lens_of(model):
     from .engine import Lens
@@ -191,7 +184,7 @@ def token_shift(raw, tuned, prompt: str, *, layers: options.LayerSpec = None, fi
     _check_same_tokens(raw_tokens, tuned_tokens)
     n = real_positions(raw_tokens)
     chosen = sorted(raw_vecs)
-    sims = np.stack([(_unit(raw_vecs[l][:n]) * _unit(tuned_vecs[l][:n])).sum(-1) for l in chosen], axis=1)
+    sims = _per_token_cosines(raw_vecs, tuned_vecs, chosen, n)
     return Similarity(sims, chosen, _labels(raw_tokens[:n]), f"raw vs tuned per token: {prompt!r}", "cos raw↔tuned")
 
 
@@ -200,9 +193,19 @@ def layer_similarity(model, prompt: str, *, layers: options.LayerSpec = None, fi
     """cos(pooled lens embedding at layer i, at layer j): how fast the prompt's representation settles."""
     vectors, tokens = _lens_of(model).embed(prompt, layers, final_norm=final_norm)
     chosen = sorted(vectors)
-    pooled = _unit(np.stack([vectors[l][real_positions(tokens) - 1] for l in chosen]))
-    return Similarity(pooled @ pooled.T, chosen, [str(l) for l in chosen], f"layer × layer: {prompt!r}",
+    return Similarity(_pooled_cosines(vectors, chosen, tokens), chosen, [str(l) for l in chosen], f"layer × layer: {prompt!r}",
                       row_name="layer")
+
+
+def _per_token_cosines(a: dict, b: dict, layers: list[int], n: int) -> np.ndarray:
+    """cos(a[l][t], b[l][t]) for the first ``n`` positions t and every layer l: array (n × layers)."""
+    return np.stack([(_unit(a[l][:n]) * _unit(b[l][:n])).sum(-1) for l in layers], axis=1)
+
+
+def _pooled_cosines(vectors: dict, layers: list[int], tokens: list[str]) -> np.ndarray:
+    """cos between the pooled position's vectors of every pair of layers: array (layers × layers)."""
+    pooled = _unit(np.stack([vectors[l][real_positions(tokens) - 1] for l in layers]))
+    return pooled @ pooled.T
 
 
 def _labels(tokens: list[str]) -> list[str]:

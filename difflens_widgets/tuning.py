@@ -208,8 +208,7 @@ class Comparison:
 
     def mean_difference(self) -> dict[tuple[int, int], float]:
         """Mean absolute pixel difference (0..255) per (layer, seed): where in depth tuning changes the image."""
-        return {(l, s): float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
-                for l, s, a, b in self.pairs()}
+        return {(l, s): float(self.difference(l, s).mean()) for l, s, _, _ in self.pairs()}
 
     def token_shift(self):
         """cos(raw, tuned) lens embedding per token and layer (see :func:`similarity.raw_tuned_similarity`)."""

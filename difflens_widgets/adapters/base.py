@@ -141,8 +141,11 @@ class LensAdapter:
         return math.lcm(8, int(getattr(self.pipe, "vae_scale_factor", 8)))
 
     def default_size(self) -> tuple[int, int]:
+        """What the pipeline draws when no size is given: its ``default_sample_size`` (SDXL, SD3, FLUX) or its
+        denoiser's ``sample_size``, times the VAE factor (1 in pixel space)."""
         denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
-        side = int(denoiser.config.sample_size) * int(getattr(self.pipe, "vae_scale_factor", 1))
+        sample = getattr(self.pipe, "default_sample_size", None) or denoiser.config.sample_size
+        side = int(sample) * int(getattr(self.pipe, "vae_scale_factor", 1))
         return side, side
 
     def signature(self) -> dict:
@@ -253,8 +256,3 @@ class LensAdapter:
             f"this part was cut: {' '.join(dropped)!r}",
             UserWarning, stacklevel=4,
         )
-
-
-def clip_final_norm(text_encoder) -> torch.nn.Module:
-    """The final LayerNorm of a CLIP text encoder in both module layouts (kept for callers of the first API)."""
-    return enc.final_norm(text_encoder)

@@ -126,7 +126,7 @@ def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, 
 
 def truncated(pipe, spec: TextEncoderSpec, text: str) -> list[str]:
     """The tokens of ``text`` that do not fit (empty when it fits)."""
-    tokenizer, _, limit = tokenize(pipe, spec, [text])
+    tokenizer, limit = getattr(pipe, spec.tokenizer), max_length(pipe, spec)
     full = tokenizer(text).input_ids
     if len(full) <= limit:
         return []

@@ -37,10 +37,6 @@ class FluxAdapter(LensAdapter):
     def size_multiple(self) -> int:
         return math.lcm(8, 2 * int(self.pipe.vae_scale_factor))  # latents are packed 2×2
 
-    def default_size(self) -> tuple[int, int]:
-        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
-        return side, side
-
     def assemble(self, parts: dict[str, Part]) -> dict:
         return {"prompt_embeds": parts["text_encoder_2"].seq, "pooled_prompt_embeds": parts["text_encoder"].pooled}
 

@@ -34,10 +34,6 @@ class StableDiffusion3Adapter(LensAdapter):
     def default_encoder(self) -> str:
         return "text_encoder_3" if getattr(self.pipe, "text_encoder_3", None) is not None else "text_encoder_2"
 
-    def default_size(self) -> tuple[int, int]:
-        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
-        return side, side
-
     @property
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * int(self.pipe.transformer.config.patch_size)

@@ -9,8 +9,9 @@ pipeline's own conditioning.
 
 from __future__ import annotations
 
-from .base import LensAdapter, Part, clip_final_norm
+from .base import LensAdapter, Part
 from .encoders import TextEncoderSpec
+from .encoders import final_norm as clip_final_norm  # both CLIP module layouts (transformers 4 and 5)
 
 
 class StableDiffusionAdapter(LensAdapter):
