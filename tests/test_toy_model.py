@@ -80,6 +80,28 @@ def test_evaluation_prompts_use_held_out_pairs():
     assert prompts["rare color"][0].startswith("a pink")
 
 
+def test_loader_workers_render_the_same_batches_in_order():
+    """Rendering in worker processes (the GPU path) must not change which batch a step sees."""
+    plain = list(train.step_batches(seed=3, start=5, stop=9, batch_size=2, workers=0))
+    parallel = list(train.step_batches(seed=3, start=5, stop=9, batch_size=2, workers=2))
+    assert [b[0] for b in plain] == [b[0] for b in parallel] == [5, 6, 7, 8]
+    for (_, images_a, captions_a), (_, images_b, captions_b) in zip(plain, parallel):
+        assert captions_a == captions_b and torch.equal(images_a, images_b)
+    reference = train.batch_for_step(World(3), 3, 7, 2)
+    assert plain[2][2] == reference[1] and torch.equal(plain[2][1], reference[0])
+
+
+def test_time_budget_stops_with_a_checkpoint_and_an_export(tmp_path):
+    common = ["--out", str(tmp_path), "--vae-steps", "2", "--vae-batch", "2", "--batch", "2",
+              "--checkpoint-every", "100", "--export-every", "100", "--unet-channels", "32,64"]
+    train.main(common + ["--steps", "50", "--max-minutes", "0"])
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["stopped_at"] for r in log if "stopped_at" in r] == [1]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 1
+    pipe = dl.load_pipeline(tmp_path / "pipeline", device="cpu")
+    assert tuple(pipe.unet.config.block_out_channels) == (32, 64)
+
+
 def test_training_is_seeded_and_resumable(tmp_path):
     world = World(0)
     a = train.batch_for_step(world, 0, 7, 4)

@@ -24,12 +24,17 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_unet(latent_size: int = IMAGE_SIZE // 4) -> UNet2DConditionModel:
+UNET_CHANNELS = (64, 128, 128)
+
+
+def build_unet(latent_size: int = IMAGE_SIZE // 4, channels: tuple[int, ...] = UNET_CHANNELS
+               ) -> UNet2DConditionModel:
     """Cross-attention at every resolution: relations need the text to steer where things go at 16×16."""
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-        down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(64, 128, 128), layers_per_block=1, cross_attention_dim=TEXT_WIDTH,
+        down_block_types=("CrossAttnDownBlock2D",) * len(channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(channels),
+        block_out_channels=tuple(channels), layers_per_block=1, cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=8, norm_num_groups=32,
     )
 

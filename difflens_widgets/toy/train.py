@@ -2,10 +2,13 @@
 
     python -m difflens_widgets.toy.train --out runs/toy            # VAE, then UNet + text encoder
     python -m difflens_widgets.toy.train --out runs/toy --steps 6000   # resume and go further
+    python -m difflens_widgets.toy.train --out runs/toy --device cuda --batch 256 --steps 30000 --workers 6
 
 Seeded and resumable: every batch and every noise draw depends only on (seed, step), so a run that is stopped and
 resumed from its last checkpoint sees the same data as one that never stopped. Progress goes to ``DIR/log.jsonl``;
-``DIR/pipeline`` is a standard diffusers ``StableDiffusionPipeline`` folder holding the EMA weights.
+``DIR/pipeline`` is a standard diffusers ``StableDiffusionPipeline`` folder holding the EMA weights. Batches are
+rendered in ``--workers`` loader processes (a GPU outruns one CPU rendering shapes); ``--max-minutes`` stops a run
+cleanly (checkpoint + export) so it fits a time-limited machine and resumes later.
 """
 
 from __future__ import annotations
@@ -39,6 +42,28 @@ def batch_for_step(world: World, seed: int, step: int, batch_size: int):
     return images_to_tensor(images), [s.caption for s in scenes]
 
 
+class StepBatches(torch.utils.data.IterableDataset):
+    """The batches of steps ``start..stop-1`` in order, each from :func:`batch_for_step`, so loader workers
+    (worker i renders steps start+i, start+i+n, ...; the loader interleaves them back in order) change nothing."""
+
+    def __init__(self, seed: int, start: int, stop: int, batch_size: int, image_size: int):
+        self.seed, self.start, self.stop, self.batch_size, self.image_size = seed, start, stop, batch_size, image_size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        first, stride = (0, 1) if info is None else (info.id, info.num_workers)
+        world = World(self.seed, image_size=self.image_size)
+        for step in range(self.start + first, self.stop, stride):
+            images, captions = batch_for_step(world, self.seed, step, self.batch_size)
+            yield step, images, captions
+
+
+def step_batches(seed: int, start: int, stop: int, batch_size: int, workers: int, image_size: int = 64):
+    dataset = StepBatches(seed, start, stop, batch_size, image_size)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
 def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -55,20 +80,20 @@ def log(out: Path, **record) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Stage 1: the autoencoder
 # ---------------------------------------------------------------------------------------------------------------
-def train_vae(out: Path, steps: int, batch_size: int, seed: int) -> None:
+def train_vae(out: Path, steps: int, batch_size: int, seed: int, device: torch.device, workers: int = 0) -> None:
     path = out / "vae"
     if (path / "config.json").exists():
         print(f"VAE already trained in {path}; skipping")
         return
     torch.manual_seed(seed)
-    vae = architecture.build_vae()
+    vae = architecture.build_vae().to(device)
     world = World(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     start = time.time()
-    for step in range(steps):
+    for step, images, _ in step_batches(seed + 17, 0, steps, batch_size, workers):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, 1e-3, 50, steps)
-        images, _ = batch_for_step(world, seed + 17, step, batch_size)
+        images = images.to(device, non_blocking=True)
         posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample()).sample
         mse = F.mse_loss(recon, images)
@@ -82,12 +107,12 @@ def train_vae(out: Path, steps: int, batch_size: int, seed: int) -> None:
                 elapsed_s=round(time.time() - start, 1))
     vae.eval()
     with torch.no_grad():
-        images, _ = batch_for_step(world, seed + 99, 0, 256)
+        images = batch_for_step(world, seed + 99, 0, 256)[0].to(device)
         latents = vae.encode(images).latent_dist.sample()
         recon = vae.decode(vae.encode(images).latent_dist.mode()).sample
     scaling = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scaling)
-    vae.save_pretrained(path)
+    vae.cpu().save_pretrained(path)
     log(out, stage="vae", done=True, scaling_factor=round(scaling, 4),
         heldout_mse=round(F.mse_loss(recon, images).item(), 6), elapsed_s=round(time.time() - start, 1))
 
@@ -117,42 +142,60 @@ def export_pipeline(out: Path, vae, unet, text_encoder, tokenizer, dtype=torch.f
 
 
 def train_unet(out: Path, steps: int, batch_size: int, seed: int, lr: float, checkpoint_every: int,
-               export_every: int, bf16: bool) -> None:
+               export_every: int, bf16: bool, device: torch.device, workers: int = 0,
+               max_seconds: float | None = None, unet_channels: tuple[int, ...] | None = None,
+               ema_decay: float = 0.999) -> None:
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False).to(device)
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    unet, text_encoder = architecture.build_unet(), architecture.build_text_encoder(tokenizer)
+    unet = architecture.build_unet(channels=unet_channels) if unet_channels else architecture.build_unet()
+    text_encoder = architecture.build_text_encoder(tokenizer)
+    unet, text_encoder = unet.to(device), text_encoder.to(device)
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=device.type == "cuda")
     scheduler = architecture.train_scheduler()
-    world = World(seed)
     ckpt = out / "checkpoint.pt"
     start_step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=device)
         for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
             module.load_state_dict(state[key])
         opt.load_state_dict(state["opt"])
         start_step = state["step"]
         print(f"resuming from step {start_step}")
     scale = vae.config.scaling_factor
+    alphas = scheduler.alphas_cumprod.to(device)
     start, running = time.time(), []
-    for step in range(start_step, steps):
+
+    def save(done: int) -> None:
+        torch.save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
+                    "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
+
+    def export(done: int) -> None:
+        target = export_pipeline(out, vae.cpu(), ema_unet.cpu(), ema_text.cpu(), tokenizer)
+        vae.to(device), ema_unet.to(device), ema_text.to(device)
+        log(out, stage="unet", step=done, exported=str(target))
+
+    done = start_step
+    for step, images, captions in step_batches(seed, start_step, steps, batch_size, workers):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, lr, 200, steps)
-        images, captions = batch_for_step(world, seed, step, batch_size)
         gen = torch.Generator().manual_seed(seed * 7_919 + step)
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
+                        return_tensors="pt").input_ids.to(device)
+        images = images.to(device, non_blocking=True)
         with torch.no_grad():
-            latents = vae.encode(images).latent_dist.sample(generator=gen) * scale
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
-        noisy = scheduler.add_noise(latents, noise, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            posterior = vae.encode(images).latent_dist
+            latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device))
+            latents = latents * scale
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # DDPM forward process (scheduler.add_noise)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             cond = text_encoder(ids).last_hidden_state
             pred = unet(noisy, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred.float(), noise)
@@ -160,21 +203,23 @@ def train_unet(out: Path, steps: int, batch_size: int, seed: int, lr: float, che
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = min(ema_decay, (1 + step) / (10 + step))
         ema_update(ema_unet, unet, decay)
         ema_update(ema_text, text_encoder, decay)
-        running.append(loss.item())
+        running.append(loss.detach())
         done = step + 1
-        if done % 50 == 0 or done == steps:
-            log(out, stage="unet", step=done, loss=round(sum(running) / len(running), 5),
+        out_of_time = max_seconds is not None and time.time() - start > max_seconds
+        if done % 50 == 0 or done == steps or out_of_time:
+            log(out, stage="unet", step=done, loss=round(torch.stack(running).mean().item(), 5),
                 lr=round(lr_at(step, lr, 200, steps), 6), elapsed_s=round(time.time() - start, 1))
             running = []
-        if done % checkpoint_every == 0 or done == steps:
-            torch.save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                        "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
-        if done % export_every == 0 or done == steps:
-            target = export_pipeline(out, vae, ema_unet, ema_text, tokenizer)
-            log(out, stage="unet", step=done, exported=str(target))
+        if done % checkpoint_every == 0 or done == steps or out_of_time:
+            save(done)
+        if done % export_every == 0 or done == steps or out_of_time:
+            export(done)
+        if out_of_time:
+            log(out, stage="unet", stopped_at=done, reason=f"--max-minutes reached; rerun to resume")
+            break
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,17 +236,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
     parser.add_argument("--no-bf16", action="store_true", help="train in fp32 (default: bf16 autocast)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--workers", type=int, default=0, help="loader processes rendering batches")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly (checkpoint + export) after")
+    parser.add_argument("--unet-channels", default=None, help="UNet block widths, e.g. 64,128,192")
+    parser.add_argument("--ema-decay", type=float, default=0.999)
     args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    channels = tuple(int(c) for c in args.unet_channels.split(",")) if args.unet_channels else None
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     log(args.out, stage="start", args={k: str(v) for k, v in vars(args).items()},
         torch=torch.__version__, threads=torch.get_num_threads())
     if args.stage in ("vae", "all"):
-        train_vae(args.out, args.vae_steps, args.vae_batch, args.seed)
+        train_vae(args.out, args.vae_steps, args.vae_batch, args.seed, device, args.workers)
     if args.stage in ("unet", "all"):
         train_unet(args.out, args.steps, args.batch, args.seed, args.lr, args.checkpoint_every, args.export_every,
-                   bf16=not args.no_bf16)
+                   bf16=not args.no_bf16, device=device, workers=args.workers,
+                   max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+                   unet_channels=channels, ema_decay=args.ema_decay)
 
 
 if __name__ == "__main__":
