@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--width", type=int, default=None)
     run.add_argument("--no-final-norm", action="store_true", help="ablation: skip the encoder's final norm")
     run.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    run.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                     help="default: float32 on CPU; on a GPU the family's own (fp16 SD/SDXL/IF, bf16 SD3/FLUX/PixArt)")
+    run.add_argument("--offload", default=None, choices=("model", "sequential"),
+                     help="accelerate CPU offload, for GPUs too small to hold the pipeline")
+    run.add_argument("--max-batch", type=int, default=None,
+                     help="images per denoiser call (default: measured from free GPU memory)")
     run.add_argument("--download", action="store_true", help="allow downloading a hub model not in the cache")
     run.add_argument("--out", default="difflens_grid.png", help="grid image to write")
     run.add_argument("--save-dir", default=None, help="also write every image and a JSON of all parameters here")
@@ -33,7 +39,8 @@ def _run(args) -> int:
 
     import difflens_widgets as dl
 
-    pipe = dl.load_pipeline(args.model, device=args.device, download=args.download)
+    pipe = dl.load_pipeline(args.model, device=args.device, download=args.download, dtype=args.dtype,
+                            offload=args.offload)
     lens = dl.Lens(pipe)
     bar = tqdm(total=None, desc="denoising", unit="step", file=sys.stderr)
 
@@ -43,8 +50,11 @@ def _run(args) -> int:
 
     result = lens.run(args.prompt, layers=args.layers, seeds=args.seeds, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, negative_prompt=args.negative, height=args.height,
-                      width=args.width, final_norm=False if args.no_final_norm else None, progress=progress)
+                      width=args.width, final_norm=False if args.no_final_norm else None, progress=progress,
+                      max_batch=args.max_batch)
     bar.close()
+    for event in result.params.get("memory_events", []):
+        print(f"difflens: {event}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.grid().save(out)
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, MemoryError) as err:
         print(f"difflens: error: {err}", file=sys.stderr)
         return 2
 

@@ -9,7 +9,6 @@ generator=manual_seed(s))`` by construction, for any scheduler, and keeps every 
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 import weakref
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import options
+from . import memory, options
 from .adapters import adapter_for
 from .results import LensResult
 
@@ -87,35 +86,16 @@ def quiet_progress_bar(pipe):
         pipe._progress_bar_config = previous
 
 
-def auto_max_batch(pipe, height: int, width: int) -> int:
-    """How many images one pipeline call may hold, from a rough per-image memory cost and the free memory.
-
-    Activation memory grows with pixels; ~2,500 bytes per output pixel in half precision covers the UNet batch
-    (doubled by guidance) and the VAE decode of SD-size models. The budget is 60% of free GPU memory, or a quarter
-    of the machine's RAM on CPU. Always at least 1, at most 64.
-    """
-    device = getattr(pipe, "_execution_device", None) or pipe.device
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    bytes_per_image = height * width * 2_500 * (2 if getattr(denoiser, "dtype", None) == torch.float32 else 1)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = 0.6 * free
-    else:
-        try:
-            budget = 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            budget = 4 * 2**30
-    return int(max(1, min(64, budget // bytes_per_image)))
-
-
 class Lens:
     """Runs Diffusion Lens on one pipeline. Results are kept in a bounded LRU cache (``cache_size`` runs).
 
     ``encoder`` picks the text encoder to lens in a multi-encoder pipeline (e.g. ``"text_encoder"`` or
     ``"text_encoder_2"`` for SDXL); the default is the family's main sequence encoder (see the README's table).
+    ``compile=True`` compiles the denoiser with ``torch.compile`` (once, in place) and keeps every chunk the same
+    shape (the last one padded) so it compiles once per chunk size: worth it on a GPU for long or repeated runs.
     """
 
-    def __init__(self, pipe, *, encoder: str | None = None, cache_size: int = 16):
+    def __init__(self, pipe, *, encoder: str | None = None, cache_size: int = 16, compile: bool = False):
         if isinstance(pipe, str):
             from .models import load_pipeline
 
@@ -125,6 +105,9 @@ class Lens:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, LensResult] = OrderedDict()
         self._cancel = threading.Event()
+        self.compile = bool(compile)
+        if self.compile:
+            compile_denoiser(self.adapter.denoiser)
 
     @property
     def num_layers(self) -> int:
@@ -211,7 +194,8 @@ class Lens:
             text_from: a pipeline (or Lens) whose text encoder provides the lens embeddings, driving this
                 pipeline's denoiser (cross-model lens); shapes must match.
             snapshot_every: also keep a preview of the predicted clean image every k denoising steps.
-            max_batch: images per pipeline call (default: from free memory, see :func:`auto_max_batch`).
+            max_batch: images per pipeline call (default: measured on CUDA, estimated on CPU; see
+                :mod:`difflens_widgets.memory`). A call that runs out of memory is halved and retried.
             sequential: reference mode, one pipeline call per layer (for tests and benchmarks).
             progress: called as ``progress(done, total, preview)`` after every denoiser call (``preview`` is a
                 :class:`Preview` at snapshot steps, else None); returning True cancels the run.
@@ -307,35 +291,60 @@ class Lens:
     # ------------------------------------------------------------------------------------------------------------
     def _denoise_all(self, text, index, cond, uncond, embeddings, lensed, params, max_batch, progress, variant
                      ) -> LensResult:
-        layers, seeds = params["layers"], params["seeds"]
-        items = [(l, s) for l in layers for s in seeds]
+        layers, seeds, steps = params["layers"], params["seeds"], params["num_inference_steps"]
+        queue = [(l, s) for l in layers for s in seeds]
         if params["sequential"]:
-            chunks = [[(l, s) for s in seeds] for l in layers]
-        else:
-            size = max_batch or auto_max_batch(self.pipe, params["height"], params["width"])
-            chunks = [items[i:i + size] for i in range(0, len(items), size)]
-
-        total = params["num_inference_steps"] * len(chunks)
+            max_batch = len(seeds)  # one call per layer (halved within the layer on out-of-memory)
+        plan = memory.ChunkPlan.for_run(self.device, params["height"], params["width"], len(queue), max_batch,
+                                        getattr(self.adapter.denoiser, "dtype", None))
         images, snapshots = {}, {}
-        state = {"done": 0, "cancelled": False}
+        state = {"done": 0, "total": steps * memory.chunk_count(len(queue), plan.size), "cancelled": False}
         started = time.perf_counter()
         with quiet_progress_bar(self.pipe):
-            for chunk in chunks:
-                chunk_images = self._denoise_chunk(chunk, cond, uncond, params, snapshots, state, total, progress)
+            while queue and not state["cancelled"]:
+                chunk = _take(queue, plan.size, per_layer=params["sequential"])
+                done_before = state["done"]
+                plan.before_chunk()
+                try:
+                    chunk_images = self._denoise_chunk(self._padded(chunk, plan.size), cond, uncond, params,
+                                                       snapshots, state, progress)[:len(chunk)]
+                except Exception as err:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
+                    if not memory.is_out_of_memory(err):
+                        raise
+                    cause = MemoryError(f"{type(err).__name__}: {err}")
+                    del err  # its traceback holds the failed chunk's tensors
+                    memory.release_cached(self.device)
+                    plan.after_out_of_memory(len(chunk), cause)
+                    for item in chunk:
+                        snapshots.pop(item, None)
+                    state["done"] = done_before
+                    state["total"] = done_before + steps * memory.chunk_count(len(queue), plan.size)
+                    continue
                 if state["cancelled"]:
                     break
+                del queue[:len(chunk)]
                 images.update(zip(chunk, chunk_images))
+                plan.after_chunk(len(chunk))
+                state["total"] = state["done"] + steps * memory.chunk_count(len(queue), plan.size)
         extra = {} if variant is None else {"token_position": variant[0], "token": variant[1]}
         params = dict(params, prompt=text, negative_prompt=params["negative_prompt"] or "",
-                      seconds=round(time.perf_counter() - started, 3), **extra)
+                      seconds=round(time.perf_counter() - started, 3), images_per_call=plan.sizes_used,
+                      memory_events=plan.events, **extra)
         return LensResult(
             prompt=text, layers=layers, seeds=seeds, images=images,
             embeddings={l: embeddings[l][0].float().cpu().numpy() for l in layers},
             tokens=lensed.tokens[index], params=params, snapshots=snapshots, complete=not state["cancelled"],
         )
 
-    def _denoise_chunk(self, chunk, cond, uncond, params, snapshots, state, total, progress) -> list[Image.Image]:
-        """One pipeline call for the (layer, seed) pairs in ``chunk``."""
+    def _padded(self, chunk: list, size: int) -> list:
+        """With ``compile=True`` every call has the same batch (the last chunk repeats its last item), so the
+        compiled denoiser is not recompiled for a short last chunk."""
+        if not self.compile or len(chunk) >= size:
+            return chunk
+        return chunk + [chunk[-1]] * (size - len(chunk))
+
+    def _denoise_chunk(self, chunk, cond, uncond, params, snapshots, state, progress) -> list[Image.Image]:
+        """One pipeline call for the (layer, seed) pairs in ``chunk`` (repeated pairs are padding)."""
         steps, every = params["num_inference_steps"], params["snapshot_every"]
         kwargs = self.adapter.pipeline_kwargs([cond[l] for l, _ in chunk],
                                               None if uncond is None else [uncond[l] for l, _ in chunk])
@@ -348,10 +357,11 @@ class Lens:
             if every and ((i + 1) % every == 0 or i + 1 == steps):
                 latents = predicted[0] if predicted[0] is not None else tensors["latents"]
                 previews = self.adapter.decode_preview(latents, params["height"], params["width"])
-                for item, img in zip(chunk, previews):
+                unique = dict(zip(chunk, previews))  # padding repeats an item: keep one preview of it
+                for item, img in unique.items():
                     snapshots.setdefault(item, []).append((i + 1, img))
-                preview = Preview(i + 1, list(chunk), previews)
-            stop = progress(state["done"], total, preview) if progress else False
+                preview = Preview(i + 1, list(unique), list(unique.values()))
+            stop = progress(state["done"], state["total"], preview) if progress else False
             if stop or self._cancel.is_set():
                 state["cancelled"] = True
                 pipe._interrupt = True
@@ -387,6 +397,22 @@ class Lens:
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+def _take(queue: list, size: int, per_layer: bool) -> list:
+    """The next chunk: up to ``size`` items from the front; with ``per_layer`` never past the first item's layer."""
+    chunk = queue[:size]
+    if per_layer:
+        chunk = [item for item in chunk if item[0] == queue[0][0]]
+    return chunk
+
+
+def compile_denoiser(module: torch.nn.Module) -> None:
+    """``torch.compile`` the denoiser in place, once (a second Lens on the same pipeline reuses it)."""
+    if getattr(module, "_difflens_compiled", False):
+        return
+    module.compile(fullgraph=False, dynamic=False)
+    module._difflens_compiled = True
 
 
 def _name_of(pipe) -> str | None:

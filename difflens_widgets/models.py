@@ -2,20 +2,66 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
 TOY_MODEL_DIR = Path(__file__).parent / "toy" / "model"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+OFFLOAD_MODES = ("model", "sequential")
 
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type == "cuda" else torch.float32
+def parse_dtype(dtype) -> torch.dtype | None:
+    """``None``, a ``torch.dtype`` or one of the names in :data:`DTYPES` → a torch dtype (or None)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be a torch dtype or one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def default_dtype(device: torch.device, pipeline_class: str | None = None) -> torch.dtype:
+    """fp32 on the CPU; on an accelerator, the precision the family is published in (adapters' ``cuda_dtype``:
+    fp16 for SD 1/2/XL and IF, bf16 for SD3, FLUX and PixArt), fp16 for an unknown family."""
+    if device.type == "cpu":
+        return torch.float32
+    from .adapters import adapter_class_for
+
+    adapter = adapter_class_for(pipeline_class) if pipeline_class else None
+    return adapter.cuda_dtype if adapter is not None else torch.float16
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity set, capped by a cgroup CPU quota (containers often see
+    all the host's cores but may only use a few; torch's default thread count then oversubscribes them)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    return max(1, min(count, math.floor(quota))) if quota else max(1, count)
+
+
+def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """The cgroup v2 CPU quota in CPUs ("200000 100000" → 2.0), or None when unlimited or unreadable."""
+    try:
+        quota, period = Path(path).read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def use_available_cpus() -> int:
+    """Lower torch's CPU thread count to :func:`available_cpus` when it is higher; returns the count in use."""
+    cpus = available_cpus()
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
+    return torch.get_num_threads()
 
 
 def keep_vae_in_fp32(pipe) -> None:
@@ -34,6 +80,54 @@ def keep_vae_in_fp32(pipe) -> None:
         part = getattr(vae, name, None)
         if isinstance(part, torch.nn.Module):
             part.register_forward_pre_hook(to_fp32, with_kwargs=True)
+
+
+def pipeline_class_of(source: str, extra: dict) -> str | None:
+    """The pipeline class named by a folder's or a cached hub entry's ``model_index.json`` (no weights read, no
+    network unless downloading is allowed); None if it cannot be read."""
+    index = Path(source) / "model_index.json"
+    if not index.exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "model_index.json")
+        except Exception:  # noqa: BLE001 - an unreadable cache only means "unknown family"
+            cached = None
+        index = Path(cached) if isinstance(cached, str) else None
+    if index is None and not extra.get("local_files_only", True):
+        try:
+            from diffusers import DiffusionPipeline
+
+            return DiffusionPipeline.load_config(source).get("_class_name")
+        except Exception:  # noqa: BLE001 - from_pretrained will report the real problem
+            return None
+    try:
+        return json.loads(index.read_text()).get("_class_name") if index else None
+    except (OSError, ValueError):
+        return None
+
+
+def place(pipe, device: torch.device, offload: str | None = None, channels_last: bool = False):
+    """Put ``pipe`` on ``device``, or let accelerate offload it: ``"model"`` keeps one component at a time on
+    the device, ``"sequential"`` streams weights layer by layer (slowest, least memory). The lens always
+    computes on the pipeline's execution device, so both work unchanged."""
+    if offload is not None and offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if channels_last:
+        from .adapters import denoiser_of
+
+        denoiser = denoiser_of(pipe)
+        if any(isinstance(m, torch.nn.Conv2d) for m in denoiser.modules()):
+            denoiser.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        use_available_cpus()
+    return pipe
 
 
 def _resolve(model: str, download: bool) -> tuple[str, dict]:
@@ -56,28 +150,35 @@ def _resolve(model: str, download: bool) -> tuple[str, dict]:
     return model, {"local_files_only": not download}
 
 
-def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                  download: bool = False, **from_pretrained_kwargs):
+def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
+                  download: bool = False, offload: str | None = None, channels_last: bool = False,
+                  **from_pretrained_kwargs):
     """Load a diffusers pipeline for the lens.
 
     ``model`` is ``"toy"`` (the embedded model), a local pipeline folder, a hub id, or a pipeline object (moved to
     ``device``/``dtype`` when those are given). Hub ids are read from the local cache only unless
     ``download=True``, so nothing ever waits on a network that is not there. ``device`` defaults to CUDA when
-    present, else CPU; ``dtype`` to fp16 on CUDA (VAE kept in fp32) and fp32 on CPU. ``trust_remote_code`` is
-    never turned on here.
+    present, else CPU. ``dtype`` (a torch dtype or "float16" / "bfloat16" / "float32") defaults to fp32 on the
+    CPU and, on a GPU, to the family's own precision: fp16 for SD 1/2/XL and IF (their VAE kept in fp32), bf16
+    for SD3, FLUX and PixArt. ``offload="model"`` or ``"sequential"`` uses accelerate's CPU offload for GPUs too
+    small to hold the pipeline (e.g. FLUX on a 16 GB card). ``channels_last`` stores the UNet's convolution
+    weights channels-last (often faster on GPUs; measure with ``benchmarks/bench_gpu.py``). On the CPU, torch's
+    thread count is capped to the CPUs this process may use. ``trust_remote_code`` is never turned on here.
     """
+    dtype = parse_dtype(dtype)
     if not isinstance(model, (str, os.PathLike)):
         if not hasattr(model, "components"):
             raise TypeError(f"model must be 'toy', a folder, a hub id or a diffusers pipeline, "
                             f"not {type(model).__name__}")
-        if device is not None:
-            model.to(torch.device(device))
         if dtype is not None:
             model.to(dtype=dtype)
+        if device is not None or offload is not None or channels_last:
+            place(model, torch.device(device) if device is not None else default_device(), offload, channels_last)
         return model
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
     source, extra = _resolve(os.fspath(model), download)
+    pipeline_class = pipeline_class_of(source, extra)
+    dtype = dtype or default_dtype(device, pipeline_class)
     from diffusers import DiffusionPipeline
 
     kwargs = {**extra, **from_pretrained_kwargs, "dtype": dtype}
@@ -91,9 +192,16 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
                 f"pipeline folder (pipe.save_pretrained(FOLDER) then load_pipeline(FOLDER))."
             ) from err
         raise
-    pipe.to(device)
-    if dtype == torch.float16:
+    if dtype == torch.float16 and _vae_needs_fp32(pipe):
         keep_vae_in_fp32(pipe)
+    place(pipe, device, offload, channels_last)
     if hasattr(pipe, "safety_checker") and pipe.safety_checker is None and hasattr(pipe, "register_to_config"):
         pipe.register_to_config(requires_safety_checker=False)
     return pipe
+
+
+def _vae_needs_fp32(pipe) -> bool:
+    from .adapters import adapter_class_for
+
+    adapter = adapter_class_for(type(pipe).__name__)
+    return adapter.vae_in_fp32 if adapter is not None else getattr(pipe, "vae", None) is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import EncodedPrompts, LensAdapter
+from .base import EncodedPrompts, LensAdapter, denoiser_of
 from .deepfloyd_if import DeepFloydIFAdapter
 from .flux import FluxAdapter
 from .pixart import PixArtAdapter
@@ -16,6 +16,12 @@ ADAPTERS: list[type[LensAdapter]] = [StableDiffusionAdapter, StableDiffusionXLAd
 
 def supported_families() -> str:
     return "; ".join(f"{a.family}: {a.description}" for a in ADAPTERS)
+
+
+def adapter_class_for(pipeline_class: str) -> type[LensAdapter] | None:
+    """The adapter of a diffusers pipeline class name (as in a folder's ``model_index.json``), or None; lets
+    ``load_pipeline`` choose a family's precision before any weight is read."""
+    return next((a for a in ADAPTERS if pipeline_class in a.pipeline_classes), None)
 
 
 def adapter_for(pipe, encoder: str | None = None) -> LensAdapter:
@@ -33,4 +39,5 @@ def adapter_for(pipe, encoder: str | None = None) -> LensAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "EncodedPrompts", "LensAdapter", "adapter_for", "supported_families"]
+__all__ = ["ADAPTERS", "EncodedPrompts", "LensAdapter", "adapter_class_for", "adapter_for", "denoiser_of",
+           "supported_families"]

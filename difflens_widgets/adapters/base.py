@@ -24,6 +24,14 @@ from . import encoders as enc
 from .encoders import EncoderRun, TextEncoderSpec
 
 
+def denoiser_of(pipe) -> torch.nn.Module:
+    """A pipeline's denoiser: ``unet`` (SD 1/2/XL, IF) or ``transformer`` (SD3, FLUX, PixArt)."""
+    module = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if module is None:
+        raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer to denoise with")
+    return module
+
+
 @dataclass
 class Part:
     """One encoder's share of a conditioning: sequence (1, T, W), pooled (1, P) and attention mask (1, T)."""
@@ -72,6 +80,9 @@ class LensAdapter:
 
     family: str = ""
     description: str = ""
+    pipeline_classes: tuple[str, ...] = ()  # diffusers class names of this family (read before loading weights)
+    cuda_dtype: torch.dtype = torch.float16  # the precision the family's weights are published and run in
+    vae_in_fp32: bool = False  # its VAE overflows in fp16 (NaN → black images): keep it in fp32 under fp16
     uses_negative_embeddings: bool = True  # False: the family has no classifier-free guidance branch (FLUX)
     masks_padding: bool = False  # True: the denoiser never sees padding positions (attention mask passed to it)
 
@@ -88,7 +99,7 @@ class LensAdapter:
     # ---- what a family says -----------------------------------------------------------------------------------
     @classmethod
     def matches(cls, pipe) -> bool:
-        raise NotImplementedError
+        return type(pipe).__name__ in cls.pipeline_classes
 
     def encoder_specs(self) -> tuple[TextEncoderSpec, ...]:
         raise NotImplementedError
@@ -119,6 +130,11 @@ class LensAdapter:
         return getattr(self.pipe, self.spec.component)
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet or transformer that the pipeline denoises with."""
+        return denoiser_of(self.pipe)
+
+    @property
     def encoder_name(self) -> str:
         return self.spec.component
 
@@ -143,14 +159,14 @@ class LensAdapter:
     def default_size(self) -> tuple[int, int]:
         """What the pipeline draws when no size is given: its ``default_sample_size`` (SDXL, SD3, FLUX) or its
         denoiser's ``sample_size``, times the VAE factor (1 in pixel space)."""
-        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        denoiser = self.denoiser
         sample = getattr(self.pipe, "default_sample_size", None) or denoiser.config.sample_size
         side = int(sample) * int(getattr(self.pipe, "vae_scale_factor", 1))
         return side, side
 
     def signature(self) -> dict:
         """What must match for two pipelines to be compared layer by layer (see tuning.check_compatible)."""
-        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        denoiser = self.denoiser
         text = self.text_encoder.config
         return {
             "pipeline family": self.family,

@@ -15,9 +15,7 @@ class DeepFloydIFAdapter(LensAdapter):
     family = "deepfloyd-if"
     description = "DeepFloyd IF stage I (T5-XXL, pixel space)"
 
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(pipe).__name__ == "IFPipeline"
+    pipeline_classes = ("IFPipeline",)  # fp16 (its published "fp16" variant); pixel space, no VAE
 
     def encoder_specs(self):
         return (TextEncoderSpec("text_encoder", "tokenizer", "t5", max_length=77, mask_to_encoder=True),)

@@ -90,6 +90,12 @@ def _bypass(block: torch.nn.Module):
     return lambda: delattr(block, "forward")
 
 
+def execution_device(pipe) -> torch.device:
+    """Where the pipeline computes: its ``_execution_device`` under CPU offload (weights may sit on the CPU or on
+    ``meta`` between calls), else its device."""
+    return getattr(pipe, "_execution_device", None) or pipe.device
+
+
 def max_length(pipe, spec: TextEncoderSpec) -> int:
     return spec.max_length or getattr(pipe, spec.tokenizer).model_max_length
 
@@ -107,7 +113,7 @@ def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, 
     the final norm. ``skip`` holds block numbers (1..L) whose output is replaced by their input."""
     encoder = getattr(pipe, spec.component)
     tokenizer, batch, _ = tokenize(pipe, spec, texts)
-    device = encoder.device
+    device = execution_device(pipe)
     mask = batch.attention_mask.to(device)
     captured: list[torch.Tensor] = []
     with ExitStack() as stack, torch.no_grad():

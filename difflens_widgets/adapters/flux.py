@@ -23,11 +23,9 @@ T5_TOKENS = 512  # the pipeline's default max_sequence_length
 class FluxAdapter(LensAdapter):
     family = "flux"
     description = "FLUX.1 (T5-XXL sequence + CLIP-L pooled; no CFG branch)"
+    pipeline_classes = ("FluxPipeline",)
+    cuda_dtype = torch.bfloat16
     uses_negative_embeddings = False
-
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(pipe).__name__ == "FluxPipeline"
 
     def encoder_specs(self):
         return (TextEncoderSpec("text_encoder", "tokenizer", "clip", pooled="pooler", sequence=False),

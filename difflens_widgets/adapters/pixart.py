@@ -5,6 +5,8 @@ to the transformer, so **padding positions never reach the image**. Layer L is t
 
 from __future__ import annotations
 
+import torch
+
 from .base import LensAdapter, Part
 from .encoders import TextEncoderSpec
 
@@ -14,9 +16,8 @@ class PixArtAdapter(LensAdapter):
     description = "PixArt-α/Σ (T5 with attention mask to the transformer)"
     masks_padding = True
 
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(pipe).__name__ in ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+    pipeline_classes = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+    cuda_dtype = torch.bfloat16
 
     @property
     def max_tokens(self) -> int:

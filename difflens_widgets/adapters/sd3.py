@@ -22,9 +22,8 @@ class StableDiffusion3Adapter(LensAdapter):
     family = "stable-diffusion-3"
     description = "Stable Diffusion 3 (CLIP-L + CLIP-G penultimate, T5-XXL; pooled from both CLIPs)"
 
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(pipe).__name__ == "StableDiffusion3Pipeline"
+    pipeline_classes = ("StableDiffusion3Pipeline",)
+    cuda_dtype = torch.bfloat16
 
     def encoder_specs(self):
         return (TextEncoderSpec("text_encoder", "tokenizer", "clip", penultimate=True, pooled="projection"),

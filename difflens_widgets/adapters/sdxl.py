@@ -22,9 +22,8 @@ class StableDiffusionXLAdapter(LensAdapter):
     family = "stable-diffusion-xl"
     description = "Stable Diffusion XL (CLIP-L + OpenCLIP-bigG, penultimate layer, pooled from the second)"
 
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(pipe).__name__ == "StableDiffusionXLPipeline"
+    pipeline_classes = ("StableDiffusionXLPipeline",)
+    vae_in_fp32 = True  # SDXL's VAE overflows in fp16 (diffusers' own force_upcast)
 
     def encoder_specs(self):
         return (TextEncoderSpec("text_encoder", "tokenizer", "clip", penultimate=True),

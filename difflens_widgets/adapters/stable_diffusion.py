@@ -17,6 +17,8 @@ from .encoders import final_norm as clip_final_norm  # both CLIP module layouts 
 class StableDiffusionAdapter(LensAdapter):
     family = "stable-diffusion"
     description = "Stable Diffusion 1.x/2.x (one CLIP text encoder)"
+    pipeline_classes = ("StableDiffusionPipeline",)
+    vae_in_fp32 = True  # SD VAEs can overflow in fp16 at large sizes; decoding in fp32 costs little
 
     @classmethod
     def matches(cls, pipe) -> bool:

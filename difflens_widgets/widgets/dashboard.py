@@ -181,6 +181,9 @@ class LensDashboard(anywidget.AnyWidget):
             complete = result.complete and (tuned is None or tuned.complete)
             self.status = "done" if complete else "cancelled"
             self.message = "" if complete else "cancelled: showing the layers that finished"
+            events = [e for r in (result, tuned) if r is not None for e in r.params.get("memory_events", [])]
+            if any("out of memory" in e for e in events):  # say why the run took longer than it might have
+                self.message = "; ".join(filter(None, [self.message, "GPU memory: " + "; ".join(events)]))
         except Exception as err:  # shown in the widget; the widget stays usable
             self.status, self.message = "error", f"{type(err).__name__}: {err}"
         finally:

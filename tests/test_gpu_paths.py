@@ -1,0 +1,235 @@
+"""The GPU-facing paths, exercised on the CPU: family precision, measured chunk sizes, out-of-memory back-off,
+CPU offload, thread count, compile-friendly chunks. Nothing here needs a GPU: OOM and GPU memory are simulated."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+import difflens_widgets as dl
+from difflens_widgets import memory, models, testing
+from difflens_widgets.adapters import adapter_class_for, adapter_for
+
+PROMPT = "a red circle left of a blue square"
+FAMILY_PRECISION = {
+    testing.tiny_stable_diffusion: (torch.float16, True),
+    testing.tiny_sdxl: (torch.float16, True),
+    testing.tiny_sd3: (torch.bfloat16, False),
+    testing.tiny_flux: (torch.bfloat16, False),
+    testing.tiny_pixart: (torch.bfloat16, False),
+    testing.tiny_deepfloyd_if: (torch.float16, False),
+}
+
+
+def max_pixel_difference(a, b) -> int:
+    return max(int(np.abs(np.asarray(a.image(l, s), dtype=int) - np.asarray(b.image(l, s), dtype=int)).max())
+               for l in a.layers for s in a.seeds)
+
+
+@pytest.fixture
+def reference(tiny_pipe):
+    return dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, max_batch=64, use_cache=False)
+
+
+@pytest.mark.parametrize("build", list(FAMILY_PRECISION), ids=lambda f: f.__name__)
+def test_each_family_runs_in_its_own_precision_on_a_gpu(build):
+    pipe = build()
+    expected, vae_fp32 = FAMILY_PRECISION[build]
+    name = type(pipe).__name__
+    assert adapter_class_for(name) is type(adapter_for(pipe))
+    assert models.default_dtype(torch.device("cuda"), name) == expected
+    assert models.default_dtype(torch.device("cpu"), name) == torch.float32
+    assert adapter_class_for(name).vae_in_fp32 is vae_fp32
+    assert models.default_dtype(torch.device("cuda"), "SomeNewPipeline") == torch.float16
+
+
+@pytest.mark.parametrize("build, folder_dtype", [(testing.tiny_flux, torch.bfloat16),
+                                                 (testing.tiny_stable_diffusion, torch.float16)])
+def test_load_pipeline_picks_the_family_precision_before_reading_weights(build, folder_dtype, tmp_path,
+                                                                           monkeypatch):
+    build().save_pretrained(tmp_path)
+    assert models.pipeline_class_of(str(tmp_path), {}) == type(build()).__name__
+    placed = []
+    monkeypatch.setattr(models, "place", lambda pipe, device, *a: placed.append(device))  # no GPU here
+    pipe = dl.load_pipeline(tmp_path, device="cuda")
+    assert placed == [torch.device("cuda")]
+    assert adapter_for(pipe).denoiser.dtype == folder_dtype
+    if folder_dtype == torch.float16:  # SD: the VAE stays fp32, and decodes fp16 latents
+        assert pipe.vae.dtype == torch.float32
+        out = pipe.vae.decode(torch.zeros(1, 4, 8, 8, dtype=torch.float16)).sample
+        assert out.dtype == torch.float32
+
+
+def test_dtype_names_and_bad_values(tmp_path):
+    assert models.parse_dtype("bf16") is torch.bfloat16 and models.parse_dtype("float16") is torch.float16
+    with pytest.raises(ValueError, match="dtype must be a torch dtype or one of float32"):
+        dl.load_pipeline("toy", device="cpu", dtype="float8")
+    with pytest.raises(ValueError, match="offload must be None, 'model' or 'sequential'"):
+        dl.load_pipeline(testing.tiny_stable_diffusion(), device="cpu", offload="disk")
+
+
+def test_out_of_memory_halves_the_chunk_and_loses_nothing(tiny_pipe, reference, monkeypatch):
+    original = tiny_pipe.unet.forward
+
+    def forward(sample, *args, **kwargs):  # a "GPU" that holds at most 2 images (4 rows with guidance)
+        if sample.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return original(sample, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe.unet, "forward", forward)
+    seen = []
+    res = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, max_batch=8, use_cache=False,
+                                 progress=lambda done, total, _: seen.append((done, total)))
+    assert res.complete and max_pixel_difference(res, reference) == 0
+    assert res.params["memory_events"] == ["out of memory at 8 images per call; retried at 4",
+                                           "out of memory at 4 images per call; retried at 2"]
+    assert res.params["images_per_call"] == [2] * 5
+    assert all(done <= total for done, total in seen) and seen[-1] == (15, 15)
+    assert "step" not in vars(tiny_pipe.scheduler)  # the scheduler wrapper is gone
+
+
+def test_out_of_memory_at_one_image_says_what_to_change(tiny_pipe, reference, monkeypatch):
+    def forward(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(tiny_pipe.unet, "forward", forward)
+    with pytest.raises(MemoryError, match="single image; lower height/width, load the pipeline with offload="):
+        dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, max_batch=2, use_cache=False)
+    monkeypatch.undo()
+    again = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, use_cache=False)
+    assert max_pixel_difference(again, reference) == 0
+
+
+def test_other_errors_are_not_retried(tiny_pipe, monkeypatch):
+    calls = []
+
+    def forward(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(tiny_pipe.unet, "forward", forward)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        dl.Lens(tiny_pipe).run(PROMPT, num_inference_steps=2, use_cache=False)
+    assert len(calls) == 1
+
+
+class SimulatedGpu:
+    """Stands in for CudaMemory: 100 MiB available, each image in a call peaks at 10 MiB."""
+
+    def __init__(self):
+        self.images = 0
+
+    def available(self):
+        return 100 * 2**20
+
+    def start_peak(self):
+        return 0
+
+    def peak(self):
+        return self.images * 10 * 2**20
+
+
+def test_chunk_size_is_measured_from_the_first_chunk(tiny_pipe, reference, monkeypatch):
+    gpu = SimulatedGpu()
+    original = tiny_pipe.unet.forward
+
+    def forward(sample, *args, **kwargs):
+        gpu.images = sample.shape[0] // 2
+        return original(sample, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe.unet, "forward", forward)
+    monkeypatch.setattr(memory.ChunkPlan, "for_run",
+                        functools.partial(memory.ChunkPlan.for_run.__func__, memory.ChunkPlan, memory=gpu))
+    res = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, use_cache=False)
+    assert res.params["images_per_call"] == [2, 8]  # probe of 2, then 0.85 × 100 MiB / 10 MiB = 8
+    assert res.params["memory_events"] == ["measured 10 MiB per image; 8 images per call"]
+    assert max_pixel_difference(res, reference) == 0
+
+
+def test_cpu_chunk_estimate_and_oom_detection():
+    assert 1 <= memory.cpu_chunk_size(64, 64, torch.float32) <= memory.MAX_CHUNK
+    assert memory.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
+    assert memory.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not memory.is_out_of_memory(RuntimeError("expected scalar type Half but found Float"))
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_lens_works_under_cpu_offload(mode, reference):
+    pipe = dl.load_pipeline(testing.tiny_stable_diffusion(), device="cpu", offload=mode)
+    if mode == "sequential":
+        assert pipe.text_encoder.device.type == "meta"  # weights stream in per layer; ids must not follow them
+        try:
+            pipe(PROMPT, num_inference_steps=1)
+        except TypeError as err:  # accelerate cannot stream weights on a CPU-only torch build
+            pytest.skip(f"diffusers' own pipeline cannot run with sequential offload here: {str(err)[:80]}")
+    res = dl.Lens(pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, use_cache=False)
+    assert max_pixel_difference(res, reference) == 0
+    vectors, _ = dl.Lens(pipe).embed(PROMPT, layers=[4])
+    assert np.isfinite(vectors[4]).all()
+
+
+def test_threads_follow_the_cgroup_quota(tmp_path, monkeypatch):
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert models.cgroup_cpu_quota(str(quota)) == 1.5
+    quota.write_text("max 100000\n")
+    assert models.cgroup_cpu_quota(str(quota)) is None
+    assert models.cgroup_cpu_quota(str(tmp_path / "missing")) is None
+    before = torch.get_num_threads()
+    monkeypatch.setattr(models, "cgroup_cpu_quota", lambda *a: 1.0)
+    try:
+        assert models.available_cpus() == 1
+        assert models.use_available_cpus() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_compile_compiles_once_and_keeps_every_chunk_the_same_shape(reference, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
+    pipe = testing.tiny_stable_diffusion()
+    batches = []
+    pipe.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    lens = dl.Lens(pipe, compile=True)
+    dl.Lens(pipe, compile=True)
+    assert [m for m, _ in compiled] == [pipe.unet] and compiled[0][1]["dynamic"] is False
+    res = lens.run(PROMPT, seeds=[0, 1], num_inference_steps=3, max_batch=4, use_cache=False, snapshot_every=3)
+    assert set(batches) == {8}  # 10 images in chunks of 4: the last chunk of 2 padded to 4 (×2 for guidance)
+    assert max_pixel_difference(res, reference) == 0
+    assert all(len(res.snapshots[item]) == 1 for item in res.images)
+
+
+def test_attention_runs_through_pytorch_sdpa(tiny_pipe, monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    dl.Lens(tiny_pipe).run(PROMPT, layers=[4], num_inference_steps=1, use_cache=False)
+    assert calls
+
+
+def test_cli_prints_memory_events_and_one_line_memory_errors(tmp_path, capsys, monkeypatch):
+    from difflens_widgets.cli import main
+
+    folder = tmp_path / "pipe"
+    testing.tiny_stable_diffusion().save_pretrained(folder)
+    import diffusers
+
+    original = diffusers.UNet2DConditionModel.forward
+    limit = {"rows": 4}
+
+    def forward(self, sample, *args, **kwargs):
+        if sample.shape[0] > limit["rows"]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, sample, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "forward", forward)
+    args = ["run", PROMPT, "--model", str(folder), "--layers", "0:5:2", "--steps", "1", "--device", "cpu",
+            "--dtype", "float32", "--max-batch", "3", "--out", str(tmp_path / "g.png")]
+    assert main(args) == 0
+    assert "difflens: out of memory at 3 images per call; retried at 1" in capsys.readouterr().err
+    limit["rows"] = 0
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "difflens: error: out of memory denoising a single image" in err and "Traceback" not in err
