@@ -62,10 +62,13 @@ class CudaMemory:
     device: torch.device
 
     def available(self) -> int:
-        """Bytes a new allocation can get: free on the device plus what PyTorch holds cached but unused."""
-        free, _ = torch.cuda.mem_get_info(self.device)
-        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        return int(free + max(0, cached))
+        """Bytes a new allocation can get: free on the device plus what PyTorch holds cached but unused, within
+        the per-process cap if one was set (``torch.cuda.set_per_process_memory_fraction``)."""
+        free, total = torch.cuda.mem_get_info(self.device)
+        allocated = torch.cuda.memory_allocated(self.device)
+        cached = max(0, torch.cuda.memory_reserved(self.device) - allocated)
+        fraction = torch.cuda.get_per_process_memory_fraction(self.device)
+        return int(max(0, min(free + cached, fraction * total - allocated)))
 
     def start_peak(self) -> int:
         torch.cuda.synchronize(self.device)

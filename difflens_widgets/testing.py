@@ -211,3 +211,93 @@ TINY_FAMILIES = {
     "stable-diffusion": tiny_stable_diffusion, "stable-diffusion-xl": tiny_sdxl, "stable-diffusion-3": tiny_sd3,
     "flux": tiny_flux, "pixart": tiny_pixart, "deepfloyd-if": tiny_deepfloyd_if,
 }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real-size architectures with random weights, for benchmarks: timing and memory do not depend on weight values,
+# and nothing is downloaded. Built directly on ``device`` (random init of billions of parameters on a CPU is slow).
+# ---------------------------------------------------------------------------------------------------------------
+def _clip_text(tokenizer, width: int, layers: int, heads: int, ffn: int, act: str, projection: int | None = None):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=ffn,
+                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                            hidden_act=act, projection_dim=projection or width, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _sd_vae(sample_size: int, latent_channels: int = 4, **extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=latent_channels,
+                         sample_size=sample_size, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, **extra).eval()
+
+
+def sd15_architecture(device="cpu", dtype=torch.float32):
+    """Stable Diffusion 1.5: UNet (859 M), VAE, CLIP ViT-L/14 text encoder (12 blocks), PNDM; 512² images."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = tiny_clip_tokenizer(max_length=77)
+    with torch.device(device):
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+        vae = _sd_vae(512)
+        text_encoder = _clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def sdxl_architecture(device="cpu", dtype=torch.float32):
+    """SDXL base: UNet (2.6 B), CLIP ViT-L (12 blocks) + OpenCLIP bigG (32 blocks, projection), VAE; 1024²."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = tiny_clip_tokenizer(max_length=77)
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+        ).eval()
+        vae = _sd_vae(1024, scaling_factor=0.13025, force_upcast=True)
+        text_encoder = _clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
+        text_encoder_2 = _clip_text(tokenizer, 1280, 32, 20, 5120, "gelu", projection=1280)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def flux_architecture(device="cpu", dtype=torch.float32):
+    """FLUX.1-dev: transformer (12 B: 19 double + 38 single blocks), T5-XXL (24 blocks, 4.7 B), CLIP-L; 1024²."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_clip_tokenizer(max_length=77)
+    tokenizer_2 = tiny_t5_tokenizer(max_length=512)
+    with torch.device(device):
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56)).eval()
+        text_encoder = _clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
+        text_encoder_2 = T5EncoderModel(T5Config(
+            vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+            feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1)).eval()
+        vae = _sd_vae(1024, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                      use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=1.15)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+    return pipe.to(device=device, dtype=dtype)
+
+
+REAL_SIZE = {"sd15": sd15_architecture, "sdxl": sdxl_architecture, "flux": flux_architecture}

@@ -233,3 +233,22 @@ def test_cli_prints_memory_events_and_one_line_memory_errors(tmp_path, capsys, m
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "difflens: error: out of memory denoising a single image" in err and "Traceback" not in err
+
+
+def test_dashboard_says_when_memory_ran_out(monkeypatch):
+    pipe = testing.tiny_stable_diffusion()
+    original = pipe.unet.forward
+
+    def forward(sample, *args, **kwargs):
+        if sample.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(sample, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", forward)
+    dash = dl.LensDashboard(pipe)
+    dash.steps, dash.layer_range, dash.seeds, dash.max_batch = 2, "", "0,1", 10
+    dash.run()
+    assert dash.wait(60)
+    assert dash.status == "done" and len(dash.frames) == 10
+    assert dash.message == ("GPU memory: out of memory at 10 images per call; retried at 5; "
+                            "out of memory at 5 images per call; retried at 2")
