@@ -136,7 +136,8 @@ class Lens:
         if len(prompts) != 1:
             raise ValueError("embed takes one prompt")
         layer_list = options.parse_layers(layers, self.num_layers)
-        norm = self.adapter.own_final_norm if final_norm is None else bool(final_norm)
+        final_norm = options.check_flag("final_norm", final_norm, allow_none=True)
+        norm = self.adapter.own_final_norm if final_norm is None else final_norm
         encoded = self.adapter.encode(prompts)
         vectors = {l: self.adapter.lens(encoded.hidden_states[l][:1], norm)[0].float().cpu().numpy()
                    for l in layer_list}
@@ -213,6 +214,12 @@ class Lens:
         width = options.check_size("width", default_w if width is None else width, self.adapter.size_multiple)
         snapshot_every = options.check_positive_int("snapshot_every", snapshot_every)
         max_batch = options.check_positive_int("max_batch", max_batch)
+        final_norm = options.check_flag("final_norm", final_norm, allow_none=True)
+        for flag, value in (("lens_negative", lens_negative), ("per_token", per_token), ("lens_pooled", lens_pooled),
+                            ("sequential", sequential), ("use_cache", use_cache)):
+            options.check_flag(flag, value)
+        progress = options.check_callback("progress", progress)
+        options.check_work(len(layer_list) * len(seed_list) * len(prompts))
         token_range = options.check_choice("tokens", tokens, options.TOKEN_RANGES)
         other = options.check_choice("other_encoders", other_encoders, options.OTHER_ENCODERS)
         skip = options.parse_skip_layers(skip_layers, source.num_layers)

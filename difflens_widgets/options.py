@@ -6,8 +6,15 @@ what was wrong and what is allowed.
 
 from __future__ import annotations
 
+import math
 import numbers
+import unicodedata
 from collections.abc import Iterable, Sequence
+
+MAX_SEED = 2**32  # torch's CPU generator keeps 32 bits of a seed: 0 and 2**32 would draw the same noise
+MAX_STEPS = 1000  # the noise schedules of every supported family have 1,000 training timesteps
+MAX_SIDE = 4096  # pixels; beyond this no supported model was trained, and one image no longer fits a GPU
+MAX_IMAGES = 4096  # (layer, seed) images of one run; larger sweeps belong in a loop over runs
 
 LayerSpec = None | int | str | range | Sequence[int]
 SeedSpec = int | str | Iterable[int]
@@ -82,8 +89,9 @@ def parse_seeds(spec: SeedSpec) -> list[int]:
     for seed in seeds:
         if not _is_int(seed):
             raise TypeError(f"seed {seed!r} is not an integer; seeds must be ints ≥ 0")
-        if seed < 0:
-            raise ValueError(f"seed {seed} is negative; seeds must be ints ≥ 0")
+        if not 0 <= seed < MAX_SEED:
+            raise ValueError(f"seed {seed} is out of range; seeds must be ints in 0..{MAX_SEED - 1} (torch's CPU "
+                             "generator keeps 32 bits, so larger seeds would repeat the noise of smaller ones)")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {seeds} repeat a seed; each seed must appear once")
     return [int(s) for s in seeds]
@@ -101,32 +109,67 @@ def parse_prompts(prompt: str | Sequence[str]) -> list[str]:
     for p in prompts:
         if not isinstance(p, str):
             raise TypeError(f"prompt {p!r} is not a string")
-        if not p.strip():
-            raise ValueError("a prompt is empty; the lens needs some text to look at")
+        control = sorted({f"U+{ord(c):04X}" for c in p if unicodedata.category(c) == "Cc" and c not in "\t\n\r"})
+        if control:
+            raise ValueError(f"prompt {_short(p)} holds control characters ({', '.join(control)}); "
+                             "remove them (tabs and newlines are fine)")
+        if not "".join(c for c in p if unicodedata.category(c) not in ("Cf", "Zs", "Zl", "Zp")).strip():
+            raise ValueError("a prompt is empty (or only spaces / invisible characters); the lens needs some text "
+                             "to look at")
     return prompts
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``repr`` of ``text`` cut to ``limit`` characters, for error messages about long inputs."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def check_work(images: int) -> None:
+    """Refuse a run of more (layer, seed) images than :data:`MAX_IMAGES` before any model work."""
+    if images > MAX_IMAGES:
+        raise ValueError(f"this run asks for {images} images (layers × seeds); one run is limited to "
+                         f"{MAX_IMAGES}: split the seeds or layers over several runs")
+
+
+def check_flag(name: str, value: object, allow_none: bool = False) -> bool | None:
+    """A real boolean (``"no"`` would otherwise count as True)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        allowed = "True, False or None" if allow_none else "True or False"
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_callback(name: str, value: object):
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a function (or None), got {type(value).__name__}")
+    return value
 
 
 def check_steps(steps: object) -> int:
     if not _is_int(steps):
         raise TypeError(f"num_inference_steps must be an integer ≥ 1, got {steps!r}")
-    if steps < 1:
-        raise ValueError(f"num_inference_steps must be ≥ 1, got {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"num_inference_steps must be in 1..{MAX_STEPS}, got {steps}")
     return int(steps)
 
 
 def check_guidance(guidance: object) -> float:
     if not isinstance(guidance, numbers.Real) or isinstance(guidance, bool):
         raise TypeError(f"guidance_scale must be a number ≥ 0, got {guidance!r}")
-    if guidance != guidance or guidance < 0:
-        raise ValueError(f"guidance_scale must be ≥ 0 (≤ 1 turns classifier-free guidance off), got {guidance}")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance_scale must be a finite number ≥ 0 (≤ 1 turns classifier-free guidance off), "
+                         f"got {guidance}")
     return float(guidance)
 
 
 def check_size(name: str, value: object, multiple: int) -> int:
     if not _is_int(value):
         raise TypeError(f"{name} must be an integer number of pixels, got {value!r}")
-    if value <= 0 or value % multiple:
-        raise ValueError(f"{name}={value} must be a positive multiple of {multiple} for this pipeline")
+    if value <= 0 or value % multiple or value > MAX_SIDE:
+        raise ValueError(f"{name}={value} must be a positive multiple of {multiple} for this pipeline, at most "
+                         f"{MAX_SIDE}")
     return int(value)
 
 

@@ -47,7 +47,7 @@ def test_parse_seeds():
 
 def test_scalar_checks():
     assert options.check_steps(5) == 5
-    with pytest.raises(ValueError, match="≥ 1"):
+    with pytest.raises(ValueError, match="in 1..1000"):
         options.check_steps(0)
     with pytest.raises(TypeError):
         options.check_steps(2.5)
@@ -62,3 +62,28 @@ def test_scalar_checks():
         options.parse_prompts("   ")
     with pytest.raises(TypeError):
         options.parse_prompts(5)
+
+
+@pytest.mark.parametrize("prompt, text", [
+    ("a red \x00circle", "control characters \\(U\\+0000\\)"),
+    ("\x1b[31ma red circle", "U\\+001B"),
+    ("\u200b\u200b", "only spaces / invisible characters"),
+    ("\u202e \u2060", "only spaces / invisible characters"),
+])
+def test_prompts_with_control_or_only_invisible_characters_are_refused(prompt, text):
+    with pytest.raises(ValueError, match=text):
+        options.parse_prompts(prompt)
+    assert options.parse_prompts("a red\tcircle\nleft of a square") == ["a red\tcircle\nleft of a square"]
+    assert options.parse_prompts("赤い円") == ["赤い円"]
+
+
+def test_long_prompts_warn_in_one_short_line(tiny_pipe):
+    import warnings
+
+    import difflens_widgets as dl
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dl.Lens(tiny_pipe).embed("red " * 1000, layers=[4])
+    messages = [str(w.message) for w in caught if "longer than" in str(w.message)]
+    assert len(messages) == 1 and len(messages[0]) < 300 and "(986 tokens in all)" in messages[0]

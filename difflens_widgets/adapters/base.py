@@ -266,9 +266,10 @@ class LensAdapter:
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
     @staticmethod
-    def warn_truncated(prompt: str, kept: int, dropped: list[str]) -> None:
-        warnings.warn(
-            f"prompt {prompt!r} is longer than the text encoder's limit of {kept} tokens; "
-            f"this part was cut: {' '.join(dropped)!r}",
-            UserWarning, stacklevel=4,
-        )
+    def warn_truncated(prompt: str, kept: int, dropped: list[str], shown: int = 12) -> None:
+        """One short line: the prompt and the cut part are abbreviated (a 1,000-word prompt must not print a
+        page), and tokens the vocabulary does not know are named as such rather than as the end token."""
+        head = prompt if len(prompt) <= 60 else prompt[:60] + "…"
+        cut = " ".join(dropped[:shown]) + (f" … ({len(dropped)} tokens in all)" if len(dropped) > shown else "")
+        warnings.warn(f"prompt {head!r} is longer than the text encoder's limit of {kept} tokens; this part was "
+                      f"cut: {cut!r}", UserWarning, stacklevel=4)

@@ -136,7 +136,9 @@ def truncated(pipe, spec: TextEncoderSpec, text: str) -> list[str]:
     full = tokenizer(text).input_ids
     if len(full) <= limit:
         return []
-    return tokenizer.convert_ids_to_tokens(full[limit - 1:-1])
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    return ["<unknown>" if i == unknown else t
+            for i, t in zip(full[limit - 1:-1], tokenizer.convert_ids_to_tokens(full[limit - 1:-1]))]
 
 
 def end_positions(encoder, ids: torch.Tensor) -> torch.Tensor:
