@@ -102,9 +102,12 @@ class Lens:
             pipe = load_pipeline(pipe)
         self.pipe = pipe
         self.adapter = adapter_for(pipe, encoder)
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an integer ≥ 0 (0 = no cache), got {cache_size!r}")
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, LensResult] = OrderedDict()
-        self._cancel = threading.Event()
+        self._runs: set[threading.Event] = set()  # one cancel flag per run started and not yet finished
+        self._runs_guard = threading.Lock()
         self.compile = bool(compile)
         if self.compile:
             compile_denoiser(self.adapter.denoiser)
@@ -119,8 +122,11 @@ class Lens:
         return getattr(self.pipe, "_execution_device", None) or self.pipe.device
 
     def cancel(self) -> None:
-        """Stop the current run between two denoiser calls; ``run`` returns what finished (``complete=False``)."""
-        self._cancel.set()
+        """Stop the runs in progress (and those waiting for the pipeline) between two denoiser calls; each returns
+        what finished (``complete=False``). A run started after this call is not affected."""
+        with self._runs_guard:
+            for flag in self._runs:
+                flag.set()
 
     def clear_cache(self) -> None:
         """Forget cached results (call after changing the pipeline's weights in place, e.g. loading a LoRA)."""
@@ -187,8 +193,9 @@ class Lens:
                 padding from the empty prompt's normal conditioning) or ``"padding"`` (the reverse).
             per_token: one result per real token (→ a list): at layer l the conditioning is the *empty prompt's*
                 lens embedding at layer l with only that token's position replaced by the prompt's.
-            skip_layers: blocks (1..L) of the lensed encoder to bypass (h^l = h^(l-1)); a knock-out experiment.
-                The whole encoder pass (negative and empty prompt too) runs with the blocks bypassed.
+            skip_layers: blocks (1..L) of the lensed encoder to bypass (h^l = h^(l-1)) for the prompt; a
+                knock-out experiment. The negative and empty prompts keep the whole encoder, so the unconditional
+                branch (and the neutral context of ``tokens`` / ``per_token``) stays the normal one.
             other_encoders: multi-encoder pipelines: the encoders not lensed give the empty prompt's (default) or
                 the prompt's normal conditioning.
             lens_pooled: also lens the pooled embedding (when the lensed encoder gives one).
@@ -251,9 +258,16 @@ class Lens:
             results = [self._cache_get(k) for k in keys]
             return results[0] if isinstance(prompt, str) else results
 
-        self._cancel.clear()  # before waiting for the pipeline, so a cancel() while waiting still counts
-        with pipeline_lock(self.pipe):
-            results = self._run_locked(prompts, keys, params, source, max_batch, progress, use_cache)
+        cancelled = threading.Event()  # registered before waiting for the pipeline: a cancel() then still counts
+        with self._runs_guard:
+            self._runs.add(cancelled)
+        try:
+            with pipeline_lock(self.pipe):
+                results = self._run_locked(prompts, keys, params, source, max_batch, progress, use_cache,
+                                           cancelled)
+        finally:
+            with self._runs_guard:
+                self._runs.discard(cancelled)
         return results[0] if isinstance(prompt, str) and not per_token else results
 
     def _text_source(self, text_from):
@@ -275,19 +289,21 @@ class Lens:
                 f"({_label(self.pipe)}) {self.adapter.encoder_name} gives {tuple(ours)}"
             )
 
-    def _run_locked(self, prompts, keys, params, source, max_batch, progress, use_cache) -> list[LensResult]:
+    def _run_locked(self, prompts, keys, params, source, max_batch, progress, use_cache, cancelled
+                    ) -> list[LensResult]:
         do_cfg = params["guidance_scale"] > 1.0 and self.adapter.uses_negative_embeddings
         negative = params["negative_prompt"]
         texts = prompts + ([negative or ""] if do_cfg else [])
-        encoded = self.adapter.encode(texts, params["skip_layers"] if source is self.adapter else ())
-        lensed = encoded if source is self.adapter else source.encode(texts, params["skip_layers"])  # the one pass
+        skip, count = params["skip_layers"], len(prompts)  # knock-outs apply to the prompts, not the negative
+        encoded = self.adapter.encode(texts, skip if source is self.adapter else (), prompts=count)
+        lensed = encoded if source is self.adapter else source.encode(texts, skip, prompts=count)  # the one pass
         plan = _Plan(self, source, encoded, lensed, params, do_cfg)
         results = []
         for index, text in enumerate(prompts):
             variants = plan.per_token(index) if params["per_token"] else [(None, plan.conditions(index))]
             for variant, (cond, uncond, embeddings) in variants:
                 result = self._denoise_all(text, index, cond, uncond, embeddings, lensed, params, max_batch,
-                                           progress, variant)
+                                           progress, variant, cancelled)
                 if result.complete and use_cache and variant is None:
                     self._cache_put(keys[index], result)
                 results.append(result)
@@ -296,8 +312,8 @@ class Lens:
         return results
 
     # ------------------------------------------------------------------------------------------------------------
-    def _denoise_all(self, text, index, cond, uncond, embeddings, lensed, params, max_batch, progress, variant
-                     ) -> LensResult:
+    def _denoise_all(self, text, index, cond, uncond, embeddings, lensed, params, max_batch, progress, variant,
+                     cancelled: threading.Event) -> LensResult:
         layers, seeds, steps = params["layers"], params["seeds"], params["num_inference_steps"]
         queue = [(l, s) for l in layers for s in seeds]
         if params["sequential"]:
@@ -305,7 +321,8 @@ class Lens:
         plan = memory.ChunkPlan.for_run(self.device, params["height"], params["width"], len(queue), max_batch,
                                         getattr(self.adapter.denoiser, "dtype", None))
         images, snapshots = {}, {}
-        state = {"done": 0, "total": steps * memory.chunk_count(len(queue), plan.size), "cancelled": False}
+        state = {"done": 0, "total": steps * memory.chunk_count(len(queue), plan.size), "cancelled": False,
+                 "stop_after_chunk": False, "flag": cancelled}
         started = time.perf_counter()
         with quiet_progress_bar(self.pipe):
             while queue and not state["cancelled"]:
@@ -331,6 +348,7 @@ class Lens:
                     break
                 del queue[:len(chunk)]
                 images.update(zip(chunk, chunk_images))
+                state["cancelled"] = state["stop_after_chunk"] and bool(queue)  # a stop at the last step
                 plan.after_chunk(len(chunk))
                 state["total"] = state["done"] + steps * memory.chunk_count(len(queue), plan.size)
         extra = {} if variant is None else {"token_position": variant[0], "token": variant[1]}
@@ -369,7 +387,9 @@ class Lens:
                     snapshots.setdefault(item, []).append((i + 1, img))
                 preview = Preview(i + 1, list(unique), list(unique.values()))
             stop = progress(state["done"], state["total"], preview) if progress else False
-            if stop or self._cancel.is_set():
+            if (stop or state["flag"].is_set()) and i + 1 == steps:  # the chunk is done: keep it, stop after
+                state["stop_after_chunk"] = True
+            elif stop or state["flag"].is_set():
                 state["cancelled"] = True
                 pipe._interrupt = True
                 if "callback_on_step_end" not in callbacks:  # an older pipeline with no interrupt flag
@@ -397,10 +417,12 @@ class Lens:
 
     def _cache_get(self, key: tuple) -> LensResult:
         self._cache.move_to_end(key)
-        return self._cache[key]
+        return self._cache[key].copy()
 
     def _cache_put(self, key: tuple, result: LensResult) -> None:
-        self._cache[key] = result
+        if self.cache_size == 0:
+            return
+        self._cache[key] = result.copy()
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,18 @@ class LensResult:
     params: dict
     snapshots: dict[tuple[int, int], list[tuple[int, Image.Image]]] = field(default_factory=dict)
     complete: bool = True
+
+    def copy(self) -> "LensResult":
+        """An independent copy (images, arrays, parameters): what a cache hands out, so that changing one
+        answer never changes a later one."""
+        return LensResult(
+            prompt=self.prompt, layers=list(self.layers), seeds=list(self.seeds),
+            images={k: im.copy() for k, im in self.images.items()},
+            embeddings={k: v.copy() for k, v in self.embeddings.items()}, tokens=list(self.tokens),
+            params=copy.deepcopy(self.params),
+            snapshots={k: [(step, im.copy()) for step, im in v] for k, v in self.snapshots.items()},
+            complete=self.complete,
+        )
 
     def image(self, layer: int, seed: int | None = None) -> Image.Image:
         """The lens image of ``layer`` (a ``hidden_states`` index) for ``seed`` (default: the first seed)."""

@@ -41,7 +41,7 @@ def test_run_streams_png_buffers(dash):
 
 def test_invalid_fields_never_start_a_run(dash):
     for field, value, text in [("prompt", "  ", "prompt is empty"), ("layer_range", "40", "0..4"),
-                               ("seeds", "a,b", "seeds"), ("steps", 0, "≥ 1"), ("guidance", -1.0, "guidance")]:
+                               ("seeds", "a,b", "seeds"), ("steps", 0, "in 1..1000"), ("guidance", -1.0, "guidance")]:
         original = getattr(dash, field)
         setattr(dash, field, value)
         dash.run()

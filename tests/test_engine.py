@@ -1,3 +1,5 @@
+import threading
+import time
 """The lens's invariants, checked on outputs of a tiny random Stable Diffusion pipeline."""
 
 import json
@@ -146,9 +148,61 @@ def test_cache_serves_repeat_without_unet(tiny_pipe, lens, count_calls):
     first = lens.run(PROMPT, layers=[0, 4], num_inference_steps=2)
     unet = count_calls(tiny_pipe.unet)
     second = lens.run(PROMPT, layers=[0, 4], num_inference_steps=2)
-    assert second is first and len(unet) == 0
+    assert len(unet) == 0 and second is not first
+    assert all(np.array_equal(np.asarray(first.images[k]), np.asarray(second.images[k])) for k in first.images)
+    second.images.clear(), second.params.clear(), second.embeddings[0].fill(0)  # a user's edits to one answer
+    third = lens.run(PROMPT, layers=[0, 4], num_inference_steps=2)
+    assert len(unet) == 0 and third.images.keys() == first.images.keys() and third.params == first.params
+    assert np.array_equal(third.embeddings[0], first.embeddings[0])
     lens.run(PROMPT, layers=[0, 4], num_inference_steps=3)
     assert len(unet) > 0
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, True, "4"])
+def test_cache_size_is_checked(tiny_pipe, size):
+    with pytest.raises(ValueError, match="cache_size must be an integer ≥ 0"):
+        dl.Lens(tiny_pipe, cache_size=size)
+
+
+def test_cache_size_zero_caches_nothing(tiny_pipe, count_calls):
+    lens = dl.Lens(tiny_pipe, cache_size=0)
+    lens.run(PROMPT, layers=[4], num_inference_steps=1)
+    unet = count_calls(tiny_pipe.unet)
+    lens.run(PROMPT, layers=[4], num_inference_steps=1)
+    assert len(unet) > 0 and len(lens._cache) == 0
+
+
+def test_a_cancel_before_a_run_does_not_touch_it_and_one_during_it_is_never_lost(tiny_pipe):
+    lens = dl.Lens(tiny_pipe)
+    lens.cancel()  # nothing running: no effect on the next run
+    assert lens.run(PROMPT, layers=[0, 1], num_inference_steps=2, use_cache=False).complete
+    started, release = threading.Event(), threading.Event()
+    results = {}
+
+    def slow(done, total, preview):
+        started.set()
+        release.wait(10)
+
+    first = threading.Thread(target=lambda: results.setdefault("first", lens.run(
+        PROMPT, layers=[0, 1], num_inference_steps=2, max_batch=1, use_cache=False, progress=slow)))
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=lambda: results.setdefault("second", lens.run(
+        PROMPT, layers=[2], num_inference_steps=2, use_cache=False)))
+    second.start()  # waits for the pipeline; starting it must not clear the cancel below
+    time.sleep(0.2)
+    lens.cancel()
+    release.set()
+    first.join(20), second.join(20)
+    assert not results["first"].complete and not results["second"].complete  # both started before the cancel
+    assert lens.run(PROMPT, layers=[2], num_inference_steps=2, use_cache=False).complete
+
+
+@pytest.mark.parametrize("stop_at, complete, layers_kept", [(4, True, [0, 1]), (2, False, [0])])
+def test_a_stop_at_a_chunks_last_step_keeps_that_chunk(tiny_pipe, stop_at, complete, layers_kept):
+    res = dl.Lens(tiny_pipe).run(PROMPT, layers=[0, 1], num_inference_steps=2, max_batch=1, use_cache=False,
+                                 progress=lambda done, total, preview: done == stop_at)
+    assert res.complete is complete and sorted(l for l, _ in res.images) == layers_kept
 
 
 def test_cache_is_bounded(tiny_pipe):

@@ -183,6 +183,34 @@ def test_cross_model_with_mismatched_shapes_is_refused_before_any_run(count_call
     assert len(counter) == 0
 
 
+def test_skip_layers_knock_out_the_prompt_only(count_calls):
+    """Independent check: the prompt's states equal a pass over the prompt alone with the blocks bypassed, the
+    negative's equal a plain pass; so layers below the knock-out give exactly the plain lens images."""
+    from difflens_widgets.adapters import encoders
+
+    pipe = tiny_stable_diffusion()
+    lens = dl.Lens(pipe)
+    spec = lens.adapter.spec
+    knocked = encoders.run_encoder(pipe, spec, [PROMPT], skip=(3, 4))
+    normal = encoders.run_encoder(pipe, spec, ["a blue square", ""])
+    both = lens.adapter.encode([PROMPT, "a blue square"], skip=(3, 4), prompts=1)
+    for layer in range(5):
+        assert torch.allclose(both.hidden_states[layer][0], knocked.hidden[layer][0], atol=1e-6)
+        assert torch.allclose(both.hidden_states[layer][1:], normal.hidden[layer], atol=1e-6)
+    plain = lens.run(PROMPT, layers=[1, 2, 4], seeds=[0, 1], num_inference_steps=2, negative_prompt="a blue square")
+    skipped = lens.run(PROMPT, layers=[1, 2, 4], seeds=[0, 1], num_inference_steps=2, negative_prompt="a blue square",
+                       skip_layers=[3, 4])
+    for seed in (0, 1):
+        for layer in (1, 2):
+            assert np.array_equal(pixels(skipped.image(layer, seed)), pixels(plain.image(layer, seed)))
+        assert np.array_equal(pixels(skipped.image(4, seed)), pixels(skipped.image(2, seed)))
+    unet = count_calls(pipe.unet)
+    lens.run(PROMPT, layers=[2], seeds=0, num_inference_steps=1, skip_layers=[3], use_cache=False)
+    negative_half = unet.calls[0][1]["encoder_hidden_states"][:1]
+    own_negative = lens.adapter.unconditional(lens.adapter.encode([""]), 0, False)["prompt_embeds"]
+    assert torch.allclose(negative_half, own_negative, atol=1e-6)
+
+
 def test_skip_layers_in_a_t5_encoder_keeps_the_position_bias_flowing():
     lens = dl.Lens(tiny_pixart())
     plain, _ = lens.embed(PROMPT)

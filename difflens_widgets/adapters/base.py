@@ -181,15 +181,17 @@ class LensAdapter:
         }
 
     # ---- text side --------------------------------------------------------------------------------------------
-    def encode(self, texts: list[str], skip: tuple[int, ...] = ()) -> EncodedPrompts:
-        """Every encoder once over ``texts`` + the empty prompt; ``skip`` bypasses blocks of the lensed one."""
+    def encode(self, texts: list[str], skip: tuple[int, ...] = (), prompts: int | None = None) -> EncodedPrompts:
+        """Every encoder once over ``texts`` + the empty prompt; ``skip`` bypasses blocks of the lensed one for
+        the first ``prompts`` texts only (the negative and empty prompts keep their normal conditioning)."""
         texts = self.preprocess(texts)
         for text in texts:
             dropped = enc.truncated(self.pipe, self.spec, text)
             if dropped:
                 self.warn_truncated(text, enc.max_length(self.pipe, self.spec), dropped)
         texts = list(texts) + [""]
-        runs = {s.component: enc.run_encoder(self.pipe, s, texts, skip if s is self.spec else ())
+        runs = {s.component: enc.run_encoder(self.pipe, s, texts, skip if s is self.spec else (),
+                                             len(texts) - 1 if prompts is None else prompts)
                 for s in self.specs}
         return EncodedPrompts(texts, runs, self.spec.component)
 

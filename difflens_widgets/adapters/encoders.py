@@ -9,10 +9,23 @@ Both transformers 4 and 5 module layouts are handled (transformers 5's ``CLIPTex
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
+
+# One lock per text-encoder module: a pass installs a hook on its final norm and may patch its blocks, so two passes
+# over the same module (two dashboards, a notebook cell beside a background run, a base and a tuned pipeline sharing
+# the encoder) must take turns, or one would read the other's hidden states.
+_ENCODER_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_ENCODER_LOCKS_GUARD = threading.Lock()
+
+
+def encoder_lock(encoder: torch.nn.Module) -> threading.RLock:
+    with _ENCODER_LOCKS_GUARD:
+        return _ENCODER_LOCKS.setdefault(encoder, threading.RLock())
 
 
 @dataclass(frozen=True)
@@ -74,16 +87,24 @@ def num_blocks(encoder) -> int:
     return len(blocks(encoder))
 
 
-def _bypass(block: torch.nn.Module):
+def _bypass(block: torch.nn.Module, rows: int | None = None):
     """Make ``block`` an identity on its hidden states (the residual passes through) until the returned undo is
-    called. Its other outputs (T5's position bias) are kept, so later blocks run as usual. ``forward`` itself is
-    wrapped, not hooked, so transformers' own hidden-state recording sees the bypassed output."""
+    called; with ``rows``, only for the first ``rows`` texts of the batch (the prompts: the negative and empty
+    prompts keep the whole encoder). Its other outputs (T5's position bias) are kept, so later blocks run as
+    usual. ``forward`` itself is wrapped, not hooked, so transformers' own hidden-state recording sees the
+    bypassed output."""
     original = block.forward
 
     @functools.wraps(original)
     def forward(*args, **kwargs):
         output = original(*args, **kwargs)
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden_in = args[0] if args else kwargs["hidden_states"]
+        hidden_out = output[0] if isinstance(output, tuple) else output
+        if rows is None:
+            hidden = hidden_in
+        else:
+            bypassed = torch.arange(hidden_in.shape[0], device=hidden_in.device) < rows
+            hidden = torch.where(bypassed[:, None, None], hidden_in, hidden_out)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
     block.forward = forward
@@ -108,19 +129,21 @@ def tokenize(pipe, spec: TextEncoderSpec, texts: list[str]):
     return tokenizer, batch, limit
 
 
-def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, ...] = ()) -> EncoderRun:
+def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, ...] = (),
+                skip_rows: int | None = None) -> EncoderRun:
     """Tokenize ``texts`` exactly as the pipeline does and run the encoder once, keeping every hidden state before
-    the final norm. ``skip`` holds block numbers (1..L) whose output is replaced by their input."""
+    the final norm. ``skip`` holds block numbers (1..L) whose output is replaced by their input, for the first
+    ``skip_rows`` texts (None: all)."""
     encoder = getattr(pipe, spec.component)
     tokenizer, batch, _ = tokenize(pipe, spec, texts)
     device = execution_device(pipe)
     mask = batch.attention_mask.to(device)
     captured: list[torch.Tensor] = []
-    with ExitStack() as stack, torch.no_grad():
+    with encoder_lock(encoder), ExitStack() as stack, torch.no_grad():
         norm_hook = final_norm(encoder).register_forward_pre_hook(lambda m, a: captured.append(a[0]))
         stack.callback(norm_hook.remove)
         for number in skip:
-            stack.callback(_bypass(blocks(encoder)[number - 1]))
+            stack.callback(_bypass(blocks(encoder)[number - 1], skip_rows))
         out = encoder(batch.input_ids.to(device), attention_mask=mask if spec.mask_to_encoder else None,
                       output_hidden_states=True)
     hidden = list(out.hidden_states)
