@@ -4,23 +4,47 @@ Toker et al., ACL 2024).
     import difflens_widgets as dl
     res = dl.Lens(dl.load_pipeline("toy")).run("a red circle left of a blue square")
     res.grid()
+
+Names are imported on first use (PEP 562), so ``import difflens_widgets`` and ``difflens --help`` do not import
+torch or diffusers, and submodules (``dl.similarity``, ``dl.memory``, ...) are reachable as attributes.
 """
 
-from .engine import Lens, Preview
-from .models import load_pipeline
-from .results import LensResult
-from .tracker import LensTracker
-from .tuning import Comparison, compare, load_tuned
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["Comparison", "Lens", "LensDashboard", "LensResult", "LensTracker", "Preview", "TrainingView", "compare",
-           "load_pipeline", "load_tuned", "__version__"]
+
+# public name → the submodule that defines it
+_EXPORTS = {
+    "Lens": "engine", "Preview": "engine", "load_pipeline": "models", "LensResult": "results",
+    "LensTracker": "tracker", "Comparison": "tuning", "compare": "tuning", "load_tuned": "tuning",
+    "LensDashboard": "widgets", "TrainingView": "widgets",  # anywidget only when asked for: the engine stays widget-free
+}
+_SUBMODULES = ("adapters", "cli", "engine", "exports", "magics", "memory", "models", "options", "results",
+               "similarity", "testing", "toy", "tracker", "tuning", "widgets")
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve lazily below
+    from .engine import Lens, Preview
+    from .models import load_pipeline
+    from .results import LensResult
+    from .tracker import LensTracker
+    from .tuning import Comparison, compare, load_tuned
+    from .widgets import LensDashboard, TrainingView
 
 
 def __getattr__(name: str):
-    # The dashboard pulls in anywidget; import it only when asked for, so the engine stays widget-free.
-    if name in ("LensDashboard", "TrainingView"):
-        from . import widgets
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'difflens_widgets' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
-        return getattr(widgets, name)
-    raise AttributeError(f"module 'difflens_widgets' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -34,28 +34,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(path: str) -> Path:
+    """The grid's file name must end in an image format Pillow writes; checked before any model work."""
+    from PIL import Image
+
+    out = Path(path)
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if out.suffix.lower() not in writable:
+        raise ValueError(f"--out {path!r} must end in an image extension such as .png, .jpg or .webp")
+    return out
+
+
 def _run(args) -> int:
     from tqdm.auto import tqdm
 
     import difflens_widgets as dl
+    from difflens_widgets import options
 
+    out = _check_out(args.out)  # everything that needs no model is checked before loading one
+    options.parse_prompts(args.prompt)
+    options.parse_seeds(args.seeds)
+    options.check_steps(args.steps)
+    options.check_guidance(args.guidance)
     pipe = dl.load_pipeline(args.model, device=args.device, download=args.download, dtype=args.dtype,
                             offload=args.offload)
     lens = dl.Lens(pipe)
-    bar = tqdm(total=None, desc="denoising", unit="step", file=sys.stderr)
+    bars = []
 
     def progress(done, total, preview):
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:  # created at the first step, so a refused run prints no empty bar
+            bars.append(tqdm(total=total, desc="denoising", unit="step", file=sys.stderr))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
 
-    result = lens.run(args.prompt, layers=args.layers, seeds=args.seeds, num_inference_steps=args.steps,
-                      guidance_scale=args.guidance, negative_prompt=args.negative, height=args.height,
-                      width=args.width, final_norm=False if args.no_final_norm else None, progress=progress,
-                      max_batch=args.max_batch)
-    bar.close()
+    try:
+        result = lens.run(args.prompt, layers=args.layers, seeds=args.seeds, num_inference_steps=args.steps,
+                          guidance_scale=args.guidance, negative_prompt=args.negative, height=args.height,
+                          width=args.width, final_norm=False if args.no_final_norm else None, progress=progress,
+                          max_batch=args.max_batch)
+    finally:
+        for bar in bars:
+            bar.close()  # before any error line, so the message starts on a line of its own
     for event in result.params.get("memory_events", []):
         print(f"difflens: {event}", file=sys.stderr)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.grid().save(out)
     if args.save_dir:

@@ -43,13 +43,16 @@ class DiffLensMagics(Magics):
         (a list for %%difflens), whose ``.result`` is the LensResult once ``.wait()`` returns."""
         try:
             args = parse_argstring(self.difflens, line)
+            prompts = [" ".join(shlex.split(" ".join(args.prompt)))] if args.prompt else []
         except UsageError as err:
             print(f"difflens: {err}")
+            return None
+        except ValueError as err:  # shlex: an unbalanced quote, e.g. %difflens it's red
+            print(f"difflens: cannot read the line ({err}); quote the prompt, e.g. %difflens \"it's red\"")
             return None
         if args.help:
             print(self.difflens.parser.format_help())
             return None
-        prompts = [" ".join(shlex.split(" ".join(args.prompt)))] if args.prompt else []
         if cell is not None:
             prompts = [p.strip() for p in cell.splitlines() if p.strip()]
         if not prompts:

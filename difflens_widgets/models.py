@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -80,6 +82,40 @@ def keep_vae_in_fp32(pipe) -> None:
         part = getattr(vae, name, None)
         if isinstance(part, torch.nn.Module):
             part.register_forward_pre_hook(to_fp32, with_kwargs=True)
+
+
+def check_device(device: torch.device) -> torch.device:
+    """Refuse an accelerator this torch build or machine does not have, before anything is loaded."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here (torch "
+                         f"{torch.__version__}); use device='cpu', or install a CUDA build of torch on a GPU machine")
+    return device
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence diffusers' and transformers' loading bars and info/warning logs while a pipeline loads (students
+    read them as errors; the lens reports its own progress). Errors still surface as exceptions."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    bars = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        if bars[0]:
+            diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def pipeline_class_of(source: str, extra: dict) -> str | None:
@@ -173,17 +209,19 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
         if dtype is not None:
             model.to(dtype=dtype)
         if device is not None or offload is not None or channels_last:
-            place(model, torch.device(device) if device is not None else default_device(), offload, channels_last)
+            target = check_device(torch.device(device)) if device is not None else default_device()
+            place(model, target, offload, channels_last)
         return model
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device(torch.device(device)) if device is not None else default_device()
     source, extra = _resolve(os.fspath(model), download)
     pipeline_class = pipeline_class_of(source, extra)
     dtype = dtype or default_dtype(device, pipeline_class)
-    from diffusers import DiffusionPipeline
-
     kwargs = {**extra, **from_pretrained_kwargs, "dtype": dtype}
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+        with quiet_loading():
+            from diffusers import DiffusionPipeline
+
+            pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except OSError as err:  # diffusers/huggingface_hub raise OSError subclasses for a missing cache entry
         if kwargs.get("local_files_only"):
             raise FileNotFoundError(

@@ -89,6 +89,8 @@ def test_magics(pipe_folder, capsys):
     assert "difflens: no pipeline folder" in capsys.readouterr().out
     ip.run_line_magic("difflens", '"a red circle" --steps many')
     assert "difflens: argument --steps: invalid int value" in capsys.readouterr().out
+    ip.run_line_magic("difflens", "it's red")
+    assert "difflens: cannot read the line (No closing quotation)" in capsys.readouterr().out
     ip.run_line_magic("difflens", "--help")
     assert "--layers" in capsys.readouterr().out
     ip.run_line_magic("unload_ext", "difflens")
@@ -107,3 +109,44 @@ def test_half_precision_pipeline_keeps_vae_in_fp32():
     res = dl.Lens(pipe).run("a red circle", layers=[0, 4], num_inference_steps=2)
     assert res.image(4).size == (32, 32)
     assert np.asarray(res.image(4)).std() > 0  # not a flat (NaN → black) image
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda"], "device 'cuda' was asked for but CUDA is not available"),
+    (["--out", "grid.xyz"], "--out 'grid.xyz' must end in an image extension"),
+    (["--seeds", "0,0"], "repeat a seed"),
+    (["--steps", "0"], "num_inference_steps must be in 1..1000"),
+    (["--guidance", "inf"], "finite number"),
+])
+def test_cli_refuses_bad_arguments_in_one_line_before_loading_a_model(argv, message, capfd, monkeypatch):
+    import torch
+
+    if argv[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from diffusers import DiffusionPipeline
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(["run", "a red circle"] + argv) == 2
+    captured = capfd.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert lines == [f"difflens: error: {lines[0].removeprefix('difflens: error: ')}"] and message in lines[0]
+    assert "Traceback" not in captured.err and "denoising" not in captured.err
+
+
+def test_loading_prints_no_warnings_or_bars(capfd):
+    dl.load_pipeline("toy", device="cpu")
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_package_import_is_light_and_submodules_are_attributes():
+    import subprocess
+    import sys
+
+    code = ("import sys, difflens_widgets as dl, difflens_widgets.cli as cli; cli._parser(); "
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'; "
+            "assert dl.similarity.token_similarity and dl.memory.ChunkPlan and dl.Lens; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        dl.nope
