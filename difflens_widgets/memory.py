@@ -67,7 +67,7 @@ class CudaMemory:
         free, total = torch.cuda.mem_get_info(self.device)
         allocated = torch.cuda.memory_allocated(self.device)
         cached = max(0, torch.cuda.memory_reserved(self.device) - allocated)
-        fraction = torch.cuda.get_per_process_memory_fraction(self.device)
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _device: 1.0)(self.device)
         return int(max(0, min(free + cached, fraction * total - allocated)))
 
     def start_peak(self) -> int:

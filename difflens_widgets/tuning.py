@@ -8,6 +8,8 @@ base pipeline is never modified and both can be lensed side by side.
 
 from __future__ import annotations
 
+import importlib.util
+
 import copy
 import inspect
 import os
@@ -156,6 +158,9 @@ def load_tuned(base, source, *, lora_scale: float = 1.0, token: str | None = Non
                 replace[part] = _load_module(folder, getattr(base, part))
         tuned = derived_pipeline(base, **replace)
     elif kind == "lora":
+        if importlib.util.find_spec("peft") is None:
+            raise ImportError(f"{target} holds LoRA weights, which diffusers loads through peft: "
+                              "pip install 'difflens-widgets[lora]' (or pip install peft)")
         tuned = derived_pipeline(base, **{name: copy.deepcopy(getattr(base, name)) for name in _tunable(base)})
         tuned.load_lora_weights(str(target.parent), weight_name=target.name, adapter_name="tuned")
         tuned.set_adapters(["tuned"], adapter_weights=[float(lora_scale)])
