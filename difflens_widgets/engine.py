@@ -392,7 +392,7 @@ class Lens:
             elif stop or state["flag"].is_set():
                 state["cancelled"] = True
                 pipe._interrupt = True
-                if "callback_on_step_end" not in callbacks:  # an older pipeline with no interrupt flag
+                if not self.adapter.stops_by_flag:  # an older pipeline with no interrupt flag
                     raise StopDenoising
             return tensors
 

@@ -13,6 +13,7 @@ embeddings are the prompt's normal ones unless ``lens_pooled=True``.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -111,10 +112,23 @@ class LensAdapter:
         """The pipeline's conditioning arguments (positive side) from each encoder's part."""
         raise NotImplementedError
 
+    @property
+    def stops_by_flag(self) -> bool:
+        """True when the pipeline has diffusers' ``callback_on_step_end`` (setting ``pipe._interrupt`` there stops
+        the loop); older pipelines (PixArt, DeepFloyd IF) only have a per-step ``callback`` and are stopped by an
+        exception raised from it (engine.StopDenoising). Read from the signature: PixArt's ``**kwargs`` would
+        silently swallow an argument it does not know."""
+        return "callback_on_step_end" in inspect.signature(type(self.pipe).__call__).parameters
+
     def step_callback_kwargs(self, on_step_end) -> dict:
-        """Pipeline arguments that call ``on_step_end(pipe, step, timestep, {"latents": ...})`` after every step
-        (diffusers' ``callback_on_step_end``; setting ``pipe._interrupt`` there stops the loop)."""
-        return {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
+        """Pipeline arguments that call ``on_step_end(pipe, step, timestep, {"latents": ...})`` after every step."""
+        if self.stops_by_flag:
+            return {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
+
+        def callback(step, timestep, latents):
+            on_step_end(self.pipe, step, timestep, {"latents": latents})
+
+        return {"callback": callback, "callback_steps": 1}
 
     def preprocess(self, texts: list[str]) -> list[str]:
         """The pipeline's own text clean-up before tokenizing (identity for CLIP pipelines)."""

@@ -27,14 +27,6 @@ class DeepFloydIFAdapter(LensAdapter):
     def assemble(self, parts: dict[str, Part]) -> dict:
         return {"prompt_embeds": parts["text_encoder"].seq}
 
-    def step_callback_kwargs(self, on_step_end) -> dict:
-        # IF still has the older per-step ``callback(step, timestep, images)`` and no interrupt flag: the engine
-        # stops it by raising from the callback instead (see engine.StopDenoising)
-        def callback(step, timestep, images):
-            on_step_end(self.pipe, step, timestep, {"latents": images})
-
-        return {"callback": callback, "callback_steps": 1}
-
     def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         images = (latents.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
         return self.pipe.numpy_to_pil(images)
