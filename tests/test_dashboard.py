@@ -41,13 +41,28 @@ def test_run_streams_png_buffers(dash):
 
 def test_invalid_fields_never_start_a_run(dash):
     for field, value, text in [("prompt", "  ", "prompt is empty"), ("layer_range", "40", "0..4"),
-                               ("seeds", "a,b", "seeds"), ("steps", 0, "in 1..1000"), ("guidance", -1.0, "guidance")]:
+                               ("seeds", "a,b", "seeds"), ("prompt", "a red \x1b[31mcircle", "control characters")]:
         original = getattr(dash, field)
         setattr(dash, field, value)
         dash.run()
         assert dash.status == "invalid" and text in dash.message, (field, dash.message)
         assert dash._thread is None
         setattr(dash, field, original)
+
+
+@pytest.mark.parametrize("field, value, text", [("steps", 0, "in 1..1000"), ("steps", -1, "in 1..1000"),
+                                                ("guidance", float("inf"), "finite number"),
+                                                ("selected_layer", 99, "0..4"), ("selected_layer", -1, "0..4")])
+def test_numbers_are_refused_when_set_not_only_at_run(dash, field, value, text):
+    before = getattr(dash, field)
+    with pytest.raises((ValueError, TypeError), match=text):
+        setattr(dash, field, value)
+    assert getattr(dash, field) == before
+
+
+def test_unknown_constructor_arguments_are_refused(tiny_pipe):
+    with pytest.raises(TypeError, match="unknown argument\\(s\\) stepz; its inputs are prompt"):
+        dl.LensDashboard(tiny_pipe, stepz=3)
 
 
 def test_cancel_keeps_finished_layers(dash):

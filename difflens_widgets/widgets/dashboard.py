@@ -68,7 +68,14 @@ class LensDashboard(anywidget.AnyWidget):
     heatmaps = t.Dict().tag(sync=True)
     timings = t.Dict().tag(sync=True)
 
+    INPUTS = ("prompt", "negative_prompt", "seeds", "steps", "guidance", "layer_range", "final_norm",
+              "selected_layer", "show_difference")
+
     def __init__(self, pipe_or_model="toy", *, tuned=None, **kwargs):
+        unknown = sorted(set(kwargs) - set(self.INPUTS))
+        if unknown:
+            raise TypeError(f"LensDashboard got unknown argument(s) {', '.join(unknown)}; its inputs are "
+                            f"{', '.join(self.INPUTS)}")
         super().__init__(**kwargs)
         self._lens = pipe_or_model if isinstance(pipe_or_model, Lens) else Lens(pipe_or_model)
         if tuned is not None and not isinstance(tuned, Lens):
@@ -91,6 +98,23 @@ class LensDashboard(anywidget.AnyWidget):
         }
         self.on_msg(self._on_message)
 
+    # ---- inputs are checked when set (from Python or the browser), not only at Run ----------------------------
+    @t.validate("steps")
+    def _valid_steps(self, proposal):
+        return options.check_steps(proposal["value"])
+
+    @t.validate("guidance")
+    def _valid_guidance(self, proposal):
+        return options.check_guidance(proposal["value"])
+
+    @t.validate("selected_layer")
+    def _valid_selected_layer(self, proposal):
+        layer = proposal["value"]
+        last = self._lens.num_layers if hasattr(self, "_lens") else None
+        if layer < 0 or (last is not None and layer > last):
+            raise ValueError(f"selected_layer must be a layer of this model, 0..{last}, got {layer}")
+        return layer
+
     # ---- commands ----------------------------------------------------------------------------------------------
     def _on_message(self, _widget, content, _buffers) -> None:
         action = content.get("action") if isinstance(content, dict) else None
@@ -105,8 +129,11 @@ class LensDashboard(anywidget.AnyWidget):
         """The current inputs as ``Lens.run`` arguments; raises ValueError/TypeError with a message to show."""
         if not self.prompt.strip():
             raise ValueError("the prompt is empty: type what the model should draw")
+        prompt = options.parse_prompts(self.prompt.strip())[0]
+        if self.negative_prompt:
+            options.parse_prompts(self.negative_prompt)
         return dict(
-            prompt=self.prompt.strip(),
+            prompt=prompt,
             layers=options.parse_layers(self.layer_range.strip() or None, self._lens.num_layers),
             seeds=options.parse_seeds(self.seeds),
             num_inference_steps=options.check_steps(self.steps),
