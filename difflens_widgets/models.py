@@ -84,8 +84,14 @@ def keep_vae_in_fp32(pipe) -> None:
             part.register_forward_pre_hook(to_fp32, with_kwargs=True)
 
 
-def check_device(device: torch.device) -> torch.device:
-    """Refuse an accelerator this torch build or machine does not have, before anything is loaded."""
+def check_device(device) -> torch.device:
+    """A torch device from ``device`` ("cpu", "cuda", "cuda:1", a torch.device); refuses a malformed name and an
+    accelerator this torch build or machine does not have, before anything is loaded."""
+    if not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here (torch "
                          f"{torch.__version__}); use device='cpu', or install a CUDA build of torch on a GPU machine")
@@ -209,10 +215,10 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
         if dtype is not None:
             model.to(dtype=dtype)
         if device is not None or offload is not None or channels_last:
-            target = check_device(torch.device(device)) if device is not None else default_device()
+            target = check_device(device) if device is not None else default_device()
             place(model, target, offload, channels_last)
         return model
-    device = check_device(torch.device(device)) if device is not None else default_device()
+    device = check_device(device) if device is not None else default_device()
     source, extra = _resolve(os.fspath(model), download)
     pipeline_class = pipeline_class_of(source, extra)
     dtype = dtype or default_dtype(device, pipeline_class)
