@@ -196,8 +196,8 @@ class Lens:
             skip_layers: blocks (1..L) of the lensed encoder to bypass (h^l = h^(l-1)) for the prompt; a
                 knock-out experiment. The negative and empty prompts keep the whole encoder, so the unconditional
                 branch (and the neutral context of ``tokens`` / ``per_token``) stays the normal one.
-            other_encoders: multi-encoder pipelines: the encoders not lensed give the empty prompt's (default) or
-                the prompt's normal conditioning.
+            other_encoders: multi-encoder pipelines: the encoders not lensed give the empty prompt's (default;
+                their pooled vectors too, e.g. FLUX's CLIP when T5 is lensed) or the prompt's normal conditioning.
             lens_pooled: also lens the pooled embedding (when the lensed encoder gives one).
             text_from: a pipeline (or Lens) whose text encoder provides the lens embeddings, driving this
                 pipeline's denoiser (cross-model lens); shapes must match.

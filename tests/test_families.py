@@ -89,6 +89,19 @@ def test_flux_clip_lens_drives_only_the_pooled_vector():
     assert not np.array_equal(pixels(res.image(0)), pixels(res.image(4)))
 
 
+@pytest.mark.parametrize("other, pooled_text", [("empty", ""), ("normal", PROMPT)])
+def test_flux_t5_lens_feeds_the_empty_prompts_pooled_clip_vector_by_default(count_calls, other, pooled_text):
+    """As the paper's FLUX notebook does: with the prompt's own pooled vector the whole prompt would reach the
+    model at every T5 layer. Checked against diffusers' own encode_prompt."""
+    pipe = TINY_FAMILIES["flux"]()
+    transformer = count_calls(pipe.transformer)
+    dl.Lens(pipe).run(PROMPT, layers=[1], seeds=0, num_inference_steps=1, guidance_scale=3.5, height=32, width=32,
+                      other_encoders=other)
+    fed = transformer.calls[0][1]["pooled_projections"]
+    _, expected, _ = pipe.encode_prompt(pooled_text, prompt_2=pooled_text)
+    assert torch.allclose(fed, expected, atol=1e-6)
+
+
 # ---- per-token and token ranges (checked on what reaches the UNet) ----------------------------------------------
 def unet_conditioning(counter) -> torch.Tensor:
     return counter.calls[0][1]["encoder_hidden_states"]

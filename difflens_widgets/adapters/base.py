@@ -5,10 +5,11 @@ An adapter answers, for its family: which text encoders the pipeline has and how
 pipeline's conditioning arguments (``prompt_embeds``, pooled embeddings, attention masks), and how to turn latents
 into a cheap preview. The engine is family-agnostic: it only calls the methods below.
 
-Multi-encoder pipelines: one encoder is lensed; the others contribute either the **empty prompt's** conditioning
-(``other_encoders="empty"``, the default: otherwise they would hand the full prompt to the model at every layer and
-hide what the lensed encoder knows at that depth) or the prompt's normal conditioning (``"normal"``). Pooled
-embeddings are the prompt's normal ones unless ``lens_pooled=True``.
+Multi-encoder pipelines: one encoder is lensed; the others contribute either the **empty prompt's** conditioning,
+sequence and pooled vector alike (``other_encoders="empty"``, the default: otherwise they would hand the full prompt
+to the model at every layer and hide what the lensed encoder knows at that depth; the paper's FLUX notebook feeds
+the empty prompt's pooled CLIP vector for this reason) or the prompt's normal conditioning (``"normal"``). The
+lensed encoder's own pooled embedding is the prompt's normal one unless ``lens_pooled=True``.
 """
 
 from __future__ import annotations
@@ -255,9 +256,8 @@ class LensAdapter:
             if spec is self.spec:
                 parts[spec.component] = Part(seq, own.pooled if pooled is None else pooled,
                                              own.mask if mask is None else mask)
-            elif other == "empty":
-                empty = self.normal_part(encoded, spec.component, encoded.empty_index)
-                parts[spec.component] = Part(empty.seq, own.pooled, empty.mask)
+            elif other == "empty":  # pooled vector too, or it would hand the whole prompt to the model (FLUX)
+                parts[spec.component] = self.normal_part(encoded, spec.component, encoded.empty_index)
             else:
                 parts[spec.component] = own
         return self.assemble(parts)
