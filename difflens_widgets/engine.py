@@ -297,7 +297,7 @@ class Lens:
         skip, count = params["skip_layers"], len(prompts)  # knock-outs apply to the prompts, not the negative
         encoded = self.adapter.encode(texts, skip if source is self.adapter else (), prompts=count)
         lensed = encoded if source is self.adapter else source.encode(texts, skip, prompts=count)  # the one pass
-        plan = _Plan(self, source, encoded, lensed, params, do_cfg)
+        plan = _Plan(self, source, encoded, lensed, dict(params, negative_index=len(prompts)), do_cfg)
         results = []
         for index, text in enumerate(prompts):
             variants = plan.per_token(index) if params["per_token"] else [(None, plan.conditions(index))]
@@ -481,7 +481,7 @@ class _Plan:
     def _uncond(self, layers) -> dict | None:
         if not self.do_cfg:
             return None
-        neg = len(self.encoded.texts) - 2  # the negative text sits just before the empty prompt
+        neg = self.params["negative_index"]
         if self.params["lens_negative"]:
             return {l: self.target.conditioning(self.encoded, neg, self.lens_at(l, neg),
                                                 pooled=self.pooled_at(l, neg), other="normal") for l in layers}

@@ -52,7 +52,7 @@ def test_load_pipeline_picks_the_family_precision_before_reading_weights(build, 
     assert models.pipeline_class_of(str(tmp_path), {}) == type(build()).__name__
     placed = []
     monkeypatch.setattr(models, "place", lambda pipe, device, *a: placed.append(device))  # no GPU here
-    monkeypatch.setattr(models, "check_device", lambda device: device)
+    monkeypatch.setattr(models, "check_device", torch.device)
     pipe = dl.load_pipeline(tmp_path, device="cuda")
     assert placed == [torch.device("cuda")]
     assert adapter_for(pipe).denoiser.dtype == folder_dtype
