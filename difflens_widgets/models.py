@@ -221,6 +221,9 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
     device = check_device(device) if device is not None else default_device()
     source, extra = _resolve(os.fspath(model), download)
     pipeline_class = pipeline_class_of(source, extra)
+    offline = extra.get("local_files_only", False)
+    if offline and pipeline_class is None:  # not in the cache: say so now, before diffusers looks up the hub
+        raise FileNotFoundError(_not_cached(source))
     dtype = dtype or default_dtype(device, pipeline_class)
     kwargs = {**extra, **from_pretrained_kwargs, "dtype": dtype}
     try:
@@ -229,12 +232,8 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
 
             pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except OSError as err:  # diffusers/huggingface_hub raise OSError subclasses for a missing cache entry
-        if kwargs.get("local_files_only"):
-            raise FileNotFoundError(
-                f"{source!r} is not in the local Hugging Face cache and downloading is off. Either download it "
-                f"once (load_pipeline({source!r}, download=True), or `hf download {source}`), or pass a local "
-                f"pipeline folder (pipe.save_pretrained(FOLDER) then load_pipeline(FOLDER))."
-            ) from err
+        if offline:
+            raise FileNotFoundError(_not_cached(source)) from err
         raise
     if dtype == torch.float16 and _vae_needs_fp32(pipe):
         keep_vae_in_fp32(pipe)
@@ -242,6 +241,12 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
     if hasattr(pipe, "safety_checker") and pipe.safety_checker is None and hasattr(pipe, "register_to_config"):
         pipe.register_to_config(requires_safety_checker=False)
     return pipe
+
+
+def _not_cached(source: str) -> str:
+    return (f"{source!r} is not in the local Hugging Face cache and downloading is off. Either download it once "
+            f"(load_pipeline({source!r}, download=True), or `hf download {source}`), or pass a local pipeline "
+            f"folder (pipe.save_pretrained(FOLDER) then load_pipeline(FOLDER)).")
 
 
 def _vae_needs_fp32(pipe) -> bool:

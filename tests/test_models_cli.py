@@ -150,3 +150,17 @@ def test_package_import_is_light_and_submodules_are_attributes():
     assert out.stdout.strip() == "ok", out.stderr
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         dl.nope
+
+
+def test_uncached_hub_id_with_downloading_off_never_touches_the_network(monkeypatch):
+    import socket
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as on a user's machine
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    lookups = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: lookups.append(host) or pytest.fail(host))
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache and downloading is off"):
+        dl.load_pipeline("someone/not-cached-model", device="cpu")
+    assert lookups == []

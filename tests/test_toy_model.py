@@ -116,3 +116,20 @@ def test_training_is_seeded_and_resumable(tmp_path):
     assert unet_steps == [1, 2]  # the second call resumed at step 1 instead of starting over
     pipe = dl.load_pipeline(tmp_path / "pipeline", device="cpu")
     assert pipe.text_encoder.config.num_hidden_layers == 8
+
+
+def test_report_plot_says_what_to_install_without_matplotlib(tmp_path, monkeypatch):
+    import builtins
+
+    from difflens_widgets.toy import report
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(ImportError, match=r"pip install 'difflens-widgets\[report\]'"):
+        report.plot({"final_norm": {}}, tmp_path / "emergence.png")

@@ -80,7 +80,11 @@ def final_layer_accuracy(lens, prompts: dict[str, list[str]], seeds: list[int], 
 
 
 def plot(table: dict, out: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(f"the emergence plot needs matplotlib: pip install 'difflens-widgets[report]' "
+                          f"(the numbers are already in {out.parent / 'emergence.json'})") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
