@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Lens": "engine", "Preview": "engine", "load_pipeline": "models", "LensResult": "results",
     "LensTracker": "tracker", "Comparison": "tuning", "compare": "tuning", "load_tuned": "tuning",
-    "LensDashboard": "widgets", "TrainingView": "widgets",  # anywidget only when asked for: the engine stays widget-free
+    # anywidget only when asked for: the engine stays widget-free
+    "LensDashboard": "widgets", "TrainingView": "widgets",
 }
 _SUBMODULES = ("adapters", "cli", "engine", "exports", "magics", "memory", "models", "options", "results",
                "similarity", "testing", "toy", "tracker", "tuning", "widgets")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from . import memory, options
 from .adapters import adapter_for
-from .results import LensResult
+from .results import LensResult, Tokens
 
 
 @dataclass
@@ -147,7 +147,7 @@ class Lens:
         encoded = self.adapter.encode(prompts)
         vectors = {l: self.adapter.lens(encoded.hidden_states[l][:1], norm)[0].float().cpu().numpy()
                    for l in layer_list}
-        return vectors, encoded.tokens[0]
+        return vectors, Tokens(encoded.tokens[0], int(encoded.mask[0].sum()))
 
     # ------------------------------------------------------------------------------------------------------------
     def run(
@@ -354,7 +354,7 @@ class Lens:
         extra = {} if variant is None else {"token_position": variant[0], "token": variant[1]}
         params = dict(params, prompt=text, negative_prompt=params["negative_prompt"] or "",
                       seconds=round(time.perf_counter() - started, 3), images_per_call=plan.sizes_used,
-                      memory_events=plan.events, **extra)
+                      memory_events=plan.events, real_tokens=int(lensed.mask[index].sum()), **extra)
         return LensResult(
             prompt=text, layers=layers, seeds=seeds, images=images,
             embeddings={l: embeddings[l][0].float().cpu().numpy() for l in layers},

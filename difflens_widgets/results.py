@@ -12,6 +12,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
+class Tokens(list):
+    """A prompt's token strings, padding included, that also know how many are real (from the attention mask,
+    not from spotting end tokens by name)."""
+
+    def __init__(self, tokens, real: int):
+        super().__init__(tokens)
+        self.real = int(real)
+
+
 @dataclass
 class LensResult:
     """Images per (layer, seed), lens embeddings per layer, optional denoising snapshots, and the parameters.

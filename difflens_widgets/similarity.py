@@ -32,8 +32,13 @@ from .results import LensResult
 END_TOKENS = ("<|endoftext|>", "</s>")
 
 
-def real_positions(tokens: list[str]) -> int:
-    """Number of non-padding positions: everything up to and including the first end token."""
+def real_positions(tokens: list[str], result: LensResult | None = None) -> int:
+    """Number of non-padding positions, as the attention mask counted them (``Tokens.real`` from ``Lens.embed``,
+    ``params["real_tokens"]`` of a LensResult); results saved by older versions fall back to counting up to and
+    including the first end token."""
+    known = getattr(tokens, "real", None) or (result.params.get("real_tokens") if result is not None else None)
+    if known:
+        return int(known)
     for i, tok in enumerate(tokens):
         if i > 0 and tok in END_TOKENS:
             return i + 1
@@ -46,7 +51,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def token_layer_similarity(result: LensResult) -> tuple[np.ndarray, list[str], list[int]]:
     """cos(token t at layer l, token t at the last computed layer): array (tokens × layers), token labels, layers."""
-    n = real_positions(result.tokens)
+    n = real_positions(result.tokens, result)
     layers = result.layers
     final = _unit(result.embeddings[layers[-1]][:n])
     sims = np.stack([(_unit(result.embeddings[l][:n]) * final).sum(-1) for l in layers], axis=1)
@@ -55,7 +60,7 @@ def token_layer_similarity(result: LensResult) -> tuple[np.ndarray, list[str], l
 
 def layer_layer_similarity(result: LensResult) -> tuple[np.ndarray, list[int]]:
     """cos(pooled embedding at layer i, at layer j) for the run's layers: array (layers × layers), layers."""
-    return _pooled_cosines(result.embeddings, result.layers, result.tokens), result.layers
+    return _pooled_cosines(result.embeddings, result.layers, real_positions(result.tokens, result)), result.layers
 
 
 def raw_tuned_similarity(raw: LensResult, tuned: LensResult) -> tuple[np.ndarray, list[str], list[int]]:
@@ -64,7 +69,7 @@ def raw_tuned_similarity(raw: LensResult, tuned: LensResult) -> tuple[np.ndarray
     if raw.layers != tuned.layers:
         raise ValueError(f"raw and tuned results must share their layers: {raw.layers} vs {tuned.layers}")
     _check_same_tokens(raw.tokens, tuned.tokens)
-    n = real_positions(raw.tokens)
+    n = real_positions(raw.tokens, raw)
     sims = _per_token_cosines(raw.embeddings, tuned.embeddings, raw.layers, n)
     return sims, [t.replace("</w>", "") for t in raw.tokens[:n]], raw.layers
 
@@ -193,8 +198,8 @@ def layer_similarity(model, prompt: str, *, layers: options.LayerSpec = None, fi
     """cos(pooled lens embedding at layer i, at layer j): how fast the prompt's representation settles."""
     vectors, tokens = _lens_of(model).embed(prompt, layers, final_norm=final_norm)
     chosen = sorted(vectors)
-    return Similarity(_pooled_cosines(vectors, chosen, tokens), chosen, [str(l) for l in chosen], f"layer × layer: {prompt!r}",
-                      row_name="layer")
+    return Similarity(_pooled_cosines(vectors, chosen, real_positions(tokens)), chosen, [str(l) for l in chosen],
+                      f"layer × layer: {prompt!r}", row_name="layer")
 
 
 def _per_token_cosines(a: dict, b: dict, layers: list[int], n: int) -> np.ndarray:
@@ -202,9 +207,9 @@ def _per_token_cosines(a: dict, b: dict, layers: list[int], n: int) -> np.ndarra
     return np.stack([(_unit(a[l][:n]) * _unit(b[l][:n])).sum(-1) for l in layers], axis=1)
 
 
-def _pooled_cosines(vectors: dict, layers: list[int], tokens: list[str]) -> np.ndarray:
-    """cos between the pooled position's vectors of every pair of layers: array (layers × layers)."""
-    pooled = _unit(np.stack([vectors[l][real_positions(tokens) - 1] for l in layers]))
+def _pooled_cosines(vectors: dict, layers: list[int], real: int) -> np.ndarray:
+    """cos between the pooled (last real) position's vectors of every pair of layers: array (layers × layers)."""
+    pooled = _unit(np.stack([vectors[l][real - 1] for l in layers]))
     return pooled @ pooled.T
 
 
