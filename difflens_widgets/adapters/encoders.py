@@ -139,8 +139,14 @@ def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, 
     device = execution_device(pipe)
     mask = batch.attention_mask.to(device)
     captured: list[torch.Tensor] = []
+    owner = threading.get_ident()
+
+    def capture(module, args):  # only this pass's call: another thread may apply the norm meanwhile (a lens)
+        if threading.get_ident() == owner:
+            captured.append(args[0])
+
     with encoder_lock(encoder), ExitStack() as stack, torch.no_grad():
-        norm_hook = final_norm(encoder).register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        norm_hook = final_norm(encoder).register_forward_pre_hook(capture)
         stack.callback(norm_hook.remove)
         for number in skip:
             stack.callback(_bypass(blocks(encoder)[number - 1], skip_rows))
