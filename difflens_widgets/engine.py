@@ -112,6 +112,12 @@ class Lens:
         if self.compile:
             compile_denoiser(self.adapter.denoiser)
 
+    @classmethod
+    def of(cls, model) -> "Lens":
+        """``model`` itself if it is a Lens, else a Lens over it (a pipeline, "toy", a folder or a hub id): the
+        one place where the API's "pipeline, name or Lens" arguments are coerced."""
+        return model if isinstance(model, cls) else cls(model)
+
     @property
     def num_layers(self) -> int:
         """L: lens layers are 0..L (0 = token embeddings, L = the lensed encoder's last block)."""

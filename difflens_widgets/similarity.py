@@ -140,7 +140,7 @@ class Similarity:
 def _lens_of(model):
     from .engine import Lens
 
-    return model if isinstance(model, Lens) else Lens(model)
+    return Lens.of(model)
 
 
 def word_position(tokens: list[str], pieces: list[str], word: str, prompt: str) -> int:

@@ -112,12 +112,14 @@ def _kind_of(path: Path) -> tuple[str, Path]:
     raise ValueError(f"{path} holds no tuned model this tool can load; expected {WHAT_WE_LOAD}")
 
 
-TUNABLE = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")
+TUNABLE = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")  # diffusers' folder names
 
 
 def _tunable(pipe) -> list[str]:
-    """The components a fine-tune can change that this pipeline has."""
-    return [name for name in TUNABLE if getattr(pipe, name, None) is not None]
+    """The components a fine-tune can change that this pipeline has (its adapter knows them)."""
+    from .adapters import adapter_for
+
+    return adapter_for(pipe).tunable_components
 
 
 def _load_module(folder: Path, like):
@@ -246,8 +248,7 @@ def compare(raw, tuned, prompt: str, *, progress: ProgressCallback | None = None
     length. When the raw run is cancelled, the tuned one is not started (its result is then empty)."""
     if not isinstance(prompt, str):
         raise TypeError(f"compare takes one prompt string, not {type(prompt).__name__}")
-    raw_lens = raw if isinstance(raw, Lens) else Lens(raw)
-    tuned_lens = tuned if isinstance(tuned, Lens) else Lens(tuned)
+    raw_lens, tuned_lens = Lens.of(raw), Lens.of(tuned)
     check_compatible(raw_lens.pipe, tuned_lens.pipe)
 
     def half(offset: int) -> Callable | None:

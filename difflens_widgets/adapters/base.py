@@ -150,6 +150,12 @@ class LensAdapter:
         return denoiser_of(self.pipe)
 
     @property
+    def tunable_components(self) -> list[str]:
+        """What a fine-tune (DreamBooth, LoRA) can change: every text encoder, then the denoiser."""
+        denoiser = "unet" if getattr(self.pipe, "unet", None) is not None else "transformer"
+        return [s.component for s in self.specs] + [denoiser]
+
+    @property
     def encoder_name(self) -> str:
         return self.spec.component
 

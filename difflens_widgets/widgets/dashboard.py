@@ -77,12 +77,12 @@ class LensDashboard(anywidget.AnyWidget):
             raise TypeError(f"LensDashboard got unknown argument(s) {', '.join(unknown)}; its inputs are "
                             f"{', '.join(self.INPUTS)}")
         super().__init__(**kwargs)
-        self._lens = pipe_or_model if isinstance(pipe_or_model, Lens) else Lens(pipe_or_model)
-        if tuned is not None and not isinstance(tuned, Lens):
-            tuned = Lens(load_tuned(self._lens.pipe, tuned))
+        self._lens = Lens.of(pipe_or_model)
+        if isinstance(tuned, Lens):
+            check_compatible(self._lens.pipe, tuned.pipe)
+        elif tuned is not None:
+            tuned = Lens(load_tuned(self._lens.pipe, tuned))  # load_tuned checks compatibility
         self._tuned = tuned
-        if self._tuned is not None:
-            check_compatible(self._lens.pipe, self._tuned.pipe)
         if "final_norm" not in kwargs:  # default: the pipeline's own convention (False for SDXL)
             self.final_norm = self._lens.adapter.own_final_norm
         self.result: LensResult | None = None
