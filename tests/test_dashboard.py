@@ -116,7 +116,7 @@ def test_messages_from_the_browser(dash, monkeypatch):
     assert dash.wait(60) and dash.status == "done"
     dash._on_message(dash, {"action": "export", "kind": "gif"}, [])
     (content, buffers), = sent
-    assert content["type"] == "download" and content["name"].endswith(".gif")
+    assert content["action"] == "download" and content["name"].endswith(".gif")
     gif = Image.open(io.BytesIO(buffers[0]))
     assert gif.n_frames == 5
 

@@ -33,3 +33,17 @@ def test_shipped_bundle_matches_source(node_modules, tmp_path):
     assert (tmp_path / "widget.js").read_bytes() == (STATIC / "widget.js").read_bytes(), \
         "difflens_widgets/widgets/static/widget.js is stale: run `npm run build --prefix js` and commit it"
     assert (tmp_path / "widget.css").read_bytes() == (STATIC / "widget.css").read_bytes()
+
+
+def test_the_js_fake_model_and_the_protocol_doc_follow_the_dashboard_class():
+    import json
+
+    from difflens_widgets.widgets.dashboard import LensDashboard
+
+    state = LensDashboard.default_state()
+    written = json.loads((JS / "test" / "dashboard_state.json").read_text())
+    assert written == json.loads(json.dumps(state)), \
+        "js/test/dashboard_state.json is stale: write it from LensDashboard.default_state()"
+    doc = (Path(__file__).parents[1] / "docs" / "widget-protocol.md").read_text()
+    missing = [name for name in state if f"`{name}`" not in doc]
+    assert not missing, f"docs/widget-protocol.md does not document the traits {missing}"

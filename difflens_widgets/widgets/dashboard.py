@@ -71,6 +71,12 @@ class LensDashboard(anywidget.AnyWidget):
     INPUTS = ("prompt", "negative_prompt", "seeds", "steps", "guidance", "layer_range", "final_norm",
               "selected_layer", "show_difference")
 
+    @classmethod
+    def default_state(cls) -> dict:
+        """Every synced trait of the dashboard with its default value: the one source for the preview page and the
+        JavaScript tests' fake model (docs/widget-protocol.md documents each)."""
+        return {name: trait.default() for name, trait in sorted(cls.class_own_traits(sync=True).items())}
+
     def __init__(self, pipe_or_model="toy", *, tuned=None, **kwargs):
         unknown = sorted(set(kwargs) - set(self.INPUTS))
         if unknown:
@@ -250,4 +256,4 @@ class LensDashboard(anywidget.AnyWidget):
         except ValueError as err:
             self.message = str(err)
             return
-        self.send({"type": "download", "name": name}, buffers=[data])
+        self.send({"action": "download", "name": name}, buffers=[data])

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..results import LensResult
-from .dashboard import STATIC, frames_of
+from .dashboard import STATIC, LensDashboard, frames_of
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" href="widget.css"></head>
 <body><div id="app"></div><script type="module">
@@ -35,14 +35,14 @@ def dashboard_state(result: LensResult, num_layers: int, selected_layer: int | N
     from ..similarity import heatmap_figures
 
     return {
-        "prompt": result.prompt, "negative_prompt": "", "seeds": ",".join(map(str, result.seeds)),
+        **LensDashboard.default_state(),  # every trait the front-end reads, so this page cannot drift from it
+        "prompt": result.prompt, "seeds": ",".join(map(str, result.seeds)),
         "steps": result.params.get("num_inference_steps", 20), "guidance": result.params.get("guidance_scale", 7.5),
-        "layer_range": "", "final_norm": True, "show_difference": False,
         "selected_layer": result.layers[-1] if selected_layer is None else selected_layer,
-        "model_info": {"num_layers": num_layers, "tuned": False}, "status": "done", "message": "", "progress": 1.0,
-        "run_layers": result.layers, "run_seeds": result.seeds, "tuned_frames": [], "previews": [],
+        "model_info": {"num_layers": num_layers, "tuned": False}, "status": "done", "progress": 1.0,
+        "run_layers": result.layers, "run_seeds": result.seeds,
         "frames": [dict(f, png=base64.b64encode(f["png"]).decode()) for f in frames_of(result)],
-        "heatmaps": heatmap_figures(result), "timings": {},
+        "heatmaps": heatmap_figures(result),
     }
 
 

@@ -292,7 +292,7 @@ export function createDashboard({ model, el, plotly = null }) {
     handlers[`change:${key}`] = () => { if (document.activeElement !== fields[key]) fields[key].value = model.get(key); };
   }
   const onCustom = (msg, buffers) => {
-    if (!msg || msg.type !== "download" || !buffers || !buffers.length) return;
+    if (!msg || msg.action !== "download" || !buffers || !buffers.length) return;
     const data = buffers[0];
     const bytes = data instanceof DataView ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : data;
     const url = URL.createObjectURL(new Blob([bytes]));

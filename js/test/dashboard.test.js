@@ -169,7 +169,7 @@ test("export buttons ask Python, and a download message saves the file", () => {
   let clicked = null;
   const original = window.HTMLAnchorElement.prototype.click;
   window.HTMLAnchorElement.prototype.click = function () { clicked = this.getAttribute("download"); };
-  model.emit("msg:custom", { type: "download", name: "lens.gif" }, [new DataView(new ArrayBuffer(4))]);
+  model.emit("msg:custom", { action: "download", name: "lens.gif" }, [new DataView(new ArrayBuffer(4))]);
   window.HTMLAnchorElement.prototype.click = original;
   assert.equal(clicked, "lens.gif");
 });

@@ -1,4 +1,5 @@
 // A jsdom document and a fake anywidget model, so the front-end logic runs under `node --test`.
+import { readFileSync } from "node:fs";
 import { JSDOM, VirtualConsole } from "jsdom";
 
 export function setupDom() {
@@ -13,13 +14,14 @@ export function setupDom() {
   return dom;
 }
 
+// The dashboard's synced traits and their defaults, written from the Python class (LensDashboard.default_state) and
+// checked against it by tests/test_frontend.py, so this fake cannot drift from the real widget.
+const DASHBOARD_DEFAULTS = JSON.parse(readFileSync(new URL("./dashboard_state.json", import.meta.url), "utf8"));
+
 export class FakeModel {
   constructor(state = {}) {
     this.state = {
-      prompt: "a red circle", negative_prompt: "", seeds: "0", steps: 20, guidance: 7.5, layer_range: "", final_norm: true,
-      selected_layer: 0, show_difference: false, model_info: { num_layers: 8, tuned: false, family: "toy" },
-      status: "idle", message: "", progress: 0, run_layers: [], run_seeds: [], frames: [], tuned_frames: [],
-      previews: [], heatmaps: {}, timings: {}, ...state,
+      ...DASHBOARD_DEFAULTS, prompt: "a red circle", model_info: { num_layers: 8, tuned: false, family: "toy" }, ...state,
     };
     this.listeners = new Map();
     this.sent = [];
