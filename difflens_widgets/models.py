@@ -84,6 +84,18 @@ def keep_vae_in_fp32(pipe) -> None:
             part.register_forward_pre_hook(to_fp32, with_kwargs=True)
 
 
+def dtype_keyword(module_class=None) -> str:
+    """The ``from_pretrained`` keyword for a dtype: ``dtype`` from diffusers 0.40 (``torch_dtype`` is deprecated
+    there) and in transformers models, ``torch_dtype`` in older diffusers, which silently ignore ``dtype``."""
+    if module_class is not None and not module_class.__module__.startswith("diffusers"):
+        return "dtype"  # a transformers model (a text encoder): transformers 5 takes ``dtype``
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return "dtype" if Version(version("diffusers")) >= Version("0.40.0") else "torch_dtype"
+
+
 def check_device(device) -> torch.device:
     """A torch device from ``device`` ("cpu", "cuda", "cuda:1", a torch.device); refuses a malformed name and an
     accelerator this torch build or machine does not have, before anything is loaded."""
@@ -225,7 +237,7 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
     if offline and pipeline_class is None:  # not in the cache: say so now, before diffusers looks up the hub
         raise FileNotFoundError(_not_cached(source))
     dtype = dtype or default_dtype(device, pipeline_class)
-    kwargs = {**extra, **from_pretrained_kwargs, "dtype": dtype}
+    kwargs = {**extra, **from_pretrained_kwargs, dtype_keyword(): dtype}
     try:
         with quiet_loading():
             from diffusers import DiffusionPipeline

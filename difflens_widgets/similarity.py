@@ -159,7 +159,9 @@ def word_vectors(model, prompt: str, word: str, layers: options.LayerSpec = None
     if not isinstance(word, str) or not word.strip():
         raise ValueError(f"the word to find must be a non-empty string, got {word!r}")
     lens = _lens_of(model)
-    pieces = getattr(lens.pipe, lens.adapter.spec.tokenizer).tokenize(word.strip())
+    from .adapters.encoders import word_pieces
+
+    pieces = word_pieces(lens.pipe, lens.adapter.spec, word.strip())
     vectors, tokens = lens.embed(prompt, layers, final_norm=final_norm)
     position = word_position(tokens, pieces, word, prompt)
     chosen = sorted(vectors)

@@ -124,7 +124,9 @@ def _tunable(pipe) -> list[str]:
 
 def _load_module(folder: Path, like):
     """A component folder loaded with the class, device and dtype of the base's component ``like``."""
-    module = type(like).from_pretrained(folder, dtype=like.dtype)
+    from .models import dtype_keyword
+
+    module = type(like).from_pretrained(folder, **{dtype_keyword(type(like)): like.dtype})
     return module.to(like.device).eval()
 
 

@@ -16,16 +16,20 @@ from dataclasses import dataclass
 
 import torch
 
-# One lock per text-encoder module: a pass installs a hook on its final norm and may patch its blocks, so two passes
-# over the same module (two dashboards, a notebook cell beside a background run, a base and a tuned pipeline sharing
-# the encoder) must take turns, or one would read the other's hidden states.
-_ENCODER_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_ENCODER_LOCKS_GUARD = threading.Lock()
+# One lock per text-encoder module and per tokenizer: a pass installs a hook on the encoder's final norm and may patch
+# its blocks, and a fast tokenizer's padding/truncation state is mutable ("Already borrowed" when two threads call
+# it). So two passes over the same encoder or tokenizer (two dashboards, a notebook cell beside a background run, a
+# base and a tuned pipeline sharing them) take turns. Order, everywhere: the tokenizer's lock, then the encoder's.
+_LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
 
 
-def encoder_lock(encoder: torch.nn.Module) -> threading.RLock:
-    with _ENCODER_LOCKS_GUARD:
-        return _ENCODER_LOCKS.setdefault(encoder, threading.RLock())
+def object_lock(obj) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(obj, threading.RLock())
+
+
+encoder_lock = object_lock
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,17 @@ def max_length(pipe, spec: TextEncoderSpec) -> int:
 def tokenize(pipe, spec: TextEncoderSpec, texts: list[str]):
     tokenizer = getattr(pipe, spec.tokenizer)
     limit = max_length(pipe, spec)
-    batch = tokenizer(texts, padding="max_length", max_length=limit, truncation=True, add_special_tokens=True,
-                      return_tensors="pt")
+    with object_lock(tokenizer):
+        batch = tokenizer(texts, padding="max_length", max_length=limit, truncation=True, add_special_tokens=True,
+                          return_tensors="pt")
     return tokenizer, batch, limit
+
+
+def word_pieces(pipe, spec: TextEncoderSpec, word: str) -> list[str]:
+    """How the pipeline's tokenizer splits ``word`` (under the tokenizer's lock)."""
+    tokenizer = getattr(pipe, spec.tokenizer)
+    with object_lock(tokenizer):
+        return tokenizer.tokenize(word)
 
 
 def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, ...] = (),
@@ -162,7 +174,8 @@ def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, 
 def truncated(pipe, spec: TextEncoderSpec, text: str) -> list[str]:
     """The tokens of ``text`` that do not fit (empty when it fits)."""
     tokenizer, limit = getattr(pipe, spec.tokenizer), max_length(pipe, spec)
-    full = tokenizer(text).input_ids
+    with object_lock(tokenizer):
+        full = tokenizer(text).input_ids
     if len(full) <= limit:
         return []
     unknown = getattr(tokenizer, "unk_token_id", None)

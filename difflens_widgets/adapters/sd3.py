@@ -21,7 +21,6 @@ T5_TOKENS = 256  # the pipeline's default max_sequence_length
 class StableDiffusion3Adapter(LensAdapter):
     family = "stable-diffusion-3"
     description = "Stable Diffusion 3 (CLIP-L + CLIP-G penultimate, T5-XXL; pooled from both CLIPs)"
-
     pipeline_classes = ("StableDiffusion3Pipeline",)
     cuda_dtype = torch.bfloat16
 
