@@ -1,4 +1,5 @@
-"""Dashboard responsiveness on the toy model: Run → first live preview, Run → full result, and the layer slider.
+"""Dashboard responsiveness and weight on the toy model: Run → first live preview, Run → full result, the layer
+slider, and the bytes one dashboard puts into the browser (and into a notebook saved with widget state).
 
     python benchmarks/bench_dashboard.py [--seeds 0] [--steps 20] [--repeats 3]
 
@@ -17,6 +18,22 @@ PROMPTS = ["a red circle left of a blue square", "a green star above a yellow cr
            "a purple triangle below a blue circle", "a yellow square and a red star"]
 
 
+def payload_bytes(dash) -> dict:
+    """Bytes per dashboard: the front-end (anywidget syncs ``_esm``/``_css`` with every instance) and its state
+    after a run (traits as JSON, images as their PNG bytes) — what a notebook saved with widget state holds."""
+    import json
+
+    from difflens_widgets.widgets.dashboard import STATIC
+
+    state = {name: getattr(dash, name) for name in dash.default_state()}
+    images = sum(len(f["png"]) for key in ("frames", "tuned_frames", "previews") for f in state[key])
+    for key in ("frames", "tuned_frames", "previews"):
+        state[key] = [{k: v for k, v in f.items() if k != "png"} for f in state[key]]
+    return {"front-end (widget.js + widget.css)": (STATIC / "widget.js").stat().st_size
+            + (STATIC / "widget.css").stat().st_size,
+            "state: traits as JSON": len(json.dumps(state)), "state: images (PNG)": images}
+
+
 def run_timings(seeds: str, steps: int, repeats: int) -> tuple[list[float], list[float], int]:
     dash = dl.LensDashboard("toy")
     dash.seeds, dash.steps = seeds, steps
@@ -28,6 +45,7 @@ def run_timings(seeds: str, steps: int, repeats: int) -> tuple[list[float], list
         assert dash.status == "done", dash.message
         first.append(dash.timings["first_preview_s"])
         total.append(dash.timings["total_s"])
+    run_timings.payload = payload_bytes(dash)
     return first, total, len(dash.frames)
 
 
@@ -91,6 +109,10 @@ def main() -> None:
     print(f"| Run → first live preview | {statistics.median(first):.2f} s |")
     print(f"| Run → full result (images + heatmaps) | {statistics.median(total):.2f} s |")
     print(f"| slider step → next layer shown (browser, cached images) | {slider_ms:.1f} ms |")
+    sizes = run_timings.payload
+    for name, size in sizes.items():
+        print(f"| {name} | {size / 1024:.1f} KB |")
+    print(f"| one dashboard in a notebook saved with widget state | {sum(sizes.values()) / 1024:.1f} KB |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ compute the same quantities from finished LensResults (what the dashboard's heat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,25 +84,32 @@ def _token_heatmap(sims, tokens, layers, title: str, hover: str, raw_labels: boo
     return fig
 
 
-def heatmap_figures(result: LensResult, tuned: LensResult | None = None) -> dict:
-    """Plotly figures (as JSON-ready dicts) of the analyses; hovering shows the exact value, x is the layer.
-    With ``tuned``, a third figure compares raw and tuned per token and layer."""
-    import plotly.graph_objects as go
-
-    token_fig = _token_heatmap(*token_layer_similarity(result), "token at layer l vs the same token at the last layer",
-                               "cos to last layer")
+def heatmap_specs(result: LensResult, tuned: LensResult | None = None) -> dict:
+    """What the dashboard draws: the analyses as plain numbers with a colour range fitted to the data (cosines of
+    one prompt live in a narrow band; a fixed −1..1 scale would paint them all one colour). With ``tuned``, a third
+    map shows how far tuning moved each token, as 1 − cos(raw, tuned), so the changed token stands out."""
+    sims, labels, layers = token_layer_similarity(result)
+    specs = {"tokens": _spec(sims, layers, labels, "token at layer l vs the same token at the last layer",
+                             "cos to last layer", "token")}
     matrix, layers = layer_layer_similarity(result)
-    layer_fig = go.Figure(go.Heatmap(
-        z=matrix, x=layers, y=layers, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
-        hovertemplate="layer %{y} vs layer %{x}<br>cos %{z:.3f}<extra></extra>",
-    ))
-    layer_fig.update_layout(title="pooled prompt embedding, layer × layer", xaxis_title="layer",
-                            yaxis_title="layer", margin=dict(l=50, r=10, t=40, b=40), height=320)
-    figures = {"tokens": token_fig, "layers": layer_fig}
+    specs["layers"] = _spec(matrix, layers, layers, "pooled prompt embedding, layer × layer", "cos", "layer",
+                            y_selectable=True)
     if tuned is not None:
-        figures["tuned"] = _token_heatmap(*raw_tuned_similarity(result, tuned), "raw vs tuned, per token and layer",
-                                          "cos raw↔tuned")
-    return {name: json.loads(fig.to_json()) for name, fig in figures.items()}
+        sims, labels, layers = raw_tuned_similarity(result, tuned)
+        specs["tuned"] = _spec(1.0 - sims, layers, labels, "raw vs tuned: how far tuning moved each token",
+                               "1 − cos(raw, tuned)", "token")
+    return specs
+
+
+def _spec(values: np.ndarray, layers: list[int], rows: list, title: str, scale: str, row_name: str,
+          y_selectable: bool = False) -> dict:
+    z = np.round(np.asarray(values, dtype=np.float64), 4)
+    low, high = float(z.min()), float(z.max())
+    if high - low < 1e-3:  # a flat map: centre a small range on it rather than divide by zero
+        low, high = low - 5e-4, high + 5e-4
+    return {"title": title, "x": [int(l) for l in layers], "y": [r if isinstance(r, str) else int(r) for r in rows],
+            "z": z.tolist(), "zmin": low, "zmax": high, "scale": scale, "x_title": "layer", "y_title": row_name,
+            "y_selectable": y_selectable}
 
 
 # ---------------------------------------------------------------------------------------------------------------

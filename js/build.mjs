@@ -1,5 +1,5 @@
-// Bundles src/widget.js (with plotly.js) into the Python package, so `pip install` needs no Node and
-// nothing is fetched from a CDN at run time.
+// Bundles src/widget.js into the Python package, so `pip install` needs no Node and nothing is fetched from a
+// CDN at run time.
 import { build } from "esbuild";
 import { copyFileSync, mkdirSync } from "node:fs";
 
@@ -12,7 +12,6 @@ await build({
   minify: true,
   target: "es2020",
   outfile: `${outdir}/widget.js`,
-  define: { "define.amd": "false" }, // plotly's UMD wrapper must not look for an AMD loader (anywidget #369)
   legalComments: "none",
 });
 copyFileSync("src/widget.css", `${outdir}/widget.css`);

@@ -68,7 +68,7 @@ def test_bundle_renders_in_chromium(browser, static_server, tiny_pipe):
     page.wait_for_function("window.rendered === true", timeout=20_000)
     assert page.locator(".dl-thumb img").count() == 10
     page.wait_for_function("document.querySelectorAll('.dl-thumb img')[0].naturalWidth === 32")
-    page.wait_for_selector(".dl-heatmap .main-svg", timeout=20_000)  # plotly drew, from the bundle alone
+    page.wait_for_selector(".dl-heatmap .dl-hm-cell", timeout=20_000)  # the heatmaps drew, from the bundle alone
     assert page.locator(".dl-heatmap").count() == 2
     before = page.locator(".dl-large-img img").first.get_attribute("src")
     page.locator(".dl-slider").focus()
@@ -156,7 +156,7 @@ def drive_notebook(page, url, app):
     # toy model: layers 0:12:2 → 0, 2, 4, 6, 8; two seeds → 10 filmstrip images once the run is done
     page.wait_for_function("document.querySelector('.dl-status')?.dataset.state === 'done'", timeout=180_000)
     assert page.locator(".dl-thumb img").count() == 10
-    assert page.locator(".dl-heatmap .main-svg").count() >= 2
+    assert page.locator(".dl-heatmap .dl-hm-grid").count() >= 2
     before = page.locator(".dl-large-img img").first.get_attribute("src")
     caption = page.locator(".dl-large-img figcaption").first.inner_text()
     page.locator(".dl-slider").focus()

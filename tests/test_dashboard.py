@@ -34,7 +34,10 @@ def test_run_streams_png_buffers(dash):
     assert max(seen_previews) == 10  # live previews of every (layer, seed) while denoising
     assert dash.previews == [] and dash.progress == 1.0
     assert set(dash.heatmaps) == {"tokens", "layers"}
-    assert dash.heatmaps["layers"]["data"][0]["type"] == "heatmap"
+    layers = dash.heatmaps["layers"]
+    assert layers["x"] == layers["y"] == [0, 1, 2, 3, 4] and len(layers["z"]) == 5
+    values = [v for row in layers["z"] for v in row]
+    assert layers["zmin"] == min(values) and layers["zmax"] == max(values) < 1.0001  # fitted, not −1..1
     assert dash.selected_layer in dash.run_layers and dash.result.layers == dash.run_layers
     assert dash.timings["first_preview_s"] <= dash.timings["total_s"]
 
@@ -142,6 +145,8 @@ def test_raw_vs_tuned(tiny_pipe):
     assert dash.wait(60) and dash.status == "done", dash.message
     assert dash.model_info["tuned"] and len(dash.tuned_frames) == len(dash.frames) == 5
     assert set(dash.heatmaps) == {"tokens", "layers", "tuned"}
+    shift = dash.heatmaps["tuned"]
+    assert shift["scale"] == "1 − cos(raw, tuned)" and shift["zmin"] >= 0 and shift["zmax"] > shift["zmin"]
     assert any(a["png"] != b["png"] for a, b in zip(dash.frames, dash.tuned_frames))
     name, png = dash.export("grid")
     assert Image.open(io.BytesIO(png)).width > dash.result.grid().width  # raw and tuned side by side

@@ -75,7 +75,8 @@ class LensDashboard(anywidget.AnyWidget):
     def default_state(cls) -> dict:
         """Every synced trait of the dashboard with its default value: the one source for the preview page and the
         JavaScript tests' fake model (docs/widget-protocol.md documents each)."""
-        return {name: trait.default() for name, trait in sorted(cls.class_own_traits(sync=True).items())}
+        # LensDashboard by name, not cls: anywidget gives every instance a dynamic subclass of its own
+        return {name: trait.default() for name, trait in sorted(LensDashboard.class_own_traits(sync=True).items())}
 
     def __init__(self, pipe_or_model="toy", *, tuned=None, **kwargs):
         unknown = sorted(set(kwargs) - set(self.INPUTS))
@@ -231,14 +232,14 @@ class LensDashboard(anywidget.AnyWidget):
                     self._thread = None
 
     def _show(self, result: LensResult, tuned: LensResult | None) -> None:
-        from ..similarity import heatmap_figures
+        from ..similarity import heatmap_specs
 
         self.result, self.tuned_result = result, tuned
         self.run_layers, self.run_seeds = result.layers, result.seeds
         self.frames = frames_of(result)
         self.tuned_frames = frames_of(tuned) if tuned is not None else []
         if result.complete:
-            self.heatmaps = heatmap_figures(result, tuned)
+            self.heatmaps = heatmap_specs(result, tuned)
         if self.selected_layer not in result.layers:
             self.selected_layer = result.layers[-1]
 

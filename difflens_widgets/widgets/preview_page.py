@@ -32,7 +32,7 @@ window.rendered = true;
 
 def dashboard_state(result: LensResult, num_layers: int, selected_layer: int | None = None) -> dict:
     """The traits a LensDashboard would hold after ``result`` (images base64-encoded for the JSON file only)."""
-    from ..similarity import heatmap_figures
+    from ..similarity import heatmap_specs
 
     return {
         **LensDashboard.default_state(),  # every trait the front-end reads, so this page cannot drift from it
@@ -42,7 +42,7 @@ def dashboard_state(result: LensResult, num_layers: int, selected_layer: int | N
         "model_info": {"num_layers": num_layers, "tuned": False}, "status": "done", "progress": 1.0,
         "run_layers": result.layers, "run_seeds": result.seeds,
         "frames": [dict(f, png=base64.b64encode(f["png"]).decode()) for f in frames_of(result)],
-        "heatmaps": heatmap_figures(result),
+        "heatmaps": heatmap_specs(result),
     }
 
 

@@ -1,8 +1,9 @@
 // The LensDashboard front-end: builds the DOM from the model's state and keeps the two in sync.
 // Everything shown is derived from model traits, so re-rendering the widget (re-display, page reload,
-// VS Code re-run) shows the last result again. Plotly is injected so the logic can be tested without it.
+// VS Code re-run) shows the last result again.
 
 import { EL, ImageUrls } from "./common.js";
+import { drawHeatmap } from "./heatmap.js";
 
 // ---- validation (mirrors difflens_widgets/options.py, so bad input never starts a run) -----------------------
 
@@ -91,7 +92,7 @@ function differenceInto(canvas, urlA, urlB) {
 
 // ---- the dashboard --------------------------------------------------------------------------------------------
 
-export function createDashboard({ model, el, plotly = null }) {
+export function createDashboard({ model, el }) {
   const urls = new ImageUrls();
   const save = (key, value) => { model.set(key, value); model.save_changes(); };
 
@@ -254,14 +255,11 @@ export function createDashboard({ model, el, plotly = null }) {
   }
 
   function renderHeatmaps() {
-    const figures = model.get("heatmaps") || {};
     heatmaps.replaceChildren();
-    for (const [name, fig] of Object.entries(figures)) {
+    for (const [name, spec] of Object.entries(model.get("heatmaps") || {})) {
       const div = EL("div", { class: "dl-heatmap", "data-heatmap": name });
       heatmaps.append(div);
-      if (!plotly) continue;
-      plotly.react(div, fig.data, { ...fig.layout, autosize: true }, { displayModeBar: false, responsive: true });
-      if (div.on) div.on("plotly_click", (event) => select(Number(event.points[0].x)));
+      drawHeatmap(div, spec, { selected: selected(), onSelect: (layer) => select(Number(layer)) });
     }
   }
 
@@ -282,7 +280,7 @@ export function createDashboard({ model, el, plotly = null }) {
     "change:previews": () => { urls.set("preview", model.get("previews")); renderLarge(); renderStrips(); },
     "change:run_layers": renderAll,
     "change:run_seeds": renderAll,
-    "change:selected_layer": () => { renderLarge(); renderStrips(); },
+    "change:selected_layer": () => { renderLarge(); renderStrips(); renderHeatmaps(); },
     "change:show_difference": renderLarge,
     "change:heatmaps": renderHeatmaps,
     "change:model_info": renderAll,
@@ -306,7 +304,6 @@ export function createDashboard({ model, el, plotly = null }) {
   return () => {
     for (const [event, fn] of Object.entries(handlers)) model.off(event, fn);
     model.off("msg:custom", onCustom);
-    if (plotly) for (const div of heatmaps.querySelectorAll(".dl-heatmap")) plotly.purge(div);
     urls.clear();
   };
 }

@@ -3,8 +3,9 @@
 // (layers × steps; clicking a cell selects that step). Everything is derived from the model's traits.
 
 import { EL, ImageUrls } from "./common.js";
+import { drawHeatmap } from "./heatmap.js";
 
-export function createTrainingView({ model, el, plotly = null }) {
+export function createTrainingView({ model, el }) {
   const urls = new ImageUrls();
   const save = (key, value) => { model.set(key, value); model.save_changes(); };
   const steps = () => model.get("steps") || [];
@@ -62,15 +63,12 @@ export function createTrainingView({ model, el, plotly = null }) {
     for (const [name, table] of Object.entries(model.get("similarity") || {})) {
       const div = EL("div", { class: "dl-heatmap", "data-heatmap": name });
       plots.append(div);
-      if (!plotly) continue;
-      const data = [{ type: "heatmap", z: table.values, x: table.steps, y: table.layers, colorscale: "RdBu",
-        reversescale: true, zmin: -1, zmax: 1,
-        hovertemplate: "layer %{y}<br>step %{x}<br>cos %{z:.4f}<extra></extra>" }];
-      const layout = { title: { text: `cos(${name.replace("~", ", ")}) per layer and training step` },
-        xaxis: { title: { text: "training step" } }, yaxis: { title: { text: "layer" } }, height: 300,
-        margin: { l: 50, r: 10, t: 40, b: 40 } };
-      plotly.react(div, data, layout, { displayModeBar: false, responsive: true });
-      if (div.on) div.on("plotly_click", (event) => selectStep(Number(event.points[0].x)));
+      const flat = table.values.flat();
+      drawHeatmap(div, {
+        title: `cos(${name.replace("~", ", ")}) per layer and training step`, x: table.steps, y: table.layers,
+        z: table.values, zmin: Math.min(...flat), zmax: Math.max(...flat), scale: "cos", x_title: "training step",
+        y_title: "layer",
+      }, { selected: model.get("selected_step"), onSelect: (step) => selectStep(Number(step)) });
     }
   }
 
@@ -82,13 +80,12 @@ export function createTrainingView({ model, el, plotly = null }) {
     "change:frames": () => { setFrames(); renderGrid(); },
     "change:steps": renderGrid,
     "change:layers": renderGrid,
-    "change:selected_step": renderSelection,
+    "change:selected_step": () => { renderSelection(); renderPlots(); },
     "change:similarity": renderPlots,
   };
   for (const [event, fn] of Object.entries(handlers)) model.on(event, fn);
   return () => {
     for (const [event, fn] of Object.entries(handlers)) model.off(event, fn);
-    if (plotly) for (const div of plots.querySelectorAll(".dl-heatmap")) plotly.purge(div);
     urls.clear();
   };
 }

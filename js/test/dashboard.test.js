@@ -5,11 +5,11 @@ import { createDashboard, parseLayers, parseSeeds, validate } from "../src/dashb
 
 setupDom();
 
-function mount(state = {}, plotly = null) {
+function mount(state = {}) {
   const model = new FakeModel(state);
   const el = document.createElement("div");
   document.body.append(el);
-  const cleanup = createDashboard({ model, el, plotly });
+  const cleanup = createDashboard({ model, el });
   return { model, el, cleanup };
 }
 
@@ -146,19 +146,31 @@ test("raw vs tuned: two filmstrips, one slider, a difference toggle", () => {
   assert.match(el.querySelector('.dl-large-img[data-kind="raw"] figcaption').textContent, /layer 0/);
 });
 
-test("heatmaps are drawn with plotly and a click selects the layer", () => {
-  const drawn = [];
-  const plotly = {
-    react(div, data, layout) { drawn.push({ div, data, layout }); div.on = (ev, fn) => { div._click = fn; }; },
-    purge() {},
+const spec = (title, x, y, z, extra = {}) => ({ title, x, y, z, zmin: Math.min(...z.flat()), zmax: Math.max(...z.flat()),
+  scale: "cos", x_title: "layer", y_title: "token", y_selectable: false, ...extra });
+
+test("heatmaps: fitted colour scale shown, values on hover, selected layer marked, a click selects", () => {
+  const heatmaps = {
+    tokens: spec("tokens", [0, 1, 2, 3], ["a", "red"], [[0.5, 0.7, 0.9, 1.0], [0.6, 0.8, 0.95, 1.0]]),
+    layers: spec("layers", [0, 1, 2, 3], [0, 1, 2, 3], [[1, .9, .8, .7], [.9, 1, .9, .8], [.8, .9, 1, .9], [.7, .8, .9, 1]],
+      { y_title: "layer", y_selectable: true }),
   };
-  const heatmaps = { tokens: { data: [{ type: "heatmap", z: [[1]] }], layout: {} },
-    layers: { data: [{ type: "heatmap", z: [[1]] }], layout: {} } };
-  const { model, el, cleanup } = mount({ ...done(), heatmaps }, plotly);
-  assert.equal(drawn.length, 2);
+  const { model, el, cleanup } = mount({ ...done(), heatmaps });
   assert.deepEqual([...el.querySelectorAll(".dl-heatmap")].map((d) => d.dataset.heatmap), ["tokens", "layers"]);
-  drawn[0].div._click({ points: [{ x: 1, y: "0:a" }] });
+  const tokens = el.querySelector('[data-heatmap="tokens"]');
+  assert.equal(tokens.querySelectorAll(".dl-hm-cell").length, 8);
+  assert.equal(tokens.querySelector(".dl-hm-min").textContent, "0.500");  // the data's own range, not −1..1
+  assert.equal(tokens.querySelector(".dl-hm-max").textContent, "1.000");
+  const low = tokens.querySelector('.dl-hm-cell[data-x="0"][data-y="a"]');
+  const high = tokens.querySelector('.dl-hm-cell[data-x="3"][data-y="a"]');
+  assert.notEqual(low.style.background, high.style.background);
+  assert.equal(low.title, "token a, layer 0: cos 0.500");
+  const marked = (root) => [...root.querySelectorAll(".dl-hm-cell.dl-hm-marked")].map((c) => c.dataset.x);
+  assert.deepEqual(marked(tokens), ["3", "3"]);  // the selected (last) layer's column
+  tokens.querySelector('.dl-hm-cell[data-x="1"][data-y="red"]').click();
   assert.equal(model.get("selected_layer"), 1);
+  assert.deepEqual(marked(el.querySelector('[data-heatmap="tokens"]')), ["1", "1"]);
+  assert.equal(el.querySelectorAll('[data-heatmap="layers"] .dl-hm-cell.dl-hm-marked').length, 7);  // row + column
   cleanup();
 });
 

@@ -12,11 +12,11 @@ function state(steps = [0, 50, 100], layers = [0, 4, 8]) {
   return { view: "training", prompt: "a xon triangle", steps, layers, frames, selected_step: steps.at(-1),
     similarity: { "xon~triangle": { steps, layers, values: layers.map(() => steps.map(() => 0.5)) } } };
 }
-function mount(s = state(), plotly = null) {
+function mount(s = state()) {
   const model = new FakeModel(s);
   const el = document.createElement("div");
   document.body.append(el);
-  const cleanup = createTrainingView({ model, el, plotly });
+  const cleanup = createTrainingView({ model, el });
   return { model, el, cleanup };
 }
 
@@ -53,13 +53,13 @@ test("new records arriving from Python extend the grid live", () => {
   assert.equal(el.querySelectorAll(".dl-train-grid .dl-thumb img").length, 6);
 });
 
-test("similarity heatmaps are drawn with plotly and a click selects the step", () => {
-  const calls = [];
-  const plotly = { react: (div, data) => { calls.push(data); div.on = (ev, fn) => { div.handler = fn; }; }, purge: () => {} };
-  const { model, el, cleanup } = mount(state(), plotly);
-  assert.equal(calls.length, 1);
-  assert.deepEqual(calls[0][0].x, [0, 50, 100]);
-  el.querySelector('[data-heatmap="xon~triangle"]').handler({ points: [{ x: 50 }] });
+test("similarity heatmaps: steps across, layers down, the selected step marked, a click selects it", () => {
+  const { model, el, cleanup } = mount();
+  const map = el.querySelector('[data-heatmap="xon~triangle"]');
+  assert.deepEqual([...map.querySelectorAll(".dl-hm-xlabel")].map((d) => d.textContent), ["0", "50", "100"]);
+  assert.equal(map.querySelectorAll(".dl-hm-cell").length, 9);
+  assert.deepEqual([...map.querySelectorAll(".dl-hm-cell.dl-hm-marked")].map((c) => c.dataset.x), ["100", "100", "100"]);
+  map.querySelector('.dl-hm-cell[data-x="50"][data-y="4"]').click();
   assert.equal(model.get("selected_step"), 50);
   cleanup();
 });
