@@ -220,6 +220,8 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
     thread count is capped to the CPUs this process may use. ``trust_remote_code`` is never turned on here.
     """
     dtype = parse_dtype(dtype)
+    if offload is not None and offload not in OFFLOAD_MODES:  # checked before any weight is read
+        raise ValueError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
     if not isinstance(model, (str, os.PathLike)):
         if not hasattr(model, "components"):
             raise TypeError(f"model must be 'toy', a folder, a hub id or a diffusers pipeline, "
