@@ -8,6 +8,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -153,9 +154,26 @@ def drive_notebook(page, url, app):
             f"/\\[[0-9*]+\\]/.test(document.querySelectorAll('.jp-Notebook .jp-Cell')[{index}]"
             ".querySelector('.jp-InputPrompt').textContent)", timeout=90_000)
     page.wait_for_selector(".dl-root", timeout=60_000)
+    # The first run of a fresh dashboard is live: its cells develop through labelled previews before it ends.
+    captions, deadline = set(), time.time() + 180
+    while time.time() < deadline:
+        state = page.evaluate("""() => ({ status: document.querySelector('.dl-status')?.dataset.state,
+            caption: document.querySelector('.dl-thumb[data-layer="0"][data-seed="0"] figcaption')?.textContent,
+            image: !!document.querySelector('.dl-thumb[data-layer="0"][data-seed="0"] img') })""")
+        if state["status"] == "running" and state["image"] and "step" in (state["caption"] or ""):
+            if not captions:  # what a user sees mid-run
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.locator(".dl-root").screenshot(path=str(ARTIFACTS / f"dashboard_{app}_running.png"))
+            captions.add(state["caption"])
+        if state["status"] == "done":
+            break
+        time.sleep(0.05)
+    assert len(captions) >= 2, f"fewer than 2 distinct preview steps seen while running: {captions}"
+    assert all(re.fullmatch(r"L0 · step \d+/20", c) for c in captions), captions
     # toy model: layers 0:12:2 → 0, 2, 4, 6, 8; two seeds → 10 filmstrip images once the run is done
     page.wait_for_function("document.querySelector('.dl-status')?.dataset.state === 'done'", timeout=180_000)
     assert page.locator(".dl-thumb img").count() == 10
+    assert page.locator('.dl-thumb[data-layer="0"][data-seed="0"] figcaption').inner_text() == "L0"
     assert page.locator(".dl-heatmap .dl-hm-grid").count() >= 2
     before = page.locator(".dl-large-img img").first.get_attribute("src")
     caption = page.locator(".dl-large-img figcaption").first.inner_text()
@@ -165,3 +183,12 @@ def drive_notebook(page, url, app):
     assert page.locator(".dl-large-img figcaption").first.inner_text() != caption
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.locator(".dl-root").screenshot(path=str(ARTIFACTS / f"dashboard_{app}.png"))
+    # A second run, cancelled at once: the previous result stays on screen, and the widget says so.
+    page.locator(".dl-prompt").fill("a green star below a yellow square")
+    page.locator(".dl-run").click()
+    page.wait_for_function("document.querySelector('.dl-status')?.dataset.state === 'running'", timeout=60_000)
+    page.locator(".dl-cancel").click()
+    page.wait_for_function("document.querySelector('.dl-status')?.dataset.state === 'cancelled'", timeout=60_000)
+    assert "still showing the previous result ('a red triangle above a blue circle')" in \
+        page.locator(".dl-message").inner_text()
+    assert page.locator(".dl-thumb img").count() == 10

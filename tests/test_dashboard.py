@@ -79,9 +79,59 @@ def test_cancel_keeps_finished_layers(dash):
     dash.observe(cancel_midway, "progress")
     dash.run()
     assert dash.wait(60)
-    assert dash.status == "cancelled" and "cancelled" in dash.message
     shown = {f["layer"] for f in dash.frames}
+    assert dash.status == "cancelled" and dash.message == f"cancelled: showing the {len(shown)} of 5 images that finished"
     assert 0 < len(shown) < 5 and shown == set(range(len(shown)))
+
+
+def test_a_run_lays_out_its_cells_at_once_and_clears_the_previous_prompt(dash):
+    dash.run()
+    assert dash.wait(60) and dash.heatmaps and dash.selected_layer == 4  # the first run opens on the last layer
+    seen = []
+    dash.observe(lambda change: seen.append((dash.status, list(dash.run_layers), len(dash.frames),
+                                             len(dash.heatmaps))), "progress")
+    dash.prompt, dash.layer_range = "a blue square", "0,2"
+    dash.run()
+    assert dash.wait(60) and dash.status == "done"
+    assert seen[0] == ("running", [0, 2], 0, 0)  # new cells from the first step, nothing of the old prompt
+    assert dash.selected_layer == 2 and len(dash.frames) == 2
+
+
+def test_previews_of_every_chunk_stay_and_carry_their_step(dash):
+    dash.max_batch, dash.steps = 2, 5
+    snapshots = []
+    dash.observe(lambda change: snapshots.append(change["new"]), "previews")
+    dash.run()
+    assert dash.wait(60) and dash.status == "done"
+    last = [p for p in snapshots if p][-1]
+    assert {(p["layer"], p["seed"]) for p in last} == {(l, 0) for l in range(5)}  # all chunks' previews kept
+    assert all(p["kind"] == "raw" and p["steps"] == 5 and 1 <= p["step"] <= 5 for p in last)
+    steps_seen = {p["step"] for snap in snapshots for p in snap if p["layer"] == 0}
+    assert len(steps_seen) >= 2  # the cell develops through several previews
+
+
+def test_cancel_brings_back_the_previous_complete_result(dash):
+    dash.run()
+    assert dash.wait(60) and dash.status == "done"
+    previous = [f["png"] for f in dash.frames]
+    dash.max_batch, dash.steps, dash.prompt = 1, 4, "a green circle"
+    dash.observe(lambda change: dash.cancel() if change["new"] >= 0.3 else None, "progress")
+    dash.run()
+    assert dash.wait(60) and dash.status == "cancelled"
+    assert dash.message == "cancelled: still showing the previous result ('a red circle left of a blue square')"
+    assert [f["png"] for f in dash.frames] == previous and dash.result.prompt == "a red circle left of a blue square"
+    assert dash.heatmaps
+
+
+def test_cancel_before_any_image_keeps_the_previews_labelled(tiny_pipe):
+    fresh = dl.LensDashboard(tiny_pipe)
+    fresh.steps, fresh.layer_range, fresh.max_batch = 5, "", 8
+    fresh.observe(lambda change: fresh.cancel() if change["new"] and change["new"][0]["step"] >= 2 else None,
+                  "previews")
+    fresh.run()
+    assert fresh.wait(60) and fresh.status == "cancelled"
+    assert fresh.frames and all(f["preview"] and f["step"] >= 1 for f in fresh.frames)
+    assert fresh.message.startswith("cancelled: showing previews (denoising step ")
 
 
 def test_second_run_cancels_the_first_and_runs_after(dash):

@@ -94,6 +94,7 @@ class LensDashboard(anywidget.AnyWidget):
             self.final_norm = self._lens.adapter.own_final_norm
         self.result: LensResult | None = None
         self.tuned_result: LensResult | None = None
+        self._previous: tuple[LensResult, LensResult | None] | None = None  # the last complete result
         self._thread: threading.Thread | None = None
         self._pending: dict | None = None
         self._lock = threading.Lock()
@@ -184,7 +185,16 @@ class LensDashboard(anywidget.AnyWidget):
 
     # ---- the worker --------------------------------------------------------------------------------------------
     def _start(self, request: dict) -> None:
-        self.status, self.message, self.progress, self.previews = "running", "", 0.0, []
+        """Lay out the new run at once (one cell per layer and seed, filled by previews as they come) and forget
+        the previous prompt's images and heatmaps on screen; the previous complete result is kept aside so a Cancel
+        can bring it back."""
+        if self.result is not None and self.result.complete:
+            self._previous = (self.result, self.tuned_result)
+        self.previews, self.frames, self.tuned_frames, self.heatmaps = [], [], [], {}
+        self.run_layers, self.run_seeds = list(request["layers"]), list(request["seeds"])
+        if self.result is None or self.selected_layer not in request["layers"]:
+            self.selected_layer = request["layers"][-1]  # the model's normal image first
+        self.status, self.message, self.progress = "running", "", 0.0  # last: the new layout is already there
         self._thread = threading.Thread(target=self._work, args=(request,), daemon=True, name="difflens-run")
         self._thread.start()
 
@@ -195,14 +205,18 @@ class LensDashboard(anywidget.AnyWidget):
         first_preview: list[float] = []
         steps = request["num_inference_steps"]
         snapshot_every = max(1, steps // 5)
+        latest: dict[tuple, dict] = {}  # newest preview per (kind, layer, seed), every chunk's kept
 
         def progress(done, total, preview):
             self.progress = done / total
             if preview is not None:
                 if not first_preview:
                     first_preview.append(time.perf_counter() - started)
-                self.previews = [{"layer": l, "seed": s, "png": png_bytes(img), "step": preview.step}
-                                 for (l, s), img in zip(preview.items, preview.images)]
+                kind = "tuned" if self._tuned is not None and done > total / 2 else "raw"  # compare: raw, then tuned
+                for (layer, seed), img in zip(preview.items, preview.images):
+                    latest[(kind, layer, seed)] = {"layer": layer, "seed": seed, "png": png_bytes(img), "kind": kind,
+                                                   "step": preview.step, "steps": steps}
+                self.previews = list(latest.values())
 
         try:
             common = dict(request, snapshot_every=snapshot_every, max_batch=self.max_batch, progress=progress)
@@ -211,14 +225,19 @@ class LensDashboard(anywidget.AnyWidget):
             else:
                 both = compare(self._lens, self._tuned, **common)
                 result, tuned = both.raw, (both.tuned if both.raw.complete else None)
-            self._show(result, tuned)
             complete = result.complete and (tuned is None or tuned.complete)
-            self.status = "done" if complete else "cancelled"
-            self.message = "" if complete else "cancelled: showing the layers that finished"
+            if complete:
+                self._show(result, tuned)
+                self.status, self.message = "done", ""
+            else:
+                self.message = self._after_cancel(result, [p for p in latest.values() if p["kind"] == "raw"])
+                self.status = "cancelled"
             events = [e for r in (result, tuned) if r is not None for e in r.params.get("memory_events", [])]
             if any("out of memory" in e for e in events):  # say why the run took longer than it might have
                 self.message = "; ".join(filter(None, [self.message, "GPU memory: " + "; ".join(events)]))
         except Exception as err:  # shown in the widget; the widget stays usable
+            if self._previous is not None:
+                self._show(*self._previous)
             self.status, self.message = "error", f"{type(err).__name__}: {err}"
         finally:
             self.timings = {"first_preview_s": first_preview[0] if first_preview else None,
@@ -230,6 +249,22 @@ class LensDashboard(anywidget.AnyWidget):
                     self._start(pending)
                 else:
                     self._thread = None
+
+    def _after_cancel(self, result: LensResult, previews: list[dict]) -> str:
+        """What stays on screen after a Cancel, and the line that says what it is: the previous complete result,
+        else the images that finished, else the last previews reached (labelled as previews)."""
+        if self._previous is not None:
+            self._show(*self._previous)
+            return f"cancelled: still showing the previous result ({self._previous[0].prompt!r})"
+        wanted = len(result.layers) * len(result.seeds)
+        if result.images:
+            self._show(result, None)
+            return f"cancelled: showing the {len(result.images)} of {wanted} images that finished"
+        self.frames = [dict(p, preview=True) for p in previews]
+        if not previews:
+            return "cancelled before any preview: nothing to show yet"
+        step = min(p["step"] for p in previews)
+        return f"cancelled: showing previews (denoising step {step} of {previews[0]['steps']}), not final images"
 
     def _show(self, result: LensResult, tuned: LensResult | None) -> None:
         from ..similarity import heatmap_specs

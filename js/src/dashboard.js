@@ -198,9 +198,30 @@ export function createDashboard({ model, el }) {
     message.dataset.kind = state === "error" ? "error" : state === "invalid" ? "invalid" : "info";
   }
 
+  // While running, a cell shows its newest preview (the predicted clean image at a denoising step); frames marked
+  // "preview" are what a Cancel left when no image had finished. Either way the caption says which step it is.
+  const previewSteps = new Map();
+  const frameSteps = new Map();
+  function setPreviews() {
+    const previews = model.get("previews") || [];
+    previewSteps.clear();
+    for (const p of previews) previewSteps.set(`${p.kind || "raw"}:${p.layer}:${p.seed}`, `step ${p.step}/${p.steps}`);
+    for (const kind of ["raw", "tuned"]) urls.set(`preview-${kind}`, previews.filter((p) => (p.kind || "raw") === kind));
+  }
+  function setFrames(kind) {
+    const frames = model.get(kind === "raw" ? "frames" : "tuned_frames") || [];
+    for (const key of [...frameSteps.keys()]) if (key.startsWith(kind + ":")) frameSteps.delete(key);
+    for (const f of frames) if (f.preview) frameSteps.set(`${kind}:${f.layer}:${f.seed}`, `preview, step ${f.step}/${f.steps}`);
+    urls.set(kind, frames);
+  }
   function imageOrPreview(kind, layer, seed) {
-    if (kind === "raw" && running()) return urls.get("preview", layer, seed) || urls.get("raw", layer, seed);
+    if (running()) return urls.get(`preview-${kind}`, layer, seed) || urls.get(kind, layer, seed);
     return urls.get(kind, layer, seed);
+  }
+  function stepOf(kind, layer, seed) {
+    const key = `${kind}:${layer}:${seed}`;
+    if (running() && urls.get(`preview-${kind}`, layer, seed)) return previewSteps.get(key) || "";
+    return frameSteps.get(key) || "";
   }
 
   function renderStrips() {
@@ -214,7 +235,7 @@ export function createDashboard({ model, el }) {
           const cell = EL("figure", { class: "dl-thumb" + (layer === selected() ? " dl-selected" : ""),
             "data-layer": String(layer), "data-seed": String(seed), "data-kind": kind, onclick: () => select(layer) },
             [src ? EL("img", { src, alt: `${kind} layer ${layer} seed ${seed}` }) : EL("div", { class: "dl-empty" }),
-              EL("figcaption", { text: `L${layer}` })]);
+              EL("figcaption", { text: stepOf(kind, layer, seed) ? `L${layer} · ${stepOf(kind, layer, seed)}` : `L${layer}` })]);
           return cell;
         });
         rows.push(EL("div", { class: "dl-strip", "data-kind": kind, "data-seed": String(seed) },
@@ -238,9 +259,10 @@ export function createDashboard({ model, el }) {
       const raw = imageOrPreview("raw", selected(), seed);
       const panel = [EL("figure", { class: "dl-large-img", "data-seed": String(seed), "data-kind": "raw" },
         [raw ? EL("img", { src: raw, alt: `layer ${selected()} seed ${seed}` }) : EL("div", { class: "dl-empty" }),
-          EL("figcaption", { text: `${tuned ? "raw, " : ""}layer ${selected()}, seed ${seed}` })])];
+          EL("figcaption", { text: `${tuned ? "raw, " : ""}layer ${selected()}, seed ${seed}`
+            + (stepOf("raw", selected(), seed) ? ` — ${stepOf("raw", selected(), seed)}` : "") })])];
       if (tuned) {
-        const other = urls.get("tuned", selected(), seed);
+        const other = imageOrPreview("tuned", selected(), seed);
         let view;
         if (model.get("show_difference") && raw && other) {
           view = EL("canvas", { class: "dl-diff" });
@@ -265,9 +287,9 @@ export function createDashboard({ model, el }) {
 
   function renderAll() { renderStatus(); renderLarge(); renderStrips(); }
 
-  urls.set("raw", model.get("frames"));
-  urls.set("tuned", model.get("tuned_frames"));
-  urls.set("preview", model.get("previews"));
+  setFrames("raw");
+  setFrames("tuned");
+  setPreviews();
   renderAll();
   renderHeatmaps();
 
@@ -275,9 +297,9 @@ export function createDashboard({ model, el }) {
     "change:status": renderAll,
     "change:progress": renderStatus,
     "change:message": renderStatus,
-    "change:frames": () => { urls.set("raw", model.get("frames")); renderAll(); },
-    "change:tuned_frames": () => { urls.set("tuned", model.get("tuned_frames")); renderAll(); },
-    "change:previews": () => { urls.set("preview", model.get("previews")); renderLarge(); renderStrips(); },
+    "change:frames": () => { setFrames("raw"); renderAll(); },
+    "change:tuned_frames": () => { setFrames("tuned"); renderAll(); },
+    "change:previews": () => { setPreviews(); renderLarge(); renderStrips(); },
     "change:run_layers": renderAll,
     "change:run_seeds": renderAll,
     "change:selected_layer": () => { renderLarge(); renderStrips(); renderHeatmaps(); },

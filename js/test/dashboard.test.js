@@ -196,3 +196,30 @@ test("re-rendering the same model restores the last result", () => {
   assert.equal(again.querySelector(".dl-thumb.dl-selected").dataset.layer, "1");
   assert.equal(el.querySelectorAll(".dl-thumb img").length, 8);
 });
+
+test("a run shows every cell at once, each preview labelled with its step, then the final images", () => {
+  const { model, el, cleanup } = mount({ status: "running", run_layers: [0, 4, 8], run_seeds: [0], selected_layer: 8 });
+  assert.equal(el.querySelectorAll(".dl-thumb").length, 3);  // cells exist before any image
+  assert.equal(el.querySelectorAll(".dl-thumb img").length, 0);
+  const png = frames([0], [0])[0].png;
+  model.set("previews", [{ layer: 0, seed: 0, png, kind: "raw", step: 4, steps: 20 },
+    { layer: 8, seed: 0, png, kind: "raw", step: 4, steps: 20 }]);
+  assert.equal(el.querySelectorAll(".dl-thumb img").length, 2);
+  assert.equal(el.querySelector('.dl-thumb[data-layer="0"] figcaption').textContent, "L0 · step 4/20");
+  assert.match(el.querySelector('.dl-large-img[data-kind="raw"] figcaption').textContent, /layer 8, seed 0 — step 4\/20/);
+  model.set("frames", frames([0, 4, 8], [0]));
+  model.set("status", "done");
+  model.set("previews", []);
+  assert.equal(el.querySelectorAll(".dl-thumb img").length, 3);
+  assert.equal(el.querySelector('.dl-thumb[data-layer="0"] figcaption').textContent, "L0");
+  cleanup();
+});
+
+test("after a Cancel, frames kept from previews stay labelled as previews", () => {
+  const png = frames([0], [0])[0].png;
+  const { el, cleanup } = mount({ status: "cancelled", run_layers: [0, 4], run_seeds: [0], selected_layer: 4,
+    frames: [{ layer: 0, seed: 0, png, preview: true, step: 8, steps: 20 }], message: "cancelled: showing previews" });
+  assert.equal(el.querySelector('.dl-thumb[data-layer="0"] figcaption').textContent, "L0 · preview, step 8/20");
+  assert.equal(el.querySelector('.dl-thumb[data-layer="4"] figcaption').textContent, "L4");
+  cleanup();
+});
