@@ -75,8 +75,7 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> list[dic
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 2**30 / total), device)
     pipe = REAL_SIZE[key](device=device, dtype=dtype)
-    if dtype == torch.float16 and getattr(pipe, "vae", None) is not None:
-        dl.models.keep_vae_in_fp32(pipe)
+    dl.models.keep_vae_safe(pipe, dtype)
     place(pipe, device, channels_last=args.channels_last)
     pipe.set_progress_bar_config(disable=True)
     lens = dl.Lens(pipe, compile=args.compile)

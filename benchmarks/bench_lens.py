@@ -22,11 +22,6 @@ from difflens_widgets.testing import sd15_architecture, tiny_stable_diffusion
 PROMPT = "a red circle left of a blue square"
 
 
-def sd15_random(dtype: torch.dtype, device: str):
-    """Stable Diffusion 1.5's UNet, VAE and CLIP ViT-L/14 text encoder shapes, random weights."""
-    return sd15_architecture(device=device, dtype=dtype)
-
-
 def timed(fn) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -67,7 +62,7 @@ def main() -> None:
         pipe = tiny_stable_diffusion(num_layers=12)
         rows.append(compare("tiny SD (32², 12 blocks)", pipe, None, 10, None, args.repeats))
     if args.only in (None, "sd15"):
-        pipe = sd15_random(getattr(torch, args.dtype), device)
+        pipe = sd15_architecture(device=device, dtype=getattr(torch, args.dtype))
         rows.append(compare(f"SD 1.5 arch, random ({args.dtype})", pipe, args.sd_layers, args.steps, args.size,
                             max(1, args.repeats // 2)))
     print(f"\ndevice: {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'})"

@@ -23,6 +23,7 @@ from PIL import Image
 
 from . import memory, options
 from .adapters import adapter_for
+from .adapters.encoders import execution_device
 from .results import LensResult, Tokens
 
 
@@ -125,7 +126,7 @@ class Lens:
 
     @property
     def device(self) -> torch.device:
-        return getattr(self.pipe, "_execution_device", None) or self.pipe.device
+        return execution_device(self.pipe)
 
     def cancel(self) -> None:
         """Stop the runs in progress (and those waiting for the pipeline) between two denoiser calls; each returns

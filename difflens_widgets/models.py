@@ -161,12 +161,16 @@ def pipeline_class_of(source: str, extra: dict) -> str | None:
         return None
 
 
+def check_offload(offload) -> None:
+    if offload is not None and offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
+
+
 def place(pipe, device: torch.device, offload: str | None = None, channels_last: bool = False):
     """Put ``pipe`` on ``device``, or let accelerate offload it: ``"model"`` keeps one component at a time on
     the device, ``"sequential"`` streams weights layer by layer (slowest, least memory). The lens always
     computes on the pipeline's execution device, so both work unchanged."""
-    if offload is not None and offload not in OFFLOAD_MODES:
-        raise ValueError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
+    check_offload(offload)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
@@ -220,8 +224,7 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
     thread count is capped to the CPUs this process may use. ``trust_remote_code`` is never turned on here.
     """
     dtype = parse_dtype(dtype)
-    if offload is not None and offload not in OFFLOAD_MODES:  # checked before any weight is read
-        raise ValueError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
+    check_offload(offload)  # before any weight is read
     if not isinstance(model, (str, os.PathLike)):
         if not hasattr(model, "components"):
             raise TypeError(f"model must be 'toy', a folder, a hub id or a diffusers pipeline, "
@@ -249,8 +252,7 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
         if offline:
             raise FileNotFoundError(_not_cached(source)) from err
         raise
-    if dtype == torch.float16 and _vae_needs_fp32(pipe):
-        keep_vae_in_fp32(pipe)
+    keep_vae_safe(pipe, dtype)
     place(pipe, device, offload, channels_last)
     if hasattr(pipe, "safety_checker") and pipe.safety_checker is None and hasattr(pipe, "register_to_config"):
         pipe.register_to_config(requires_safety_checker=False)
@@ -263,8 +265,12 @@ def _not_cached(source: str) -> str:
             f"folder (pipe.save_pretrained(FOLDER) then load_pipeline(FOLDER)).")
 
 
-def _vae_needs_fp32(pipe) -> bool:
+def keep_vae_safe(pipe, dtype: torch.dtype) -> None:
+    """Under fp16, keep the VAE in fp32 where the family's VAE overflows (adapters' ``vae_in_fp32``; an unknown
+    family with a VAE too, to be safe)."""
     from .adapters import adapter_class_for
 
     adapter = adapter_class_for(type(pipe).__name__)
-    return adapter.vae_in_fp32 if adapter is not None else getattr(pipe, "vae", None) is not None
+    needs = adapter.vae_in_fp32 if adapter is not None else getattr(pipe, "vae", None) is not None
+    if dtype == torch.float16 and needs:
+        keep_vae_in_fp32(pipe)

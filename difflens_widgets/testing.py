@@ -19,7 +19,6 @@ def tiny_stable_diffusion(seed: int = 0, num_layers: int = 4, scheduler: str = "
     """A StableDiffusionPipeline of a few hundred thousand random parameters: 32×32 images by default."""
     from diffusers import (AutoencoderKL, DDIMScheduler, EulerAncestralDiscreteScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
@@ -33,11 +32,7 @@ def tiny_stable_diffusion(seed: int = 0, num_layers: int = 4, scheduler: str = "
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         layers_per_block=1, norm_num_groups=8, sample_size=sample_size * 4,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
-        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    text_encoder = tiny_clip(tokenizer, num_layers=num_layers, width=32)
     schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     if scheduler == "ddim":
         sched = DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
@@ -82,12 +77,19 @@ def tiny_t5(tokenizer, num_layers: int = 3, width: int = 32):
 
 
 def tiny_clip(tokenizer, num_layers: int = 4, width: int = 32, projection: bool = False):
+    return clip_text(tokenizer, width, num_layers, heads=4, ffn=2 * width, projection=width if projection else None)
+
+
+def clip_text(tokenizer, width: int, layers: int, heads: int, ffn: int, act: str = "quick_gelu",
+              projection: int | None = None):
+    """A CLIP text encoder of any size with random weights (``projection``: with a text projection of that width)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
-                            num_hidden_layers=num_layers, num_attention_heads=4, projection_dim=width,
-                            max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=ffn,
+                            num_hidden_layers=layers, num_attention_heads=heads, hidden_act=act,
+                            projection_dim=projection or width, max_position_embeddings=tokenizer.model_max_length,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
@@ -217,16 +219,6 @@ TINY_FAMILIES = {
 # Real-size architectures with random weights, for benchmarks: timing and memory do not depend on weight values,
 # and nothing is downloaded. Built directly on ``device`` (random init of billions of parameters on a CPU is slow).
 # ---------------------------------------------------------------------------------------------------------------
-def _clip_text(tokenizer, width: int, layers: int, heads: int, ffn: int, act: str, projection: int | None = None):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=ffn,
-                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
-                            hidden_act=act, projection_dim=projection or width, bos_token_id=tokenizer.bos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
-
-
 def _sd_vae(sample_size: int, latent_channels: int = 4, **extra):
     from diffusers import AutoencoderKL
 
@@ -243,7 +235,7 @@ def sd15_architecture(device="cpu", dtype=torch.float32):
     with torch.device(device):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
         vae = _sd_vae(512)
-        text_encoder = _clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
+        text_encoder = clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               skip_prk_steps=True, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -266,8 +258,8 @@ def sdxl_architecture(device="cpu", dtype=torch.float32):
             addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
         ).eval()
         vae = _sd_vae(1024, scaling_factor=0.13025, force_upcast=True)
-        text_encoder = _clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
-        text_encoder_2 = _clip_text(tokenizer, 1280, 32, 20, 5120, "gelu", projection=1280)
+        text_encoder = clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
+        text_encoder_2 = clip_text(tokenizer, 1280, 32, 20, 5120, "gelu", projection=1280)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        steps_offset=1, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(vae=vae, unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
@@ -287,7 +279,7 @@ def flux_architecture(device="cpu", dtype=torch.float32):
             patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
             axes_dims_rope=(16, 56, 56)).eval()
-        text_encoder = _clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
+        text_encoder = clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
         text_encoder_2 = T5EncoderModel(T5Config(
             vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
             feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1)).eval()

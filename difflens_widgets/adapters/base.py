@@ -26,12 +26,16 @@ from . import encoders as enc
 from .encoders import EncoderRun, TextEncoderSpec
 
 
+def denoiser_name(pipe) -> str:
+    """The component a pipeline denoises with: ``unet`` (SD 1/2/XL, IF) or ``transformer`` (SD3, FLUX, PixArt)."""
+    for name in ("unet", "transformer"):
+        if getattr(pipe, name, None) is not None:
+            return name
+    raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer to denoise with")
+
+
 def denoiser_of(pipe) -> torch.nn.Module:
-    """A pipeline's denoiser: ``unet`` (SD 1/2/XL, IF) or ``transformer`` (SD3, FLUX, PixArt)."""
-    module = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    if module is None:
-        raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer to denoise with")
-    return module
+    return getattr(pipe, denoiser_name(pipe))
 
 
 @dataclass
@@ -152,8 +156,7 @@ class LensAdapter:
     @property
     def tunable_components(self) -> list[str]:
         """What a fine-tune (DreamBooth, LoRA) can change: every text encoder, then the denoiser."""
-        denoiser = "unet" if getattr(self.pipe, "unet", None) is not None else "transformer"
-        return [s.component for s in self.specs] + [denoiser]
+        return [s.component for s in self.specs] + [denoiser_name(self.pipe)]
 
     @property
     def encoder_name(self) -> str:

@@ -29,8 +29,6 @@ def object_lock(obj) -> threading.RLock:
         return _LOCKS.setdefault(obj, threading.RLock())
 
 
-encoder_lock = object_lock
-
 
 @dataclass(frozen=True)
 class TextEncoderSpec:
@@ -157,7 +155,7 @@ def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, 
         if threading.get_ident() == owner:
             captured.append(args[0])
 
-    with encoder_lock(encoder), ExitStack() as stack, torch.no_grad():
+    with object_lock(encoder), ExitStack() as stack, torch.no_grad():
         norm_hook = final_norm(encoder).register_forward_pre_hook(capture)
         stack.callback(norm_hook.remove)
         for number in skip:

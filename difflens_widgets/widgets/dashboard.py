@@ -44,16 +44,16 @@ class LensDashboard(anywidget.AnyWidget):
     _esm = STATIC / "widget.js"
     _css = STATIC / "widget.css"
 
-    # inputs (edited in the browser, or from Python)
-    prompt = t.Unicode("a red circle left of a blue square").tag(sync=True)
-    negative_prompt = t.Unicode("").tag(sync=True)
-    seeds = t.Unicode("0").tag(sync=True)
-    steps = t.Int(20).tag(sync=True)
-    guidance = t.Float(7.5).tag(sync=True)
-    layer_range = t.Unicode("").tag(sync=True)  # "" = all layers; else e.g. "0:9:2" or "0,4,8"
-    final_norm = t.Bool(True).tag(sync=True)  # False: the paper's ablation without the encoder's final norm
-    selected_layer = t.Int(0).tag(sync=True)
-    show_difference = t.Bool(False).tag(sync=True)
+    # inputs (edited in the browser, or from Python; the only constructor arguments accepted)
+    prompt = t.Unicode("a red circle left of a blue square").tag(sync=True, input=True)
+    negative_prompt = t.Unicode("").tag(sync=True, input=True)
+    seeds = t.Unicode("0").tag(sync=True, input=True)
+    steps = t.Int(20).tag(sync=True, input=True)
+    guidance = t.Float(7.5).tag(sync=True, input=True)
+    layer_range = t.Unicode("").tag(sync=True, input=True)  # "" = all layers; else e.g. "0:9:2" or "0,4,8"
+    final_norm = t.Bool(True).tag(sync=True, input=True)  # False: the paper's ablation without the encoder's final norm
+    selected_layer = t.Int(0).tag(sync=True, input=True)
+    show_difference = t.Bool(False).tag(sync=True, input=True)
 
     # outputs (set by Python only)
     model_info = t.Dict().tag(sync=True)
@@ -68,8 +68,6 @@ class LensDashboard(anywidget.AnyWidget):
     heatmaps = t.Dict().tag(sync=True)
     timings = t.Dict().tag(sync=True)
 
-    INPUTS = ("prompt", "negative_prompt", "seeds", "steps", "guidance", "layer_range", "final_norm",
-              "selected_layer", "show_difference")
 
     @classmethod
     def default_state(cls) -> dict:
@@ -79,10 +77,12 @@ class LensDashboard(anywidget.AnyWidget):
         return {name: trait.default() for name, trait in sorted(LensDashboard.class_own_traits(sync=True).items())}
 
     def __init__(self, pipe_or_model="toy", *, tuned=None, **kwargs):
-        unknown = sorted(set(kwargs) - set(self.INPUTS))
+        tagged = LensDashboard.class_own_traits(input=True)  # the traits tagged input=True above
+        inputs = [name for name in vars(LensDashboard) if name in tagged]  # in the order they are declared
+        unknown = sorted(set(kwargs) - set(inputs))
         if unknown:
             raise TypeError(f"LensDashboard got unknown argument(s) {', '.join(unknown)}; its inputs are "
-                            f"{', '.join(self.INPUTS)}")
+                            f"{', '.join(inputs)}")
         super().__init__(**kwargs)
         self._lens = Lens.of(pipe_or_model)
         if isinstance(tuned, Lens):

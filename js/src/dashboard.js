@@ -235,7 +235,7 @@ export function createDashboard({ model, el }) {
           const cell = EL("figure", { class: "dl-thumb" + (layer === selected() ? " dl-selected" : ""),
             "data-layer": String(layer), "data-seed": String(seed), "data-kind": kind, onclick: () => select(layer) },
             [src ? EL("img", { src, alt: `${kind} layer ${layer} seed ${seed}` }) : EL("div", { class: "dl-empty" }),
-              EL("figcaption", { text: stepOf(kind, layer, seed) ? `L${layer} · ${stepOf(kind, layer, seed)}` : `L${layer}` })]);
+              EL("figcaption", { text: [`L${layer}`, stepOf(kind, layer, seed)].filter(Boolean).join(" · ") })]);
           return cell;
         });
         rows.push(EL("div", { class: "dl-strip", "data-kind": kind, "data-seed": String(seed) },
@@ -259,8 +259,8 @@ export function createDashboard({ model, el }) {
       const raw = imageOrPreview("raw", selected(), seed);
       const panel = [EL("figure", { class: "dl-large-img", "data-seed": String(seed), "data-kind": "raw" },
         [raw ? EL("img", { src: raw, alt: `layer ${selected()} seed ${seed}` }) : EL("div", { class: "dl-empty" }),
-          EL("figcaption", { text: `${tuned ? "raw, " : ""}layer ${selected()}, seed ${seed}`
-            + (stepOf("raw", selected(), seed) ? ` — ${stepOf("raw", selected(), seed)}` : "") })])];
+          EL("figcaption", { text: [`${tuned ? "raw, " : ""}layer ${selected()}, seed ${seed}`,
+            stepOf("raw", selected(), seed)].filter(Boolean).join(" — ") })])];
       if (tuned) {
         const other = imageOrPreview("tuned", selected(), seed);
         let view;

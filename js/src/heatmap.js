@@ -2,8 +2,9 @@
 // fitted to the data and shown as a bar, the selected column (layer or training step) outlined, the exact value on
 // hover, a click on a cell selects its column.
 //
-// spec = { title, x: [...], y: [...], z: [[row of y][column of x]], zmin, zmax, scale, x_title, y_title,
-//          y_selectable }  — written by difflens_widgets.similarity.heatmap_specs (or the TrainingView).
+// spec = { title, x: [...], y: [...], z: [[row of y][column of x]], zmin?, zmax?, scale, x_title, y_title,
+//          y_selectable }  — written by difflens_widgets.similarity.heatmap_specs (or the TrainingView); without
+//          zmin/zmax the range is the data's own.
 import { EL } from "./common.js";
 
 // viridis, five stops: perceptually even, readable when projected and in grey
@@ -22,7 +23,9 @@ export function colour(value, zmin, zmax) {
 const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3));
 
 export function drawHeatmap(container, spec, { selected = null, onSelect = null } = {}) {
-  const { x, y, z, zmin, zmax } = spec;
+  const { x, y, z } = spec;
+  const zmin = spec.zmin ?? Math.min(...z.flat());
+  const zmax = spec.zmax ?? Math.max(...z.flat());
   const grid = EL("div", { class: "dl-hm-grid", role: "grid" });
   grid.style.gridTemplateColumns = `max-content repeat(${x.length}, minmax(14px, 1fr))`;
   for (let r = 0; r < y.length; r++) {

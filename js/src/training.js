@@ -63,11 +63,9 @@ export function createTrainingView({ model, el }) {
     for (const [name, table] of Object.entries(model.get("similarity") || {})) {
       const div = EL("div", { class: "dl-heatmap", "data-heatmap": name });
       plots.append(div);
-      const flat = table.values.flat();
       drawHeatmap(div, {
         title: `cos(${name.replace("~", ", ")}) per layer and training step`, x: table.steps, y: table.layers,
-        z: table.values, zmin: Math.min(...flat), zmax: Math.max(...flat), scale: "cos", x_title: "training step",
-        y_title: "layer",
+        z: table.values, scale: "cos", x_title: "training step", y_title: "layer",
       }, { selected: model.get("selected_step"), onSelect: (step) => selectStep(Number(step)) });
     }
   }
