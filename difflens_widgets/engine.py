@@ -15,6 +15,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,7 @@ class Preview:
     step: int
     items: list[tuple[int, int]]  # (layer, seed) per image
     images: list[Image.Image]
+    token: int | None = None  # per_token runs: the lensed token's position
 
 
 class StopDenoising(Exception):
@@ -181,7 +183,8 @@ class Lens:
         sequential: bool = False,
         progress: ProgressCallback | None = None,
         use_cache: bool = True,
-    ) -> LensResult | list[LensResult]:
+        dry_run: bool = False,
+    ) -> LensResult | list[LensResult] | dict:
         """Lens ``prompt`` at ``layers`` for every seed in ``seeds``.
 
         Args:
@@ -214,6 +217,8 @@ class Lens:
             sequential: reference mode, one pipeline call per layer (for tests and benchmarks).
             progress: called as ``progress(done, total, preview)`` after every denoiser call (``preview`` is a
                 :class:`Preview` at snapshot steps, else None); returning True cancels the run.
+            dry_run: only check the arguments and return the resolved parameters (a dict), raising what ``run``
+                would raise; no denoising. The dashboard and the command line refuse bad input with it.
         """
         prompts = options.parse_prompts(prompt)
         source = self._text_source(text_from)
@@ -260,6 +265,8 @@ class Lens:
             pipeline=type(self.pipe).__name__, model=_name_of(self.pipe),
             family=self.adapter.family, num_layers=source.num_layers, sequential=bool(sequential),
         )
+        if options.check_flag("dry_run", dry_run):
+            return params
         keys = [self._cache_key(p, params) for p in prompts]
         if use_cache and not per_token and all(k in self._cache for k in keys):
             results = [self._cache_get(k) for k in keys]
@@ -308,9 +315,10 @@ class Lens:
         results = []
         for index, text in enumerate(prompts):
             variants = plan.per_token(index) if params["per_token"] else [(None, plan.conditions(index))]
-            for variant, (cond, uncond, embeddings) in variants:
+            count = int(lensed.mask[index].sum()) if params["per_token"] else 1  # one pass per real token
+            for number, (variant, (cond, uncond, embeddings)) in enumerate(variants):
                 result = self._denoise_all(text, index, cond, uncond, embeddings, lensed, params, max_batch,
-                                           progress, variant, cancelled)
+                                           _share(progress, number, count, variant), variant, cancelled)
                 if result.complete and use_cache and variant is None:
                     self._cache_put(keys[index], result)
                 results.append(result)
@@ -433,6 +441,20 @@ class Lens:
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+def _share(progress, number: int, count: int, variant) -> ProgressCallback | None:
+    """Progress of the ``number``-th of ``count`` equal passes (per-token runs) as one run's progress, previews
+    tagged with the pass's token position."""
+    if progress is None or (count == 1 and variant is None):
+        return progress
+
+    def report(done, total, preview):
+        if preview is not None and variant is not None:
+            preview = dataclasses.replace(preview, token=variant[0])
+        return progress(number * total + done, count * total, preview)
+
+    return report
 
 
 def _take(queue: list, size: int, per_layer: bool) -> list:
