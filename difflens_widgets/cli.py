@@ -6,21 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import options
+
 
 def _parser() -> argparse.ArgumentParser:
+    from . import lens_options
+
     parser = argparse.ArgumentParser(prog="difflens", description="Diffusion Lens from the command line.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="lens one prompt and write a labelled grid (rows = seeds, columns = layers)")
     run.add_argument("prompt")
     run.add_argument("--model", default="toy", help="'toy' (default), a pipeline folder or a cached hub id")
-    run.add_argument("--layers", default=None, help="e.g. 0:12:2 (a slice over 0..L) or 0,4,8; default all")
-    run.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1")
-    run.add_argument("--steps", type=int, default=20)
-    run.add_argument("--guidance", type=float, default=7.5)
-    run.add_argument("--negative", default=None, help="negative prompt")
-    run.add_argument("--height", type=int, default=None)
-    run.add_argument("--width", type=int, default=None)
-    run.add_argument("--no-final-norm", action="store_true", help="ablation: skip the encoder's final norm")
+    run.add_argument("--tuned", default=None,
+                     help="a fine-tune of --model (pipeline folder, components, LoRA or textual inversion): raw, "
+                          "tuned and their difference, interleaved by seed")
+    lens_options.add_arguments(run, "cli")  # every lens option, defined once for the CLI, %difflens and the dashboard
     run.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     run.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                      help="default: float32 on CPU; on a GPU the family's own (fp16 SD/SDXL/IF, bf16 SD3/FLUX/PixArt)")
@@ -49,39 +49,46 @@ def _run(args) -> int:
     from tqdm.auto import tqdm
 
     import difflens_widgets as dl
-    from difflens_widgets import options
+    from . import lens_options
+    from .panels import panels_grid, run_panels
 
     out = _check_out(args.out)  # everything that needs no model is checked before loading one
     options.parse_prompts(args.prompt)
-    options.parse_seeds(args.seeds)
-    options.check_steps(args.steps)
-    options.check_guidance(args.guidance)
-    pipe = dl.load_pipeline(args.model, device=args.device, download=args.download, dtype=args.dtype,
-                            offload=args.offload)
-    lens = dl.Lens(pipe)
+    values = lens_options.values_from(args)
+    lens_options.precheck(values)
+    load = dict(device=args.device, download=args.download, dtype=args.dtype, offload=args.offload)
+    pipe = dl.load_pipeline(args.model, **load)
+    lens = dl.Lens(pipe, encoder=values.pop("encoder") or None)
+    tuned = dl.Lens(dl.load_tuned(pipe, args.tuned), encoder=lens.adapter.encoder_name) if args.tuned else None
+    compare = values.pop("compare")
+    run_options = lens_options.run_arguments(values)
+    if run_options.get("text_from"):
+        run_options["text_from"] = dl.load_pipeline(run_options["text_from"], **load)
     bars = []
 
-    def progress(done, total, preview):
+    def progress(done, total, preview, key):
         if not bars:  # created at the first step, so a refused run prints no empty bar
             bars.append(tqdm(total=total, desc="denoising", unit="step", file=sys.stderr))
         bars[0].total = total
         bars[0].update(done - bars[0].n)
 
     try:
-        result = lens.run(args.prompt, layers=args.layers, seeds=args.seeds, num_inference_steps=args.steps,
-                          guidance_scale=args.guidance, negative_prompt=args.negative, height=args.height,
-                          width=args.width, final_norm=False if args.no_final_norm else None, progress=progress,
-                          max_batch=args.max_batch)
+        panels = run_panels(lens, args.prompt, compare=compare, tuned=tuned, progress=progress,
+                            max_batch=args.max_batch, **run_options)
     finally:
         for bar in bars:
             bar.close()  # before any error line, so the message starts on a line of its own
-    for event in result.params.get("memory_events", []):
+    result = panels[0].result
+    for event in [e for p in panels for e in p.result.params.get("memory_events", [])]:
         print(f"difflens: {event}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result.grid().save(out)
+    panels_grid(panels).save(out)
     if args.save_dir:
-        result.save(args.save_dir)
-    print(f"wrote {out} (layers {result.layers}, seeds {result.seeds}, {result.params['seconds']} s)")
+        for panel in panels:
+            panel.result.save(Path(args.save_dir) / (panel.key if len(panels) > 1 else ""))
+    seconds = round(sum(p.result.params.get("seconds", 0) for p in panels), 3)
+    rows = f", panels {[p.key for p in panels]}" if len(panels) > 1 else ""
+    print(f"wrote {out} (layers {result.layers}, seeds {result.seeds}{rows}, {seconds} s)")
     return 0
 
 

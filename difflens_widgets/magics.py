@@ -1,6 +1,8 @@
-"""IPython magics: ``%difflens "prompt" --model toy --layers 0:12:2 --seeds 0,1 --steps 20`` shows a LensDashboard
-already running; ``%%difflens`` takes one prompt per line (one dashboard each; they share the model and take turns).
-Options mirror ``Lens.run``; errors are shown as one readable line, not a traceback."""
+"""IPython magics: ``%difflens "prompt" --model toy --layers 0:12:2 --seeds 0,1 --num-inference-steps 20`` shows a
+LensDashboard already running; ``%%difflens`` takes one prompt per line (one dashboard each; they share the model and
+take turns). The flags are the lens options of :mod:`difflens_widgets.lens_options` — the same names as
+``Lens.run``'s keywords, the dashboard's controls and ``difflens run``'s flags. Errors are shown as one readable
+line, not a traceback; loading a model prints no warnings or progress bars into the cell."""
 
 from __future__ import annotations
 
@@ -8,7 +10,21 @@ import shlex
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import MagicArgumentParser
+
+from . import lens_options
+
+
+def magic_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="%difflens", add_help=False,
+                                 description="Show a Diffusion Lens dashboard, already running.")
+    parser.add_argument("prompt", nargs="*", help="the prompt (quote it); in %%difflens, one prompt per line")
+    parser.add_argument("--model", default="toy", help="'toy', a pipeline folder or a cached hub id")
+    parser.add_argument("--tuned", default=None, help="a fine-tune of --model (folder, LoRA, textual inversion): "
+                                                      "raw, tuned and their difference side by side")
+    lens_options.add_arguments(parser, "magic")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help")
+    return parser
 
 
 @magics_class
@@ -19,6 +35,7 @@ class DiffLensMagics(Magics):
     def __init__(self, shell):
         super().__init__(shell)
         self._pipelines: dict[str, object] = {}
+        self.parser = magic_parser()
 
     def _pipeline(self, model: str):
         if model not in self._pipelines:
@@ -27,23 +44,14 @@ class DiffLensMagics(Magics):
             self._pipelines[model] = load_pipeline(model)
         return self._pipelines[model]
 
-    @magic_arguments()
-    @argument("prompt", nargs="*", help="the prompt (quote it); in %%difflens, one prompt per line of the cell")
-    @argument("--model", default="toy", help="'toy', a pipeline folder or a cached hub id")
-    @argument("--layers", default="", help="e.g. 0:12:2 or 0,4,8 (default: all)")
-    @argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1")
-    @argument("--steps", type=int, default=20, help="denoising steps")
-    @argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    @argument("--negative", default="", help="negative prompt")
-    @argument("--no-final-norm", action="store_true", help="ablation: skip the encoder's final norm")
-    @argument("-h", "--help", action="store_true", help="show this help")
     @line_cell_magic
     def difflens(self, line: str, cell: str | None = None):
         """Show a Diffusion Lens dashboard, already running; it is also stored in the variable ``_difflens``
-        (a list for %%difflens), whose ``.result`` is the LensResult once ``.wait()`` returns."""
+        (a list for %%difflens), whose ``.result`` is the LensResult once ``.wait()`` returns. ``%difflens -h``
+        lists every flag."""
         try:
-            args = parse_argstring(self.difflens, line)
-            prompts = [" ".join(shlex.split(" ".join(args.prompt)))] if args.prompt else []
+            args = self.parser.parse_args(shlex.split(line))  # quotes work for every value, as in a shell
+            prompts = [" ".join(args.prompt)] if args.prompt else []
         except UsageError as err:
             print(f"difflens: {err}")
             return None
@@ -51,7 +59,7 @@ class DiffLensMagics(Magics):
             print(f"difflens: cannot read the line ({err}); quote the prompt, e.g. %difflens \"it's red\"")
             return None
         if args.help:
-            print(self.difflens.parser.format_help())
+            print(self.parser.format_help())
             return None
         if cell is not None:
             prompts = [p.strip() for p in cell.splitlines() if p.strip()]
@@ -62,14 +70,20 @@ class DiffLensMagics(Magics):
 
         from .widgets import LensDashboard
 
+        values = lens_options.values_from(args)
+        text_from = values.pop("text_from", "")
+        inputs = {k: v for k, v in values.items() if v is not None}  # None: the pipeline's own convention
         dashboards = []
         try:
+            lens_options.precheck(values)
             pipe = self._pipeline(args.model)
+            if args.tuned:
+                from .tuning import load_tuned
+
+                args.tuned = load_tuned(pipe, args.tuned)  # once for every prompt of the cell
+            extra = {"tuned": args.tuned, "text_from": self._pipeline(text_from) if text_from else None}
             for prompt in prompts:
-                ablation = {"final_norm": False} if args.no_final_norm else {}  # else the pipeline's convention
-                dash = LensDashboard(pipe, prompt=prompt, layer_range=args.layers or "", seeds=args.seeds,
-                                     steps=args.steps, guidance=args.guidance, negative_prompt=args.negative,
-                                     **ablation)
+                dash = LensDashboard(pipe, prompt=prompt, **extra, **inputs)
                 dash.request()  # validate before showing anything
                 dashboards.append(dash)
         except (ValueError, TypeError, FileNotFoundError, OSError) as err:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .engine import Lens, ProgressCallback
-from .results import LensResult, labelled_grid
+from .results import LensResult
 
 WHAT_WE_LOAD = (
     "a diffusers pipeline folder (model_index.json), a folder with text_encoder/ and/or unet/ (or transformer/) "
@@ -229,19 +229,14 @@ class Comparison:
                           "cos raw↔tuned")
 
     def grid(self) -> Image.Image:
-        """Rows: raw and tuned for each seed, then their difference (×4) per seed; columns: layers."""
-        layers = sorted({l for l, _, _, _ in self.pairs()})
-        if not layers:
+        """Rows per seed: raw, tuned and |raw − tuned| (a viridis heatmap on one scale for the whole comparison, as
+        the dashboard shows it); columns: layers."""
+        from .panels import Panel, difference_panel, panels_grid
+
+        if not self.pairs():
             raise ValueError("this comparison holds no finished pair of images")
-        rows, labels = [], []
-        for seed in self.seeds:
-            for kind, result in (("raw", self.raw), ("tuned", self.tuned)):
-                rows.append([result.images.get((l, seed)) for l in layers])
-                labels.append(f"{kind} s{seed}")
-        for seed in self.seeds:
-            rows.append([self.difference_image(l, seed) for l in layers])
-            labels.append(f"|diff| s{seed}")
-        return labelled_grid(rows, labels, [f"L{l}" for l in layers], left=86)
+        return panels_grid([Panel("raw", "raw", self.raw), Panel("tuned", "tuned", self.tuned),
+                            difference_panel(self.raw, self.tuned)])
 
 
 def compare(raw, tuned, prompt: str, *, progress: ProgressCallback | None = None, **lens_options) -> Comparison:

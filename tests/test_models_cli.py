@@ -88,7 +88,7 @@ def test_magics(pipe_folder, capsys):
     ip.run_line_magic("difflens", '"a red circle" --model /no/such/folder')
     assert "difflens: no pipeline folder" in capsys.readouterr().out
     ip.run_line_magic("difflens", '"a red circle" --steps many')
-    assert "difflens: argument --steps: invalid int value" in capsys.readouterr().out
+    assert "difflens: argument --num-inference-steps/--steps: invalid int value" in capsys.readouterr().out
     ip.run_line_magic("difflens", "it's red")
     assert "difflens: cannot read the line (No closing quotation)" in capsys.readouterr().out
     ip.run_line_magic("difflens", "--help")

@@ -58,7 +58,7 @@ def test_comparison_difference_grid_and_token_shift(base, lora_dir):
     raw, tuned = both.pair(2, seed=1)
     assert diff.shape == (32, 32, 3)
     assert np.allclose(diff, np.abs(np.asarray(raw, np.float32) - np.asarray(tuned, np.float32)))
-    assert both.grid().size == (86 + 5 * 128, 18 + 6 * 128)  # raw, tuned per seed + a difference row per seed
+    assert both.grid().size == (100 + 5 * 128, 18 + 6 * 128)  # raw, tuned and their difference per seed
     shift = both.token_shift()
     assert shift.values.shape == (5, 5)  # <start> a red circle <end> × layers 0..4
     assert np.allclose(shift.values[:, 0], 1.0, atol=1e-5)  # the LoRA leaves the token embeddings alone
@@ -184,11 +184,12 @@ def test_training_view_shows_records_live(base):
 
 def test_dashboard_accepts_a_lora_path_as_tuned(base, lora_dir):
     dash = dl.LensDashboard(base, tuned=str(lora_dir))
-    dash.prompt, dash.seeds, dash.steps, dash.layer_range = "a red circle", "0", 2, "3:5"
+    dash.prompt, dash.seeds, dash.num_inference_steps, dash.layers = "a red circle", "0", 2, "3:5"
     dash.run()
     assert dash.wait(60) and dash.status == "done", dash.message
-    assert len(dash.frames) == len(dash.tuned_frames) == 2
-    assert any(a["png"] != b["png"] for a, b in zip(dash.frames, dash.tuned_frames))
+    raw, tuned = ([f for f in dash.frames if f["kind"] == k] for k in ("raw", "tuned"))
+    assert len(raw) == len(tuned) == 2
+    assert any(a["png"] != b["png"] for a, b in zip(raw, tuned))
 
 
 def test_lora_on_a_transformer_family(tmp_path):
