@@ -26,8 +26,8 @@ def payload_bytes(dash) -> dict:
     from difflens_widgets.widgets.dashboard import STATIC
 
     state = {name: getattr(dash, name) for name in dash.default_state()}
-    images = sum(len(f["png"]) for key in ("frames", "tuned_frames", "previews") for f in state[key])
-    for key in ("frames", "tuned_frames", "previews"):
+    images = sum(len(f["png"]) for key in ("frames", "previews") for f in state[key])
+    for key in ("frames", "previews"):
         state[key] = [{k: v for k, v in f.items() if k != "png"} for f in state[key]]
     return {"front-end (widget.js + widget.css)": (STATIC / "widget.js").stat().st_size
             + (STATIC / "widget.css").stat().st_size,
@@ -36,7 +36,7 @@ def payload_bytes(dash) -> dict:
 
 def run_timings(seeds: str, steps: int, repeats: int) -> tuple[list[float], list[float], int]:
     dash = dl.LensDashboard("toy")
-    dash.seeds, dash.steps = seeds, steps
+    dash.seeds, dash.num_inference_steps = seeds, steps
     first, total = [], []
     for prompt in PROMPTS[:repeats]:
         dash.prompt = prompt
@@ -51,26 +51,24 @@ def run_timings(seeds: str, steps: int, repeats: int) -> tuple[list[float], list
 
 def slider_timing(presses: int = 16) -> float:
     """Mean ms from an ArrowRight key press on the slider to the large view showing the next layer."""
-    import functools
-    import http.server
     import tempfile
-    import threading
+    from pathlib import Path
 
     from playwright.sync_api import sync_playwright
 
-    from difflens_widgets.widgets.preview_page import write_preview
-
-    result = dl.Lens(dl.load_pipeline("toy")).run(PROMPTS[0], seeds=[0, 1], num_inference_steps=20)
-    folder = write_preview(result, tempfile.mkdtemp(), num_layers=8, selected_layer=0)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dash = dl.LensDashboard("toy", prompt=PROMPTS[0], seeds="0,1")
+    dash.run()
+    dash.wait()
+    dash.selected_layer = 0
+    name, page_bytes = dash.export("html")  # the standalone page: the shipped bundle, this run's state
+    page_file = Path(tempfile.mkdtemp()) / name
+    page_file.write_bytes(page_bytes)
+    slider_timing.html_bytes = len(page_bytes)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+        page.goto(page_file.as_uri())
         page.wait_for_function("window.rendered === true")
         page.locator(".dl-slider").focus()
         times = page.evaluate("""async (presses) => {
@@ -90,7 +88,6 @@ def slider_timing(presses: int = 16) -> float:
           return out;
         }""", presses)
         browser.close()
-    server.shutdown()
     return statistics.mean(times)
 
 
@@ -113,6 +110,7 @@ def main() -> None:
     for name, size in sizes.items():
         print(f"| {name} | {size / 1024:.1f} KB |")
     print(f"| one dashboard in a notebook saved with widget state | {sum(sizes.values()) / 1024:.1f} KB |")
+    print(f"| interactive HTML export (2 seeds × 9 layers) | {slider_timing.html_bytes / 1024:.1f} KB |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """The dashboard in a real browser (Debian's /usr/bin/chromium driven by Playwright; nothing is downloaded).
 
-Tier 1: a static page imports the shipped bundle and renders it with a fake model holding real lens images.
+Tier 1: the dashboard's standalone HTML export (the shipped bundle and a frozen copy of a real run's state) opened
+from a file.
 Tier 2: a real JupyterLab 4 and a real Notebook 7 run ``%load_ext difflens`` and ``%difflens ... --model toy`` in a notebook.
 """
 
-import functools
-import http.server
 import json
 import os
 import re
@@ -13,7 +12,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -22,7 +20,7 @@ import nbformat
 import pytest
 
 import difflens_widgets as dl
-from difflens_widgets.widgets.preview_page import write_preview
+from difflens_widgets.testing import tiny_stable_diffusion
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("DIFFLENS_ARTIFACTS", Path(__file__).parent / "artifacts"))
@@ -48,41 +46,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def static_server(tmp_path):
-    """Serves ``tmp_path`` on loopback."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+SMALL_TEXT = """() => [...document.querySelectorAll('.dl-root *')].filter((n) =>
+    n.offsetParent !== null && [...n.childNodes].some((c) => c.nodeType === 3 && c.textContent.trim())
+    && parseFloat(getComputedStyle(n).fontSize) < 14).map((n) => `${n.className}: ${n.textContent.slice(0, 30)}`)"""
 
 
-def test_bundle_renders_in_chromium(browser, static_server, tiny_pipe):
-    folder, url = static_server
-    result = dl.Lens(tiny_pipe).run("a red circle left of a blue square", seeds=[0, 1], num_inference_steps=3)
-    write_preview(result, folder, num_layers=4)
+def test_standalone_export_renders_in_chromium(browser, tiny_pipe, tmp_path):
+    dash = dl.LensDashboard(tiny_pipe, tuned=tiny_stable_diffusion(seed=1), prompt="a red circle left of a blue square",
+                            seeds="0,1", num_inference_steps=3)
+    dash.run()
+    assert dash.wait(60) and dash.status == "done"
+    name, html = dash.export("html")
+    (tmp_path / name).write_bytes(html)
     page = browser.new_page(viewport={"width": 1200, "height": 1000})
-    errors = []
+    errors, requests = [], []
     page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(f"{url}/index.html")
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto((tmp_path / name).as_uri())
     page.wait_for_function("window.rendered === true", timeout=20_000)
-    assert page.locator(".dl-thumb img").count() == 10
+    assert page.locator(".dl-thumb img").count() == 30  # raw, tuned, difference × 2 seeds × 5 layers
+    rows = page.locator(".dl-strip").evaluate_all("(rows) => rows.map((r) => r.dataset.seed + ':' + r.dataset.kind)")
+    assert rows == ["0:raw", "0:tuned", "0:difference", "1:raw", "1:tuned", "1:difference"]
     page.wait_for_function("document.querySelectorAll('.dl-thumb img')[0].naturalWidth === 32")
-    page.wait_for_selector(".dl-heatmap .dl-hm-cell", timeout=20_000)  # the heatmaps drew, from the bundle alone
-    assert page.locator(".dl-heatmap").count() == 2
+    assert page.locator(".dl-heatmap").count() == 3 and page.locator('[data-scale="difference"]').count() == 1
+    assert "layer 4 = the model's normal image" in page.locator(".dl-legend").inner_text()
+    assert page.locator(".dl-run").is_hidden() and page.locator(".dl-exports").is_hidden()  # frozen: nothing runs
     before = page.locator(".dl-large-img img").first.get_attribute("src")
     page.locator(".dl-slider").focus()
     page.keyboard.press("ArrowLeft")
     assert page.evaluate("window.model.get('selected_layer')") == 3
     assert page.locator(".dl-large-img img").first.get_attribute("src") != before
-    page.locator('[data-field="prompt"]').fill("")
-    page.locator(".dl-run").click()
-    assert "prompt is empty" in page.locator(".dl-message").inner_text()
-    assert page.evaluate("window.sent") == []
+    assert page.locator(".dl-hm-cell.dl-hm-marked").count() > 0
+    assert page.evaluate(SMALL_TEXT), "the normal size should be compact"
+    page.locator('[data-field="presentation"]').check()
+    assert page.evaluate(SMALL_TEXT) == []  # presentation size: every visible label ≥ 14 px
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "dashboard_static.png"), full_page=True)
-    assert errors == []
+    page.screenshot(path=str(ARTIFACTS / "dashboard_standalone.png"), full_page=True)
+    assert errors == [] and all(url.startswith(("file:", "blob:", "data:")) for url in requests), requests
     page.close()
 
 
@@ -154,6 +154,12 @@ def drive_notebook(page, url, app):
             f"/\\[[0-9*]+\\]/.test(document.querySelectorAll('.jp-Notebook .jp-Cell')[{index}]"
             ".querySelector('.jp-InputPrompt').textContent)", timeout=90_000)
     page.wait_for_selector(".dl-root", timeout=60_000)
+    news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab asks about its news feed: decline
+    if news.count():
+        news.first.click()
+    # loading the model printed nothing a student would read as an error: no warning, no progress bar
+    stderr = page.locator('.jp-Notebook .jp-Cell').nth(1).locator('[data-mime-type="application/vnd.jupyter.stderr"]')
+    assert stderr.count() == 0, stderr.all_inner_texts()
     # The first run of a fresh dashboard is live: its cells develop through labelled previews before it ends.
     captions, deadline = set(), time.time() + 180
     while time.time() < deadline:
@@ -181,6 +187,10 @@ def drive_notebook(page, url, app):
     page.keyboard.press("ArrowRight" if "layer 0," in caption else "ArrowLeft")
     page.wait_for_function(f"document.querySelector('.dl-large-img img').getAttribute('src') !== {json.dumps(before)}")
     assert page.locator(".dl-large-img figcaption").first.inner_text() != caption
+    # the toy model's annotator: a verdict on every image, and the prompt's emergence curve
+    page.locator('[data-field="show_verdicts"]').check()
+    page.wait_for_function("document.querySelectorAll('.dl-thumb .dl-verdict').length === 10", timeout=20_000)
+    assert page.locator(".dl-emergence polyline").count() == 4  # objects, colours, binding, relation
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.locator(".dl-root").screenshot(path=str(ARTIFACTS / f"dashboard_{app}.png"))
     # A second run, cancelled at once: the previous result stays on screen, and the widget says so.

@@ -1,8 +1,11 @@
 """The dashboard's Python side: trait changes → run → image buffers; cancel; queueing; errors; exports."""
 
+import base64
 import io
+import json
 import threading
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -13,7 +16,7 @@ from difflens_widgets.testing import tiny_stable_diffusion
 @pytest.fixture
 def dash(tiny_pipe):
     widget = dl.LensDashboard(tiny_pipe)
-    widget.steps, widget.layer_range = 3, ""
+    widget.num_inference_steps, widget.layers = 3, ""
     yield widget
     widget.cancel()
     widget.wait(30)
@@ -43,7 +46,7 @@ def test_run_streams_png_buffers(dash):
 
 
 def test_invalid_fields_never_start_a_run(dash):
-    for field, value, text in [("prompt", "  ", "prompt is empty"), ("layer_range", "40", "0..4"),
+    for field, value, text in [("prompt", "  ", "prompt is empty"), ("layers", "40", "0..4"),
                                ("seeds", "a,b", "seeds"), ("prompt", "a red \x1b[31mcircle", "control characters")]:
         original = getattr(dash, field)
         setattr(dash, field, value)
@@ -53,8 +56,9 @@ def test_invalid_fields_never_start_a_run(dash):
         setattr(dash, field, original)
 
 
-@pytest.mark.parametrize("field, value, text", [("steps", 0, "in 1..1000"), ("steps", -1, "in 1..1000"),
-                                                ("guidance", float("inf"), "finite number"),
+@pytest.mark.parametrize("field, value, text", [("num_inference_steps", 0, "in 1..1000"),
+                                                ("num_inference_steps", -1, "in 1..1000"),
+                                                ("guidance_scale", float("inf"), "finite number"),
                                                 ("selected_layer", 99, "0..4"), ("selected_layer", -1, "0..4")])
 def test_numbers_are_refused_when_set_not_only_at_run(dash, field, value, text):
     before = getattr(dash, field)
@@ -70,7 +74,7 @@ def test_unknown_constructor_arguments_are_refused(tiny_pipe):
 
 def test_cancel_keeps_finished_layers(dash):
     dash.max_batch = 1
-    dash.steps = 4
+    dash.num_inference_steps = 4
 
     def cancel_midway(change):
         if change["new"] >= 0.5:
@@ -90,7 +94,7 @@ def test_a_run_lays_out_its_cells_at_once_and_clears_the_previous_prompt(dash):
     seen = []
     dash.observe(lambda change: seen.append((dash.status, list(dash.run_layers), len(dash.frames),
                                              len(dash.heatmaps))), "progress")
-    dash.prompt, dash.layer_range = "a blue square", "0,2"
+    dash.prompt, dash.layers = "a blue square", "0,2"
     dash.run()
     assert dash.wait(60) and dash.status == "done"
     assert seen[0] == ("running", [0, 2], 0, 0)  # new cells from the first step, nothing of the old prompt
@@ -98,14 +102,14 @@ def test_a_run_lays_out_its_cells_at_once_and_clears_the_previous_prompt(dash):
 
 
 def test_previews_of_every_chunk_stay_and_carry_their_step(dash):
-    dash.max_batch, dash.steps = 2, 5
+    dash.max_batch, dash.num_inference_steps = 2, 5
     snapshots = []
     dash.observe(lambda change: snapshots.append(change["new"]), "previews")
     dash.run()
     assert dash.wait(60) and dash.status == "done"
     last = [p for p in snapshots if p][-1]
     assert {(p["layer"], p["seed"]) for p in last} == {(l, 0) for l in range(5)}  # all chunks' previews kept
-    assert all(p["kind"] == "raw" and p["steps"] == 5 and 1 <= p["step"] <= 5 for p in last)
+    assert all(p["kind"] == "lens" and p["steps"] == 5 and 1 <= p["step"] <= 5 for p in last)
     steps_seen = {p["step"] for snap in snapshots for p in snap if p["layer"] == 0}
     assert len(steps_seen) >= 2  # the cell develops through several previews
 
@@ -114,7 +118,7 @@ def test_cancel_brings_back_the_previous_complete_result(dash):
     dash.run()
     assert dash.wait(60) and dash.status == "done"
     previous = [f["png"] for f in dash.frames]
-    dash.max_batch, dash.steps, dash.prompt = 1, 4, "a green circle"
+    dash.max_batch, dash.num_inference_steps, dash.prompt = 1, 4, "a green circle"
     dash.observe(lambda change: dash.cancel() if change["new"] >= 0.3 else None, "progress")
     dash.run()
     assert dash.wait(60) and dash.status == "cancelled"
@@ -125,7 +129,7 @@ def test_cancel_brings_back_the_previous_complete_result(dash):
 
 def test_cancel_before_any_image_keeps_the_previews_labelled(tiny_pipe):
     fresh = dl.LensDashboard(tiny_pipe)
-    fresh.steps, fresh.layer_range, fresh.max_batch = 5, "", 8
+    fresh.num_inference_steps, fresh.layers, fresh.max_batch = 5, "", 8
     fresh.observe(lambda change: fresh.cancel() if change["new"] and change["new"][0]["step"] >= 2 else None,
                   "previews")
     fresh.run()
@@ -136,7 +140,7 @@ def test_cancel_before_any_image_keeps_the_previews_labelled(tiny_pipe):
 
 def test_second_run_cancels_the_first_and_runs_after(dash):
     dash.max_batch = 1
-    dash.steps = 5
+    dash.num_inference_steps = 5
     started = threading.Event()
     dash.observe(lambda change: started.set(), "progress")
     dash.run()
@@ -148,7 +152,11 @@ def test_second_run_cancels_the_first_and_runs_after(dash):
 
 
 def test_run_error_is_shown_and_widget_stays_usable(dash, monkeypatch):
+    check = dash._lens.run
+
     def broken(*args, **kwargs):
+        if kwargs.get("dry_run"):  # the inputs are fine; the run itself fails
+            return check(*args, **kwargs)
         raise RuntimeError("out of memory (simulated)")
 
     monkeypatch.setattr(dash._lens, "run", broken)
@@ -174,6 +182,10 @@ def test_messages_from_the_browser(dash, monkeypatch):
     assert gif.n_frames == 5
 
 
+def kind(dash, key):
+    return [f for f in dash.frames if f["kind"] == key]
+
+
 def test_exports(dash):
     dash.run()
     assert dash.wait(60)
@@ -181,8 +193,12 @@ def test_exports(dash):
     assert name.endswith(".png") and Image.open(io.BytesIO(png)).size == dash.result.grid().size
     name, page = dash.export("html")
     text = page.decode()
-    assert name.endswith(".html") and dash.prompt in text and text.count("data:image/png;base64,") == 1
-    assert "<script" not in text and "http" not in text.split("<body>")[1].split("Made with")[0]
+    assert name.endswith(".html") and dash.prompt in text
+    assert "http://" not in text and "https://" not in text  # one file, nothing fetched
+    state = json.loads(text.split('id="dl-state">')[1].split("</script>")[0].replace("<\\/", "</"))
+    assert state["model_info"]["frozen"] and state["status"] == "done"
+    assert [f["layer"] for f in state["frames"]] == [f["layer"] for f in dash.frames]
+    assert base64.b64decode(state["frames"][0]["png"]) == dash.frames[0]["png"]
     with pytest.raises(ValueError, match="grid, gif or html"):
         dash.export("pdf")
 
@@ -190,16 +206,26 @@ def test_exports(dash):
 def test_raw_vs_tuned(tiny_pipe):
     tuned = tiny_stable_diffusion(seed=1)  # same architecture, other weights
     dash = dl.LensDashboard(tiny_pipe, tuned=tuned)
-    dash.steps = 2
+    dash.num_inference_steps, dash.seeds = 2, "0,1"
     dash.run()
     assert dash.wait(60) and dash.status == "done", dash.message
-    assert dash.model_info["tuned"] and len(dash.tuned_frames) == len(dash.frames) == 5
+    assert [p["key"] for p in dash.panels] == ["raw", "tuned", "difference"]
+    assert dash.model_info["tuned"] and len(kind(dash, "raw")) == len(kind(dash, "tuned")) == 10
     assert set(dash.heatmaps) == {"tokens", "layers", "tuned"}
     shift = dash.heatmaps["tuned"]
     assert shift["scale"] == "1 − cos(raw, tuned)" and shift["zmin"] >= 0 and shift["zmax"] > shift["zmin"]
-    assert any(a["png"] != b["png"] for a, b in zip(dash.frames, dash.tuned_frames))
-    name, png = dash.export("grid")
-    assert Image.open(io.BytesIO(png)).width > dash.result.grid().width  # raw and tuned side by side
+    assert any(a["png"] != b["png"] for a, b in zip(kind(dash, "raw"), kind(dash, "tuned")))
+    # the difference: |raw − tuned| on one viridis scale whose top is the run's largest difference
+    scale = dash.panels[2]["scale"]
+    raw, tuned_result = dash.result, dash.tuned_result
+    largest = max(np.abs(np.asarray(raw.images[k], np.float32) - np.asarray(tuned_result.images[k], np.float32))
+                  .mean(-1).max() for k in raw.images)
+    assert scale["min"] == 0 and scale["max"] == pytest.approx(largest, abs=0.05)
+    # every export carries all three, rows interleaved by seed
+    grid = Image.open(io.BytesIO(dash.export("grid")[1]))
+    assert grid.height == 6 * 128 + 18 and grid.width == 100 + 5 * 128
+    gif = Image.open(io.BytesIO(dash.export("gif")[1]))
+    assert gif.n_frames == 5 and gif.height == 16 + 3 * 192 and gif.width == 100 + 2 * 192
 
 
 def test_tuned_with_other_architecture_is_refused(tiny_pipe):

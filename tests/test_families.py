@@ -242,7 +242,7 @@ def test_similarity_and_dashboard_work_on_other_families():
         similarity.token_similarity(pixart, "a red circle", "dog", "a dog", "dog")
     dash = dl.LensDashboard(tiny_sdxl())
     assert dash.final_norm is False and dash.model_info["family"] == "stable-diffusion-xl"
-    dash.prompt, dash.steps, dash.layer_range = PROMPT, 2, "3:6"
+    dash.prompt, dash.num_inference_steps, dash.layers = PROMPT, 2, "3:6"
     dash.run()
     assert dash.wait(60) and dash.status == "done", dash.message
     assert [f["layer"] for f in dash.frames] == [3, 4, 5]

@@ -247,7 +247,7 @@ def test_dashboard_says_when_memory_ran_out(monkeypatch):
 
     monkeypatch.setattr(pipe.unet, "forward", forward)
     dash = dl.LensDashboard(pipe)
-    dash.steps, dash.layer_range, dash.seeds, dash.max_batch = 2, "", "0,1", 10
+    dash.num_inference_steps, dash.layers, dash.seeds, dash.max_batch = 2, "", "0,1", 10
     dash.run()
     assert dash.wait(60)
     assert dash.status == "done" and len(dash.frames) == 10

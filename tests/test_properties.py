@@ -184,16 +184,20 @@ DASHBOARD_INPUTS = {
     "prompt": st.one_of(TEXT, st.sampled_from(["", "  ", "\x07", PROMPT])),
     "negative_prompt": TEXT,
     "seeds": st.one_of(TEXT, st.sampled_from(["0", "0,1", "0,0", "-1", "4294967296"])),
-    "layer_range": st.one_of(TEXT, st.sampled_from(["", "0:5:2", "9", "x"])),
-    "steps": st.integers(-5, 3),
-    "guidance": st.floats(allow_nan=True),
+    "layers": st.one_of(TEXT, st.sampled_from(["", "0:5:2", "9", "x"])),
+    "num_inference_steps": st.integers(-5, 3),
+    "guidance_scale": st.floats(allow_nan=True),
+    "skip_layers": st.one_of(TEXT, st.sampled_from(["", "2", "1,4", "0", "9", "x"])),
+    "tokens": st.one_of(TEXT, st.sampled_from(["all", "prompt", "padding"])),
+    "compare": st.one_of(TEXT, st.sampled_from(["none", "final_norm", "lens_negative"])),
+    "lens_negative": st.booleans(),
     "selected_layer": st.integers(-3, 8),
 }
 
 
 def test_dashboard_inputs_are_refused_when_set_or_at_run(pipe, reference):
     dash = dl.LensDashboard(pipe)
-    dash.steps = 1
+    dash.num_inference_steps = 1
     cases = []
 
     @settings(max_examples=150, **SETTINGS)
@@ -208,18 +212,19 @@ def test_dashboard_inputs_are_refused_when_set_or_at_run(pipe, reference):
             assert getattr(dash, name) == before and "\n" not in str(err)
             cases.append("refused when set")
             return
-        if name == "steps":
-            dash.steps = 1  # accepted but kept cheap
+        if name == "num_inference_steps":
+            dash.num_inference_steps = 1  # accepted but kept cheap
         dash.run()
         assert dash.wait(60)
         assert dash.status in ("done", "invalid"), (name, value, dash.status, dash.message)
         cases.append(dash.status)
-        dash.prompt, dash.negative_prompt, dash.seeds, dash.layer_range = PROMPT, "", "0", ""
+        dash.prompt, dash.negative_prompt, dash.seeds, dash.layers = PROMPT, "", "0", ""
+        dash.skip_layers, dash.tokens, dash.compare, dash.lens_negative = "", "all", "none", False
 
     check()
     print(f"\ndashboard: {len(cases)} cases: " + ", ".join(f"{cases.count(c)} {c}" for c in sorted(set(cases))))
     assert len(cases) >= 120 and cases.count("done") >= 10 and cases.count("invalid") >= 10
-    dash.layer_range, dash.seeds, dash.guidance = "0,4", "0", 7.5
+    dash.layers, dash.seeds, dash.guidance_scale = "0,4", "0", 7.5
     dash.run()
     assert dash.wait(60) and same_images(dash.result, reference)
 

@@ -181,6 +181,30 @@ def judge(image_or_detections, caption: str) -> dict[str, bool]:
     return out
 
 
+def judge_images(images: dict, caption: str) -> dict | None:
+    """:func:`judge` of every image in ``{(layer, seed): image}``; None when ``caption`` is not a shapes-world
+    caption (the annotator only knows this world)."""
+    try:
+        parse_caption(caption)
+    except ValueError:
+        return None
+    return {key: judge(image, caption) for key, image in images.items()}
+
+
+def emergence(verdicts: dict, layers: list[int]) -> dict[str, list[float | None]]:
+    """Per question (objects, colors, both, relation), the share of seeds judged right at each layer: the prompt's
+    own emergence curve (None where a layer has no judged image)."""
+    questions = next(iter(verdicts.values()), {}).keys()
+    curves = {}
+    for question in questions:
+        curve = []
+        for layer in layers:
+            marks = [v[question] for (l, _), v in verdicts.items() if l == layer]
+            curve.append(round(sum(marks) / len(marks), 4) if marks else None)
+        curves[question] = curve
+    return curves
+
+
 _QUESTION_PRESENT = re.compile(r"^is there (?P<obj>.+?)\??$")
 _QUESTION_RELATION = re.compile(rf"^is (?P<a>.+?) (?P<rel>{'|'.join(RELATIONS)}) (?P<b>.+?)\??$")
 
@@ -199,4 +223,5 @@ def ask(image_or_detections, question: str) -> bool:
                      f"'is the triangle above the blue circle?' (relations: {', '.join(RELATIONS)})")
 
 
-__all__ = ["Detection", "ParsedCaption", "annotate", "ask", "judge", "parse_caption", "INVERSE_RELATION", "SIZES"]
+__all__ = ["Detection", "ParsedCaption", "annotate", "ask", "emergence", "judge", "judge_images", "parse_caption",
+           "INVERSE_RELATION", "SIZES"]

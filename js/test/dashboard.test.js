@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { setupDom, FakeModel, frames } from "./helpers.js";
-import { createDashboard, parseLayers, parseSeeds, validate } from "../src/dashboard.js";
+import { createDashboard } from "../src/dashboard.js";
 
 setupDom();
 
@@ -17,25 +17,28 @@ const done = (layers = [0, 1, 2, 3], seeds = [0, 1]) => ({
   status: "done", run_layers: layers, run_seeds: seeds, frames: frames(layers, seeds), selected_layer: layers.at(-1),
 });
 
-test("layer parsing mirrors the Python rules", () => {
-  assert.deepEqual(parseLayers("", 6).layers, [0, 1, 2, 3, 4, 5, 6]);
-  assert.deepEqual(parseLayers("0:12:2", 6).layers, [0, 2, 4, 6]);
-  assert.deepEqual(parseLayers("::3", 6).layers, [0, 3, 6]);
-  assert.deepEqual(parseLayers("-2:", 6).layers, [5, 6]);
-  assert.deepEqual(parseLayers("5,1,1", 6).layers, [1, 5]);
-  assert.deepEqual(parseLayers("-1", 6).layers, [6]);
-  assert.match(parseLayers("7", 6).error, /out of range; valid layers are 0\.\.6/);
-  assert.match(parseLayers("10:20", 6).error, /selects no layer/);
-  assert.match(parseLayers("a:b", 6).error, /start:stop/);
-  assert.match(parseLayers("0:6:0", 6).error, /step cannot be 0/);
-});
-
-test("seed parsing rejects non-numbers and repeats", () => {
-  assert.deepEqual(parseSeeds("0, 1,2").seeds, [0, 1, 2]);
-  assert.match(parseSeeds("x").error, /not a whole number/);
-  assert.match(parseSeeds("1.5").error, /not a whole number/);
-  assert.match(parseSeeds("").error, /at least one seed/);
-  assert.match(parseSeeds("1,1").error, /repeated/);
+test("option controls are drawn from the Python option specs, with tooltips, and shown where the model has them", () => {
+  const { model, el } = mount();
+  const names = [...el.querySelectorAll(".dl-options [data-field]")].map((n) => n.dataset.field);
+  const specs = model.get("option_specs");
+  assert.ok(specs.length >= 12);
+  const shown = specs.filter((s) => !s.needs).map((s) => s.name);
+  assert.deepEqual(names, shown); // other_encoders, lens_pooled and encoder need a multi-encoder model
+  for (const spec of specs.filter((s) => !s.needs)) {
+    const node = el.querySelector(`[data-field="${spec.name}"]`);
+    assert.equal(node.title, spec.help);
+    assert.ok(node.title.length > 20, spec.name);
+  }
+  assert.equal(el.querySelector('[data-field="tokens"]').tagName, "SELECT");
+  assert.equal(el.querySelector('[data-field="per_token"]').type, "checkbox");
+  for (const node of el.querySelectorAll("button, .dl-toggles label")) assert.ok(node.title, node.textContent);
+  model.set("model_info", { num_layers: 32, several_encoders: true, pooled: true, encoders: ["text_encoder", "text_encoder_2"] });
+  const encoder = el.querySelector('[data-field="encoder"]');
+  assert.deepEqual([...encoder.options].map((o) => o.value), ["text_encoder", "text_encoder_2"]);
+  encoder.value = "text_encoder_2";
+  encoder.dispatchEvent(new Event("change", { bubbles: true }));
+  assert.equal(model.get("encoder"), "text_encoder_2");
+  assert.ok(el.querySelector('[data-field="lens_pooled"]'));
 });
 
 test("renders a filmstrip of every layer for every seed, and a large view", () => {
@@ -51,7 +54,7 @@ test("renders a filmstrip of every layer for every seed, and a large view", () =
 });
 
 test("the final-norm checkbox is two-way bound", () => {
-  const { model, el } = mount();
+  const { model, el } = mount({ final_norm: true });
   const box = el.querySelector('[data-field="final_norm"]');
   assert.equal(box.checked, true);
   box.checked = false;
@@ -82,29 +85,39 @@ test("keyboard arrows and thumbnail clicks move the selected layer", () => {
   assert.equal(model.get("selected_layer"), 0);
 });
 
-test("invalid fields show an inline message and do not start a run", () => {
+test("Python's verdict on the inputs is shown inline; Run sends the fields first and lets Python refuse", () => {
   const { model, el } = mount();
-  const prompt = el.querySelector('[data-field="prompt"]');
-  prompt.value = "   ";
-  el.querySelector(".dl-run").click();
-  assert.deepEqual(model.sent, []);
-  assert.match(el.querySelector(".dl-message").textContent, /prompt is empty/);
-  prompt.value = "a red circle";
-  el.querySelector('[data-field="seeds"]').value = "one";
-  el.querySelector(".dl-run").click();
-  assert.match(el.querySelector(".dl-message").textContent, /not a whole number/);
+  model.set("input_error", "layer 12 is out of range; valid layers for this model are 0..8");
+  assert.equal(el.querySelector(".dl-message").dataset.kind, "invalid");
+  assert.match(el.querySelector(".dl-message").textContent, /valid layers for this model are 0\.\.8/);
   el.querySelector('[data-field="seeds"]').value = "0,1";
-  el.querySelector('[data-field="layer_range"]').value = "0:99:2,";
-  el.querySelector(".dl-run").click();
-  assert.deepEqual(model.sent, []);
-  el.querySelector('[data-field="layer_range"]').value = "12";
-  el.querySelector(".dl-run").click();
-  assert.match(el.querySelector(".dl-message").textContent, /valid layers are 0\.\.8/);
-  el.querySelector('[data-field="layer_range"]').value = "0:9:2";
+  el.querySelector('[data-field="layers"]').value = "0:9:2";
+  el.querySelector('[data-field="num_inference_steps"]').value = "12";
   el.querySelector(".dl-run").click();
   assert.deepEqual(model.sent, [{ action: "run" }]);
   assert.equal(model.get("seeds"), "0,1");
-  assert.equal(validate(model), "");
+  assert.equal(model.get("layers"), "0:9:2");
+  assert.equal(model.get("num_inference_steps"), 12);
+  model.set("input_error", "");
+  assert.equal(el.querySelector(".dl-message").textContent, "");
+});
+
+test("explains itself: axis titles, legend naming the normal layer, the run's line, presentation size", () => {
+  const { model, el } = mount({ ...done([0, 4, 8], [0]), run_info: { prompt: "a red circle", model: "toy",
+    encoder: "text_encoder", num_layers: 8, own_layer: 8, final_norm: true, steps: 20, guidance: 7.5, compare: "none",
+    options: { skip_layers: [3] } } });
+  assert.match(el.querySelector(".dl-axis-x").textContent, /layer →/);
+  assert.match(el.querySelector(".dl-axis-y").textContent, /seed ↓/);
+  assert.match(el.querySelector(".dl-legend").textContent, /layer 8 = the model's normal image/);
+  const line = el.querySelector(".dl-runinfo").textContent;
+  for (const part of ["“a red circle”", "encoder text_encoder", "layers 0,4,8 of 0..8", "final norm on", "20 steps", "skip_layers 3"]) {
+    assert.ok(line.includes(part), part);
+  }
+  assert.match(el.querySelector('.dl-thumb[data-layer="8"] figcaption').textContent, /L8 · normal/);
+  assert.match(el.querySelector(".dl-slider-label").textContent, /the model's normal image/);
+  el.querySelector('[data-field="presentation"]').click();
+  assert.equal(model.get("presentation"), true);
+  assert.ok(el.querySelector(".dl-root").classList.contains("dl-present"));
 });
 
 test("progress, live previews and cancel while running", () => {
@@ -132,18 +145,51 @@ test("errors from a run are shown and the widget stays usable", () => {
   assert.deepEqual(model.sent, [{ action: "run" }]);
 });
 
-test("raw vs tuned: two filmstrips, one slider, a difference toggle", () => {
-  const { model, el } = mount({ ...done([0, 1], [0]), model_info: { num_layers: 8, tuned: true },
-    tuned_frames: frames([0, 1], [0]) });
-  assert.deepEqual([...el.querySelectorAll(".dl-strip")].map((s) => s.dataset.kind), ["raw", "tuned"]);
-  assert.equal(el.querySelectorAll('.dl-large-img[data-kind="tuned"] img').length, 1);
-  const toggle = el.querySelector(".dl-diff-toggle input");
-  toggle.checked = true;
-  toggle.dispatchEvent(new Event("change", { bubbles: true }));
-  assert.equal(model.get("show_difference"), true);
-  assert.match(el.querySelector('.dl-large-img[data-kind="tuned"] figcaption').textContent, /raw − tuned/);
+const tunedState = () => ({ ...done([0, 1], [0, 1]), model_info: { num_layers: 8, tuned: true },
+  panels: [{ key: "raw", label: "raw" }, { key: "tuned", label: "tuned" },
+    { key: "difference", label: "|raw − tuned|", scale: { title: "|raw − tuned| (0–255)", min: 0, max: 87.5 } }],
+  frames: ["raw", "tuned", "difference"].flatMap((kind) => frames([0, 1], [0, 1]).map((f) => ({ ...f, kind }))) });
+
+test("raw vs tuned: raw, tuned and difference together, rows interleaved by seed, the difference's scale shown", () => {
+  const { model, el } = mount(tunedState());
+  assert.deepEqual([...el.querySelectorAll(".dl-strip")].map((s) => `${s.dataset.seed}:${s.dataset.kind}`),
+    ["0:raw", "0:tuned", "0:difference", "1:raw", "1:tuned", "1:difference"]);
+  assert.equal(el.querySelector('.dl-strip[data-kind="tuned"] .dl-row-label').textContent, "seed 0 · tuned");
+  assert.equal(el.querySelectorAll('.dl-large-img[data-seed="0"] img').length, 3);
+  assert.match(el.querySelector('.dl-large-img[data-kind="difference"] figcaption').textContent, /raw − tuned/);
+  const scale = el.querySelector('[data-scale="difference"]');
+  assert.equal(scale.querySelector(".dl-hm-max").textContent, "87.5");
+  assert.match(scale.textContent, /0–255/);
   model.set("selected_layer", 0);
-  assert.match(el.querySelector('.dl-large-img[data-kind="raw"] figcaption').textContent, /layer 0/);
+  assert.match(el.querySelector('.dl-large-img[data-kind="tuned"] figcaption').textContent, /tuned, layer 0, seed 0/);
+});
+
+test("annotator verdicts overlay every image on demand, and the prompt's emergence curve marks the layer", () => {
+  const checks = (ok) => ({ objects: true, colors: ok, both: ok, relation: false });
+  const { model, el } = mount({ ...done([0, 4, 8], [0]), model_info: { num_layers: 8, annotator: true },
+    verdicts: [0, 4, 8].map((layer) => ({ kind: "lens", layer, seed: 0, checks: checks(layer > 0) })),
+    emergence: { layers: [0, 4, 8], curves: { objects: [1, 1, 1], colors: [0, 1, 1], both: [0, 1, 1], relation: [0, 0, 0] } } });
+  assert.equal(el.querySelectorAll(".dl-verdict").length, 0);
+  el.querySelector('[data-field="show_verdicts"]').click();
+  assert.equal(model.get("show_verdicts"), true);
+  const thumb = el.querySelector('.dl-thumb[data-layer="0"] .dl-verdict');
+  assert.equal(thumb.textContent, "obj✓col✗bind✗rel✗");
+  assert.equal(el.querySelectorAll('.dl-thumb[data-layer="8"] .dl-ok').length, 3);
+  const lines = el.querySelectorAll(".dl-emergence polyline");
+  assert.deepEqual([...lines].map((l) => l.dataset.question), ["objects", "colors", "both", "relation"]);
+  assert.equal(lines[1].getAttribute("points").split(" ").length, 3);
+  const marker = () => el.querySelector(".dl-em-selected").getAttribute("x1");
+  const before = marker();
+  model.set("selected_layer", 4);
+  assert.notEqual(marker(), before);
+});
+
+test("per-token rows and compare rows share the seed's noise and one slider", () => {
+  const { el } = mount({ ...done([0, 8], [0]), run_info: { prompt: "a red circle", num_layers: 8, own_layer: 8 }, panels: [{ key: "lens", label: "lens" }, { key: "no_final_norm", label: "no final norm" }],
+    frames: ["lens", "no_final_norm"].flatMap((kind) => frames([0, 8], [0]).map((f) => ({ ...f, kind }))) });
+  assert.deepEqual([...el.querySelectorAll(".dl-row-label")].map((n) => n.textContent), ["seed 0 · lens", "seed 0 · no final norm"]);
+  assert.equal(el.querySelectorAll(".dl-large-img img").length, 2);
+  assert.match(el.querySelector(".dl-legend").textContent, /lens, no final norm/);
 });
 
 const spec = (title, x, y, z, extra = {}) => ({ title, x, y, z, zmin: Math.min(...z.flat()), zmax: Math.max(...z.flat()),
@@ -202,11 +248,11 @@ test("a run shows every cell at once, each preview labelled with its step, then 
   assert.equal(el.querySelectorAll(".dl-thumb").length, 3);  // cells exist before any image
   assert.equal(el.querySelectorAll(".dl-thumb img").length, 0);
   const png = frames([0], [0])[0].png;
-  model.set("previews", [{ layer: 0, seed: 0, png, kind: "raw", step: 4, steps: 20 },
-    { layer: 8, seed: 0, png, kind: "raw", step: 4, steps: 20 }]);
+  model.set("previews", [{ layer: 0, seed: 0, png, kind: "lens", step: 4, steps: 20 },
+    { layer: 8, seed: 0, png, kind: "lens", step: 4, steps: 20 }]);
   assert.equal(el.querySelectorAll(".dl-thumb img").length, 2);
   assert.equal(el.querySelector('.dl-thumb[data-layer="0"] figcaption').textContent, "L0 · step 4/20");
-  assert.match(el.querySelector('.dl-large-img[data-kind="raw"] figcaption').textContent, /layer 8, seed 0 — step 4\/20/);
+  assert.match(el.querySelector('.dl-large-img[data-kind="lens"] figcaption').textContent, /layer 8, seed 0 — step 4\/20/);
   model.set("frames", frames([0, 4, 8], [0]));
   model.set("status", "done");
   model.set("previews", []);
@@ -221,5 +267,6 @@ test("after a Cancel, frames kept from previews stay labelled as previews", () =
     frames: [{ layer: 0, seed: 0, png, preview: true, step: 8, steps: 20 }], message: "cancelled: showing previews" });
   assert.equal(el.querySelector('.dl-thumb[data-layer="0"] figcaption').textContent, "L0 · preview, step 8/20");
   assert.equal(el.querySelector('.dl-thumb[data-layer="4"] figcaption').textContent, "L4");
+  assert.equal(el.querySelector('.dl-thumb[data-layer="0"] img').alt, "lens layer 0 seed 0");
   cleanup();
 });

@@ -1,0 +1,84 @@
+"""The dashboard as one self-contained HTML file: the shipped front-end bundle and a frozen copy of the widget's
+state (images inlined), rendered with a stand-in for the kernel. The layer slider, keys, heatmaps, verdicts and
+panels work; nothing runs and nothing is fetched. It is the dashboard's HTML export, and the page the browser tests
+and the dashboard benchmark open.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from ..panels import Panel
+from .dashboard import STATIC, LensDashboard, panel_frames
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Diffusion Lens: {title}</title>
+<style>{css}
+body {{ margin: 1.5em; }} .dl-credit {{ font: 12px system-ui, sans-serif; color: #666; margin-top: 1.5em; }}</style>
+</head><body><div id="app"></div>
+<p class="dl-credit">Made with difflens-widgets — Diffusion Lens (Toker et al., ACL 2024). A frozen copy of the
+dashboard: the slider, arrow keys, heatmaps and toggles work; running needs the notebook.</p>
+<script type="application/json" id="dl-state">{state}</script>
+<script type="module">
+const bundle = atob("{bundle}");
+const state = JSON.parse(document.getElementById("dl-state").textContent);
+const toView = (b64) => {{ const s = atob(b64); const a = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i); return new DataView(a.buffer); }};
+for (const key of ["frames", "previews"]) for (const f of state[key] || []) f.png = toView(f.png);
+const listeners = {{}};
+window.sent = [];
+window.model = {{ get: (k) => state[k], set: (k, v) => {{ state[k] = v; (listeners["change:" + k] || []).forEach((f) => f()); }},
+  save_changes() {{}}, send: (m) => window.sent.push(m), on: (e, f) => (listeners[e] ||= []).push(f), off() {{}} }};
+const url = URL.createObjectURL(new Blob([bundle], {{ type: "text/javascript" }}));
+const widget = (await import(url)).default;
+widget.render({{ model: window.model, el: document.getElementById("app") }});
+window.rendered = true;
+</script></body></html>"""
+
+
+def standalone_html(state: dict) -> str:
+    """One HTML page showing a dashboard ``state`` (trait name → value, PNG bytes as bytes)."""
+    frozen = dict(state, model_info=dict(state.get("model_info") or {}, frozen=True))
+    for key in ("frames", "previews"):
+        frozen[key] = [dict(f, png=base64.b64encode(f["png"]).decode()) for f in frozen.get(key) or []]
+    text = json.dumps(frozen, default=_plain).replace("</", "<\\/")  # no "</script>" inside the script element
+    title = str(frozen.get("prompt", "")).replace("&", "&amp;").replace("<", "&lt;")
+    return PAGE.format(title=title, css=(STATIC / "widget.css").read_text(), state=text,
+                       bundle=base64.b64encode((STATIC / "widget.js").read_bytes()).decode())
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} cannot be written into the page")
+
+
+def dashboard_state(panels: list[Panel], model_info: dict, selected_layer: int | None = None, **traits) -> dict:
+    """The traits a LensDashboard would hold after showing ``panels`` (for a page made without a live widget)."""
+    from ..similarity import heatmap_specs
+
+    result = panels[0].result
+    tuned = next((p.result for p in panels if p.key == "tuned"), None)
+    return {
+        **LensDashboard.default_state(),  # every trait the front-end reads, so this page cannot drift from it
+        "prompt": result.prompt, "seeds": ",".join(map(str, result.seeds)),
+        "num_inference_steps": result.params.get("num_inference_steps", 20),
+        "guidance_scale": result.params.get("guidance_scale", 7.5),
+        "selected_layer": result.layers[-1] if selected_layer is None else selected_layer,
+        "model_info": model_info, "status": "done", "progress": 1.0,
+        "run_layers": result.layers, "run_seeds": result.seeds, "panels": [p.spec() for p in panels],
+        "run_info": {"prompt": result.prompt, "model": model_info.get("name", ""), "encoder":
+                     result.params.get("encoder"), "num_layers": result.params.get("num_layers"),
+                     "own_layer": model_info.get("own_layer", result.params.get("num_layers")),
+                     "final_norm": result.params.get("final_norm"), "steps": result.params.get("num_inference_steps"),
+                     "guidance": result.params.get("guidance_scale"), "compare": "none", "options": {}},
+        "frames": panel_frames(panels), "heatmaps": heatmap_specs(result, tuned), **traits,
+    }
+
+
+def write_page(state: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(standalone_html(state), encoding="utf-8")
+    return path
