@@ -186,3 +186,16 @@ def test_toy_verdicts_are_the_annotators_and_the_curve_counts_them():
     dash.prompt = "a castle"  # not a shapes-world caption: nothing to judge, nothing wrong
     dash.run()
     assert dash.wait(120) and dash.status == "done" and dash.verdicts == [] and dash.emergence == {}
+
+
+def test_raw_vs_tuned_from_the_magic(shell, tmp_path):
+    ip, pipelines = shell
+    tuned = tiny_stable_diffusion(seed=5)
+    tuned.save_pretrained(tmp_path / "tuned")
+    expected = {"raw": reference(dl.Lens(pipelines["tiny"]))["lens"], "tuned": reference(dl.Lens(tuned))["lens"]}
+    ip.run_line_magic("difflens", f'"{PROMPT}" --model tiny {COMMON_FLAGS} --tuned {tmp_path / "tuned"}')
+    dash = ip.user_ns["_difflens"]
+    assert dash.wait(120) and dash.status == "done", dash.message
+    assert [p["key"] for p in dash.panels] == ["raw", "tuned", "difference"]
+    for panel in dash.panels_result[:2]:
+        assert same(panel.result, expected[panel.key]), panel.key
