@@ -31,6 +31,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--download", action="store_true", help="allow downloading a hub model not in the cache")
     run.add_argument("--out", default="difflens_grid.png", help="grid image to write")
     run.add_argument("--save-dir", default=None, help="also write every image and a JSON of all parameters here")
+
+    sweep = sub.add_parser("sweep", help="lens every prompt of a file at every layer and seed into a resumable "
+                                         "dataset (Parquet rows + PNG images), locally or on Ray")
+    sweep.add_argument("prompts", help="a .txt (one prompt per line), .csv or .jsonl file (columns: prompt, and "
+                                       "optionally family and objects)")
+    sweep.add_argument("--out", required=True, help="the dataset folder (a rerun resumes it)")
+    sweep.add_argument("--model", default="toy", help="'toy' (default), a pipeline folder or a cached hub id")
+    lens_options.add_arguments(sweep, "sweep")
+    sweep.set_defaults(seeds="0,1,2,3")  # the paper's four seeds per prompt
+    sweep.add_argument("--scorer", action="append", default=None,
+                       help="annotator, clip, clip:<model id or folder>, auto (default: the annotator on the toy "
+                            "model, CLIP elsewhere) or none; repeat for several")
+    sweep.add_argument("--ray", action="store_true", help="distribute prompts over Ray actors (ray.init(): local "
+                                                          "unless --address)")
+    sweep.add_argument("--address", default=None, help="an existing Ray cluster, e.g. ray://head:10001 or auto")
+    sweep.add_argument("--workers", type=int, default=None, help="Ray actors, one pipeline each (default 1)")
+    sweep.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per actor, e.g. 1")
+    sweep.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    sweep.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    sweep.add_argument("--download", action="store_true", help="allow downloading models not in the cache")
+
+    report = sub.add_parser("report", help="emergence curves per family (95%% CI) from a sweep's dataset alone")
+    report.add_argument("folder", help="a sweep's --out folder")
     return parser
 
 
@@ -92,10 +115,33 @@ def _run(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from . import lens_options
+    from .sweeps import sweep
+
+    values = lens_options.values_from(args)
+    encoder = values.pop("encoder", "") or None
+    run_options = lens_options.run_arguments(values)
+    layers, seeds = run_options.pop("layers", None), run_options.pop("seeds")
+    sweep(args.prompts, args.out, model=args.model, layers=layers, seeds=seeds, encoder=encoder,
+          scorers=args.scorer or ["auto"], ray=args.ray, address=args.address, workers=args.workers,
+          gpus_per_worker=args.gpus_per_worker, device=args.device, dtype=args.dtype, download=args.download,
+          **run_options)
+    return 0
+
+
+def _report(args) -> int:
+    from .sweep_report import write_report
+
+    print(write_report(args.folder))
+    print(f"wrote {Path(args.folder) / 'report' / 'curves.json'} and report.html")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return {"run": _run, "sweep": _sweep, "report": _report}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, MemoryError) as err:
         print(f"difflens: error: {err}", file=sys.stderr)
         return 2

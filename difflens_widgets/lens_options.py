@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from . import options
 
-SURFACES = frozenset({"cli", "magic", "widget"})
+SURFACES = frozenset({"cli", "magic", "widget", "sweep"})
 COMPARE = ("none", "final_norm", "lens_negative")
 
 
@@ -62,7 +62,8 @@ OPTIONS: tuple[LensOption, ...] = (
                "which positions are lensed: all, prompt (padding from the empty prompt) or padding (the reverse)",
                choices=options.TOKEN_RANGES),
     LensOption("per_token", "flag", False, "Per token",
-               "one row per prompt token: the empty prompt's conditioning with only that token's position lensed"),
+               "one row per prompt token: the empty prompt's conditioning with only that token's position lensed",
+               surfaces=frozenset({"cli", "magic", "widget"})),
     LensOption("skip_layers", "text", "", "Skip blocks",
                "text-encoder blocks to knock out (1..L, e.g. 3,4): block l is bypassed, so h^l = h^(l-1)"),
     LensOption("lens_negative", "flag", False, "Lens negative",
@@ -80,13 +81,13 @@ OPTIONS: tuple[LensOption, ...] = (
                "cross-model lens: another model ('toy', a folder or a cached hub id) whose text encoder feeds this "
                "model's denoiser; shapes must match", surfaces=frozenset({"cli", "magic"})),
     LensOption("height", "int", None, "Height", "image height in pixels (default: the pipeline's)",
-               surfaces=frozenset({"cli"})),
+               surfaces=frozenset({"cli", "sweep"})),
     LensOption("width", "int", None, "Width", "image width in pixels (default: the pipeline's)",
-               surfaces=frozenset({"cli"})),
+               surfaces=frozenset({"cli", "sweep"})),
     LensOption("compare", "choice", "none", "Compare",
                "show a second lens beside the normal one, same seeds and noise: final_norm = the final-norm "
                "ablation (the other setting), lens_negative = with the negative prompt lensed too",
-               choices=COMPARE, run_keyword=False),
+               choices=COMPARE, run_keyword=False, surfaces=frozenset({"cli", "magic", "widget"})),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 

@@ -188,6 +188,11 @@ def place(pipe, device: torch.device, offload: str | None = None, channels_last:
     return pipe
 
 
+def is_toy(pipe) -> bool:
+    """Whether ``pipe`` is the embedded toy model (whose world the annotator knows)."""
+    return str(getattr(pipe.config, "_name_or_path", "")) == str(TOY_MODEL_DIR)
+
+
 def _resolve(model: str, download: bool) -> tuple[str, dict]:
     """Where to load ``model`` from, and the from_pretrained arguments that keep it offline unless asked."""
     if model == "toy":

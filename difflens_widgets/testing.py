@@ -293,3 +293,26 @@ def flux_architecture(device="cpu", dtype=torch.float32):
 
 
 REAL_SIZE = {"sd15": sd15_architecture, "sdxl": sdxl_architecture, "flux": flux_architecture}
+
+
+def tiny_clip_scorer(seed: int = 0):
+    """A ClipScorer on a random CLIP of a few thousand parameters (32×32 images, the tiny word vocabulary):
+    exercises the CLIP scoring path with no download."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from .scorers import ClipScorer
+
+    tokenizer = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    return ClipScorer(model=CLIPModel(config), processor=processor, device="cpu")

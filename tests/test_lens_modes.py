@@ -6,7 +6,6 @@ import shlex
 
 import numpy as np
 import pytest
-from IPython.testing.globalipapp import get_ipython
 
 import difflens_widgets as dl
 from difflens_widgets import lens_options
@@ -61,7 +60,9 @@ MODES = {
 
 @pytest.fixture(scope="module")
 def shell():
-    ip = get_ipython()
+    from IPython.testing import globalipapp  # looked up now: it rebinds get_ipython once a shell has started
+
+    ip = globalipapp.get_ipython()
     ip.run_line_magic("load_ext", "difflens")
     magics = ip.magics_manager.registry["DiffLensMagics"]
     magics._pipelines.update({"tiny": tiny_stable_diffusion(seed=0), "tiny-other": tiny_stable_diffusion(seed=3),

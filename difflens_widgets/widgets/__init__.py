@@ -4,4 +4,13 @@ engine never needs them."""
 from .dashboard import LensDashboard
 from .training import TrainingView
 
-__all__ = ["LensDashboard", "TrainingView"]
+
+def __getattr__(name: str):
+    if name == "SweepView":  # needs pandas and pyarrow (the [scale] extra): imported when asked for
+        from .sweep_view import SweepView
+
+        return SweepView
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["LensDashboard", "SweepView", "TrainingView"]

@@ -16,6 +16,7 @@ import traitlets as t
 
 from .. import exports, lens_options, options
 from ..engine import Lens
+from ..models import is_toy
 from ..panels import Panel, check_panels, planned_panels, run_panels
 from ..results import LensResult
 from ..tuning import check_compatible, load_tuned
@@ -39,15 +40,9 @@ def panel_frames(panels: list[Panel]) -> list[dict]:
 
 
 def _model_name(pipe) -> str:
-    if _is_toy(pipe):
+    if is_toy(pipe):
         return "toy (the embedded shapes-world model)"
     return str(getattr(pipe.config, "_name_or_path", "") or type(pipe).__name__)
-
-
-def _is_toy(pipe) -> bool:
-    from ..models import TOY_MODEL_DIR
-
-    return str(getattr(pipe.config, "_name_or_path", "")) == str(TOY_MODEL_DIR)
 
 
 def _option_trait(option: lens_options.LensOption) -> t.TraitType:
@@ -60,17 +55,9 @@ def _option_trait(option: lens_options.LensOption) -> t.TraitType:
 LensInputs = type("LensInputs", (t.HasTraits,), {o.name: _option_trait(o) for o in WIDGET_OPTIONS})
 
 
-class LensDashboard(anywidget.AnyWidget, LensInputs):
-    """Interactive Diffusion Lens: prompt → filmstrip of every layer, a layer slider, heatmaps and exports.
-
-    ``LensDashboard("toy")`` or ``LensDashboard(pipe)``; ``tuned=`` a fine-tuned variant (a pipeline, or any
-    path :func:`~difflens_widgets.load_tuned` accepts: pipeline folder, components, LoRA, textual inversion) shows
-    raw, tuned and their difference per seed with identical seeds and noise; ``text_from=`` another model whose text
-    encoder feeds this one's denoiser (cross-model lens). The lens options (:data:`lens_options.OPTIONS`) are
-    traits of the same names as :meth:`Lens.run`'s keywords; ``compare`` puts the final-norm ablation or the lensed
-    negative beside the normal lens. On the toy model, ``show_verdicts`` overlays the annotator's judgement.
-    ``dashboard.result`` is the last LensResult (``dashboard.panels_result`` every panel's).
-    """
+class LensDisplay(anywidget.AnyWidget):
+    """What the front-end draws — a run's images, what they are, the heatmaps and verdicts — shared by the
+    LensDashboard (which runs the lens) and the SweepView (which browses a sweep's stored images)."""
 
     _esm = STATIC / "widget.js"
     _css = STATIC / "widget.css"
@@ -100,19 +87,40 @@ class LensDashboard(anywidget.AnyWidget, LensInputs):
     timings = t.Dict().tag(sync=True)
 
     @classmethod
-    def inputs(cls) -> list[str]:
-        """The input traits, in the order they are declared: the constructor's keyword arguments."""
-        tagged = {**LensInputs.class_own_traits(input=True), **LensDashboard.class_own_traits(input=True)}
-        return ["prompt", *(o.name for o in WIDGET_OPTIONS)] + [n for n in vars(LensDashboard) if n in tagged
-                                                                 and n != "prompt"]
+    def synced_traits(cls) -> dict:
+        """The synced traits this view adds to anywidget's own (override: the classes that declare them)."""
+        return LensDisplay.class_own_traits(sync=True)
 
     @classmethod
     def default_state(cls) -> dict:
-        """Every synced trait of the dashboard with its default value: the one source for the preview page and the
+        """Every synced trait of the view with its default value: the one source for the standalone page and the
         JavaScript tests' fake model (docs/widget-protocol.md documents each)."""
+        return {name: trait.default() for name, trait in sorted(cls.synced_traits().items())}
+
+
+class LensDashboard(LensDisplay, LensInputs):
+    """Interactive Diffusion Lens: prompt → filmstrip of every layer, a layer slider, heatmaps and exports.
+
+    ``LensDashboard("toy")`` or ``LensDashboard(pipe)``; ``tuned=`` a fine-tuned variant (a pipeline, or any
+    path :func:`~difflens_widgets.load_tuned` accepts: pipeline folder, components, LoRA, textual inversion) shows
+    raw, tuned and their difference per seed with identical seeds and noise; ``text_from=`` another model whose text
+    encoder feeds this one's denoiser (cross-model lens). The lens options (:data:`lens_options.OPTIONS`) are
+    traits of the same names as :meth:`Lens.run`'s keywords; ``compare`` puts the final-norm ablation or the lensed
+    negative beside the normal lens. On the toy model, ``show_verdicts`` overlays the annotator's judgement.
+    ``dashboard.result`` is the last LensResult (``dashboard.panels_result`` every panel's).
+    """
+
+    @classmethod
+    def inputs(cls) -> list[str]:
+        """The input traits, in the order they are declared: the constructor's keyword arguments."""
+        tagged = LensDisplay.class_own_traits(input=True)
+        return ["prompt", *(o.name for o in WIDGET_OPTIONS)] + [n for n in vars(LensDisplay) if n in tagged
+                                                                 and n != "prompt"]
+
+    @classmethod
+    def synced_traits(cls) -> dict:
         # LensDashboard by name, not cls: anywidget gives every instance a dynamic subclass of its own
-        own = {**LensInputs.class_own_traits(sync=True), **LensDashboard.class_own_traits(sync=True)}
-        return {name: trait.default() for name, trait in sorted(own.items())}
+        return {**LensDisplay.class_own_traits(sync=True), **LensInputs.class_own_traits(sync=True)}
 
     def __init__(self, pipe_or_model="toy", *, tuned=None, text_from=None, annotator: bool | None = None, **kwargs):
         unknown = sorted(set(kwargs) - set(self.inputs()))
@@ -127,7 +135,7 @@ class LensDashboard(anywidget.AnyWidget, LensInputs):
             tuned = Lens(load_tuned(base.pipe, tuned))  # load_tuned checks compatibility
         self._lenses = {base.adapter.encoder_name: (base, tuned)}
         self._text_from = None if text_from is None else Lens.of(text_from)
-        self._annotator = _is_toy(base.pipe) if annotator is None else options.check_flag("annotator", annotator)
+        self._annotator = is_toy(base.pipe) if annotator is None else options.check_flag("annotator", annotator)
         self.result: LensResult | None = None
         self.tuned_result: LensResult | None = None
         self.panels_result: list[Panel] = []

@@ -164,7 +164,8 @@ export function createDashboard({ model, el }) {
       message.textContent = model.get("message");
       message.dataset.kind = state === "error" ? "error" : state === "invalid" ? "invalid" : "info";
     }
-    if (frozen()) { // the standalone HTML export: nothing can run, so nothing offers to
+    controls.hidden = optionsRow.hidden = Boolean(info().browse); // a sweep's stored images: nothing to set
+    if (frozen()) { // the standalone HTML export or a sweep: nothing can run, so nothing offers to
       for (const node of [...Object.values(fields), present]) node.disabled = node !== present;
       for (const node of [runButton, cancelButton, exportsBar]) node.hidden = true;
     }

@@ -11,13 +11,14 @@ const svg = (tag, attrs = {}, text = "") => {
   return node;
 };
 
-export function drawEmergence(container, { layers, curves }, selected) {
+export function drawEmergence(container, { layers, curves, title }, selected) {
   const width = 300, height = 180, left = 36, right = 8, top = 22, bottom = 32;
   const x = (i) => left + (layers.length > 1 ? (i / (layers.length - 1)) * (width - left - right) : 0);
   const y = (v) => top + (1 - v) * (height - top - bottom);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "dl-emergence-chart", role: "img",
     "aria-label": "share of seeds judged right per layer" });
-  chart.append(svg("text", { x: left, y: 14, class: "dl-em-title" }, "annotator: share of seeds right"));
+  chart.append(svg("text", { x: left, y: 14, class: "dl-em-title" },
+    title ? `annotator, ${title}: share right` : "annotator: share of seeds right"));
   for (const v of [0, 0.5, 1]) {
     chart.append(svg("line", { x1: left, x2: width - right, y1: y(v), y2: y(v), class: "dl-em-grid" }));
     chart.append(svg("text", { x: left - 4, y: y(v) + 4, "text-anchor": "end", class: "dl-em-tick" }, v.toFixed(1)));
