@@ -20,19 +20,20 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Lens": "engine", "Preview": "engine", "load_pipeline": "models", "LensResult": "results",
     "LensTracker": "tracker", "Comparison": "tuning", "compare": "tuning", "load_tuned": "tuning",
-    "run_panels": "panels", "Panel": "panels", "sweep": "sweeps",
+    "run_panels": "panels", "Panel": "panels", "sweep": "sweeps", "probe": "probes", "ProbeResult": "probes",
     # anywidget only when asked for: the engine stays widget-free
     "LensDashboard": "widgets", "TrainingView": "widgets", "SweepView": "widgets",
 }
-_SUBMODULES = ("adapters", "cli", "engine", "exports", "lens_options", "magics", "memory", "models", "options",
-               "panels", "results", "scorers", "similarity", "sweep_report", "sweeps", "testing", "toy", "tracker",
-               "tuning", "widgets")
+_SUBMODULES = ("adapters", "cli", "denoiser", "engine", "exports", "lens_options", "magics", "memory", "models",
+               "options", "panels", "probes", "results", "scorers", "similarity", "sweep_report", "sweeps", "testing",
+               "toy", "tracker", "tuning", "widgets")
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve lazily below
     from .engine import Lens, Preview
     from .models import load_pipeline
     from .panels import Panel, run_panels
+    from .probes import ProbeResult, probe
     from .sweeps import sweep
     from .results import LensResult
     from .tracker import LensTracker

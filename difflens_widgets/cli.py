@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from . import options
@@ -51,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     sweep.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
     sweep.add_argument("--download", action="store_true", help="allow downloading models not in the cache")
+
+    probe = sub.add_parser("probe", help="what the denoiser knows: linear probes per block × timestep (Revelio) on "
+                                         "toy-world renders or your own labelled images")
+    probe.add_argument("--model", default="toy", help="'toy' (default), a pipeline folder or a cached hub id")
+    probe.add_argument("--images", default="240", help="a number (toy-world renders of single objects, labelled "
+                                                       "color/shape/size/side) or a CSV with columns image,<label>...")
+    probe.add_argument("--blocks", default=None, help="denoiser blocks, e.g. mid,up1 (default: all)")
+    probe.add_argument("--timesteps", default="50,250,500,750", help="training timesteps 0..999, e.g. 50,500")
+    probe.add_argument("--sae", default=None, help="also train a k-SAE on BLOCK@T, e.g. up1@50, and list its "
+                                                   "purest latents")
+    probe.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    probe.add_argument("--download", action="store_true", help="allow downloading a hub model not in the cache")
+    probe.add_argument("--out", required=True, help="folder for probe.json, features.npz and probe.html (heatmaps)")
 
     report = sub.add_parser("report", help="emergence curves per family (95%% CI) from a sweep's dataset alone")
     report.add_argument("folder", help="a sweep's --out folder")
@@ -130,6 +144,52 @@ def _sweep(args) -> int:
     return 0
 
 
+def _probe_images(spec: str):
+    """An int (toy-world renders) or a CSV of image paths with one column per label."""
+    import csv
+
+    from PIL import Image
+
+    if spec.strip().isdigit():
+        return int(spec), None
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--images {spec!r} is neither a number nor a CSV file")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "image" not in rows[0] or len(rows[0]) < 2:
+        raise ValueError(f"{spec} must have an 'image' column and at least one label column")
+    images = [Image.open(path.parent / r["image"]).convert("RGB") for r in rows]
+    return images, {k: [r[k] for r in rows] for k in rows[0] if k != "image"}
+
+
+def _probe(args) -> int:
+    import difflens_widgets as dl
+    from .probes import probe
+
+    images, labels = _probe_images(args.images)
+    sae_block, _, sae_t = (args.sae or "").partition("@")
+    if args.sae and not sae_t.isdigit():
+        raise ValueError(f"--sae {args.sae!r} must be BLOCK@TIMESTEP, e.g. up1@50")
+    pipe = dl.load_pipeline(args.model, device=args.device, download=args.download)
+    started = time.perf_counter()
+    result = probe(pipe, images, labels, blocks=args.blocks, timesteps=args.timesteps)
+    out = result.save(args.out)
+    for label in result.accuracy:
+        print(f"\n{label}: linear-probe accuracy (held out)\n{result.table(label)}")
+    result.write_html(out / "probe.html")
+    if args.sae:
+        sae = result.sae(sae_block, int(sae_t))
+        print(f"\nk-SAE on {sae_block}@{sae_t}: k={sae.k}, dead {sae.dead_share:.2f}, "
+              f"reconstruction error {sae.reconstruction_error:.3f}")
+        for label in result.labels:
+            top = ", ".join(f"#{j} {name} {p:.2f}" for j, name, p in sae.monosemantic(label)[:6])
+            print(f"  {label}: mean purity {sae.mean_purity(label):.2f} (random directions "
+                  f"{sae.random_purity[label]:.2f}); purest: {top}")
+    print(f"\nwrote {out} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
 def _report(args) -> int:
     from .sweep_report import write_report
 
@@ -141,7 +201,7 @@ def _report(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "sweep": _sweep, "report": _report}[args.command](args)
+        return {"run": _run, "sweep": _sweep, "probe": _probe, "report": _report}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, MemoryError) as err:
         print(f"difflens: error: {err}", file=sys.stderr)
         return 2

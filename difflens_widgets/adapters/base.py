@@ -290,6 +290,57 @@ class LensAdapter:
             images = vae.decode(latents, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
+    # ---- the denoiser's blocks (feature taps, see difflens_widgets.denoiser) -----------------------------------
+    noise_schedule = "ddpm"  # how a clean sample is noised to timestep t: "ddpm" (scheduler.add_noise) or "flow"
+
+    def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
+        """Tap points by name: a UNet's ``down0..``, ``mid``, ``up0..`` (Revelio's up_ft0..3 are up0..3, its
+        bottleneck is mid); a transformer's ``block0..`` (for dual-stream models, the joint blocks)."""
+        denoiser = self.denoiser
+        if hasattr(denoiser, "up_blocks"):
+            blocks = {f"down{i}": b for i, b in enumerate(denoiser.down_blocks)}
+            blocks["mid"] = denoiser.mid_block
+            blocks.update({f"up{i}": b for i, b in enumerate(denoiser.up_blocks)})
+            return blocks
+        return {f"block{i}": b for i, b in enumerate(denoiser.transformer_blocks)}
+
+    def block_feature(self, output) -> torch.Tensor:
+        """A block's output as (batch, channels, h, w): a UNet down block's hidden states (the first of its pair);
+        a transformer block's image tokens (the last of a dual-stream block's pair) folded back onto their grid."""
+        if isinstance(output, tuple):
+            output = output[0] if hasattr(self.denoiser, "up_blocks") else output[-1]
+        if output.ndim == 3:  # (batch, tokens, channels) on a square grid of patches
+            batch, tokens, channels = output.shape
+            side = math.isqrt(tokens)
+            grid = (side, side) if side * side == tokens else (tokens, 1)
+            output = output.transpose(1, 2).reshape(batch, channels, *grid)
+        return output
+
+    def clean_sample(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (batch, 3, H, W) as the denoiser's clean input: the VAE latent mean, shifted and scaled
+        as the pipeline's own latents are (pixel-space families: the pixels themselves)."""
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None:
+            return pixels
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
+        return (latents - (getattr(vae.config, "shift_factor", 0) or 0)) * vae.config.scaling_factor
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """``clean`` noised to training timestep ``timestep`` (0..999) with the pipeline's own schedule."""
+        if self.noise_schedule == "flow":  # rectified flow: x_t = (1 − σ)·x_0 + σ·ε with σ = t / 1000
+            sigma = timestep / 1000
+            return (1 - sigma) * clean + sigma * noise
+        steps = torch.full((clean.shape[0],), int(timestep), dtype=torch.long, device=clean.device)
+        return self.pipe.scheduler.add_noise(clean, noise, steps)
+
+    def denoiser_sample(self, noisy: torch.Tensor) -> torch.Tensor:
+        """A noised clean sample in the layout the denoiser is called with (FLUX packs latents into tokens)."""
+        return noisy
+
+    def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """Training timestep ``timestep`` (0..999) as the pipeline hands it to its denoiser."""
+        return torch.full((batch,), timestep, dtype=like.dtype, device=like.device)
+
     @staticmethod
     def warn_truncated(prompt: str, kept: int, dropped: list[str], shown: int = 12) -> None:
         """One short line: the prompt and the cut part are abbreviated (a 1,000-word prompt must not print a

@@ -26,6 +26,7 @@ class FluxAdapter(LensAdapter):
     pipeline_classes = ("FluxPipeline",)
     cuda_dtype = torch.bfloat16
     uses_negative_embeddings = False
+    noise_schedule = "flow"
 
     def encoder_specs(self):
         return (TextEncoderSpec("text_encoder", "tokenizer", "clip", pooled="pooler", sequence=False),
@@ -41,3 +42,10 @@ class FluxAdapter(LensAdapter):
     def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         unpacked = self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
         return super().decode_preview(unpacked, height, width)
+
+    def denoiser_sample(self, noisy: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = noisy.shape
+        return self.pipe._pack_latents(noisy, batch, channels, height, width)
+
+    def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.full((batch,), timestep / 1000, dtype=like.dtype, device=like.device)  # FLUX takes σ, not σ·1000

@@ -22,6 +22,7 @@ class StableDiffusion3Adapter(LensAdapter):
     family = "stable-diffusion-3"
     description = "Stable Diffusion 3 (CLIP-L + CLIP-G penultimate, T5-XXL; pooled from both CLIPs)"
     pipeline_classes = ("StableDiffusion3Pipeline",)
+    noise_schedule = "flow"
     cuda_dtype = torch.bfloat16
 
     def encoder_specs(self):

@@ -260,3 +260,22 @@ def vocabulary() -> list[str]:
     words.update(SHAPES)
     words.update(COLORS)
     return sorted(words)
+
+
+def world_probe_set(n: int, seed: int = 0, image_size: int = 64) -> tuple[list[Image.Image], dict[str, list[str]]]:
+    """``n`` renders of single objects, balanced over the common colours × shapes (cycled), with random sizes and
+    positions, and their labels: ``color``, ``shape``, ``size`` and ``side`` (left or right half)."""
+    if n < 2:
+        raise ValueError(f"a probe set needs at least 2 images, got {n}")
+    world = World(seed=seed, image_size=image_size)
+    pairs = [(c, s) for c in COMMON_COLORS for s in COMMON_SHAPES]
+    world.rng.shuffle(pairs)
+    images, labels = [], {"color": [], "shape": [], "size": [], "side": []}
+    for i in range(n):
+        color, shape = pairs[i % len(pairs)]
+        obj = world._object(color, shape)
+        images.append(render(Scene(noun_phrase(color, shape), "colored", (obj,), image_size=image_size)))
+        for key, value in (("color", color), ("shape", shape), ("size", obj.size),
+                           ("side", "left" if obj.x < image_size / 2 else "right")):
+            labels[key].append(value)
+    return images, labels

@@ -1,0 +1,238 @@
+"""Feature taps on the denoiser (the Revelio side): what the U-Net / transformer holds, per block and timestep.
+
+Two ways in, one pass per (image batch, timestep) with every tap at once:
+
+- :func:`image_features` — *given images*: encoded by the pipeline's VAE (pixel-space families: the pixels),
+  noised to training timestep t with the pipeline's own schedule and a seeded noise, and denoised once with the
+  empty prompt's conditioning (Revelio's setting). The denoiser's other arguments (conditioning, ids, guidance,
+  micro-conditioning) are those the pipeline itself passes: they are captured from a one-step call of the pipeline
+  and reused, so no family's call signature is rewritten here.
+- :func:`generation_features` — *generated images*: the pipeline draws a prompt and the taps record every block at
+  its own denoising steps (the conditional branch when classifier-free guidance doubles the batch).
+
+Block names come from the family's adapter (``down0``…, ``mid``, ``up0``… for U-Nets — Revelio's bottleneck and
+``up_ft0..3`` — and ``block0``… for transformers). Features are mean-pooled over space (``pooled``) and optionally
+kept spatial (``spatial``) for PCA maps. Hooks are scoped: they are removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .adapters import adapter_for
+from .adapters.encoders import execution_device
+from .engine import quiet_progress_bar
+
+
+@dataclass
+class Features:
+    """Denoiser features: ``pooled[(block, t)]`` is (images × channels); ``spatial[(block, t)]`` (images × channels ×
+    h × w) where kept. ``t`` is a training timestep (given images) or a denoising step's timestep (generated)."""
+
+    blocks: list[str]
+    timesteps: list[int]
+    pooled: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    spatial: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    images: list[Image.Image] = field(default_factory=list)
+
+    def matrix(self, block: str, timestep: int) -> np.ndarray:
+        if (block, timestep) not in self.pooled:
+            raise KeyError(f"no features for block {block!r} at t={timestep}; blocks {self.blocks}, "
+                           f"timesteps {self.timesteps}")
+        return self.pooled[(block, timestep)]
+
+
+class _Captured(Exception):
+    """Raised from the denoiser's pre-hook once the pipeline's own call has been recorded."""
+
+
+def block_names(pipe) -> list[str]:
+    return list(adapter_for(pipe).denoiser_blocks())
+
+
+def _check_blocks(adapter, blocks: Sequence[str] | None) -> dict[str, torch.nn.Module]:
+    available = adapter.denoiser_blocks()
+    if blocks is None:
+        return available
+    if isinstance(blocks, str):
+        blocks = [b.strip() for b in blocks.split(",") if b.strip()]
+    unknown = [b for b in blocks if b not in available]
+    if unknown or not blocks:
+        raise ValueError(f"unknown denoiser block(s) {unknown or blocks}; this {adapter.family} denoiser has "
+                         f"{', '.join(available)}")
+    return {b: available[b] for b in blocks}
+
+
+def _check_timesteps(timesteps) -> list[int]:
+    if isinstance(timesteps, (int, np.integer)):
+        timesteps = [int(timesteps)]
+    if isinstance(timesteps, str):
+        timesteps = [int(t) for t in timesteps.split(",") if t.strip()]
+    out = [int(t) for t in timesteps]
+    if not out or any(not 0 <= t <= 999 for t in out):
+        raise ValueError(f"timesteps must be training timesteps in 0..999 (small = little noise), got {timesteps}")
+    return out
+
+
+@contextmanager
+def tapped(adapter, blocks: dict[str, torch.nn.Module], sink: dict[str, list[torch.Tensor]]):
+    """Forward hooks that append each block's output (as ``adapter.block_feature``) to ``sink[block]``."""
+    handles = []
+    try:
+        for name, module in blocks.items():
+            def hook(_module, _inputs, output, name=name):
+                sink.setdefault(name, []).append(adapter.block_feature(output).detach().float().cpu())
+            handles.append(module.register_forward_hook(hook))
+        yield sink
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pool(feature: torch.Tensor) -> np.ndarray:
+    return feature.mean(dim=(2, 3)).numpy()
+
+
+def _to_pixels(images: Sequence[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+    arrays = [np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) / 127.5 - 1 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def _capture_call(pipe, adapter, height: int, width: int) -> tuple[tuple, dict]:
+    """The (args, kwargs) the pipeline passes its denoiser for the empty prompt, without guidance, at this size."""
+    recorded = {}
+
+    def pre_hook(_module, args, kwargs):
+        recorded["args"], recorded["kwargs"] = args, kwargs
+        raise _Captured
+
+    handle = adapter.denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        with quiet_progress_bar(pipe):
+            pipe("", num_inference_steps=1, guidance_scale=1.0, height=height, width=width, output_type="latent",
+                 **_call_kwargs(pipe, adapter))
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in recorded:
+        raise RuntimeError(f"the {adapter.family} pipeline never called its denoiser")
+    return recorded["args"], recorded["kwargs"]
+
+
+def _call_kwargs(pipe, adapter) -> dict:
+    """The family's extra call arguments, for a call with a text prompt: an explicit empty negative prompt where the
+    pipeline takes one (PixArt cannot preprocess None) and no caption cleaning (IF and PixArt would want ftfy)."""
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    text = {k: v for k, v in (("negative_prompt", ""), ("clean_caption", False)) if k in accepted}
+    return {**adapter.call_kwargs(), **text}
+
+
+def _replace_input(args: list, kwargs: dict, sample: torch.Tensor, timestep_of) -> None:
+    """Put ``sample`` and ``timestep_of(captured timestep)`` where the pipeline put its own: positionally
+    (``unet(sample, t, ...)``, ``transformer(hidden_states, ...)``) or by keyword."""
+    if args:
+        args[0] = sample
+    else:
+        kwargs["sample" if "sample" in kwargs else "hidden_states"] = sample
+    if len(args) > 1:
+        args[1] = timestep_of(args[1])
+    else:
+        kwargs["timestep"] = timestep_of(kwargs["timestep"])
+
+
+def _batched(value, batch: int):
+    """A captured argument for a batch of ``batch`` images: batch-1 tensors repeated, dicts recursed into."""
+    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1:
+        return value.expand(batch, *value.shape[1:]).contiguous()
+    if isinstance(value, dict):
+        return {k: _batched(v, batch) for k, v in value.items()}
+    return value
+
+
+def image_features(pipe, images: Sequence[Image.Image], timesteps=(100, 500, 900), blocks=None, *,
+                   seed: int = 0, batch_size: int = 32, keep_spatial: bool = False) -> Features:
+    """Tap ``blocks`` (default: all) at each training timestep for ``images`` (see the module docstring)."""
+    adapter = adapter_for(pipe)
+    chosen = _check_blocks(adapter, blocks)
+    steps = _check_timesteps(timesteps)
+    if not images:
+        raise ValueError("no images given")
+    height, width = adapter.default_size()
+    args, kwargs = _capture_call(pipe, adapter, height, width)
+    denoiser, device = adapter.denoiser, execution_device(pipe)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    features = Features(list(chosen), steps, images=list(images))
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        with torch.no_grad():
+            clean = adapter.clean_sample(_to_pixels(chunk, (width, height)).to(device))
+            noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
+            for t in steps:
+                sample = adapter.denoiser_sample(adapter.noised(clean, noise, t)).to(denoiser.dtype)
+                call_args = [_batched(a, len(chunk)) for a in args]
+                call_kwargs = {k: _batched(v, len(chunk)) for k, v in kwargs.items()}
+                _replace_input(call_args, call_kwargs, sample, lambda like: adapter.denoiser_timestep(
+                    t, len(chunk), torch.as_tensor(like, device=device)))
+                sink: dict[str, list[torch.Tensor]] = {}
+                with tapped(adapter, chosen, sink):
+                    denoiser(*call_args, **call_kwargs)
+                _collect(features, sink, t, keep_spatial)
+    return features
+
+
+def _collect(features: Features, sink: dict, t: int, keep_spatial: bool, take=None) -> None:
+    for name, outputs in sink.items():
+        feature = outputs[-1] if take is None else take(outputs)
+        pooled = _pool(feature)
+        key = (name, t)
+        features.pooled[key] = pooled if key not in features.pooled else np.concatenate([features.pooled[key], pooled])
+        if keep_spatial:
+            spatial = feature.numpy()
+            features.spatial[key] = spatial if key not in features.spatial else np.concatenate(
+                [features.spatial[key], spatial])
+
+
+def generation_features(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), num_inference_steps: int = 20,
+                        guidance_scale: float = 7.5, blocks=None, at_steps: Sequence[int] | None = None,
+                        keep_spatial: bool = False) -> Features:
+    """Tap ``blocks`` while the pipeline draws each prompt × seed; ``at_steps`` picks denoising step indices
+    (0-based; default: every step). Keys use the scheduler's timestep of that step."""
+    from . import options
+
+    adapter = adapter_for(pipe)
+    chosen = _check_blocks(adapter, blocks)
+    prompts = options.parse_prompts(list(prompts))
+    seed_list = options.parse_seeds(list(seeds))
+    steps = options.check_steps(num_inference_steps)
+    wanted = set(range(steps) if at_steps is None else at_steps)
+    if not wanted or any(not 0 <= s < steps for s in wanted):
+        raise ValueError(f"at_steps must be step indices in 0..{steps - 1}, got {sorted(wanted)}")
+    features = Features(list(chosen), [])
+    device = execution_device(pipe)
+    for prompt in prompts:
+        for seed in seed_list:
+            sink: dict[str, list[torch.Tensor]] = {}
+            with tapped(adapter, chosen, sink), torch.no_grad(), quiet_progress_bar(pipe):
+                out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
+                           generator=torch.Generator(device).manual_seed(seed), **_call_kwargs(pipe, adapter))
+            features.images.append(out.images[0])
+            timesteps = [int(t) for t in pipe.scheduler.timesteps[:steps]]
+            for step in sorted(wanted):
+                step_sink = {name: [calls[step]] for name, calls in sink.items()}
+                _collect(features, {k: [_conditional(v[0])] for k, v in step_sink.items()}, timesteps[step],
+                         keep_spatial)
+            features.timesteps = [timesteps[s] for s in sorted(wanted)]
+    return features
+
+
+def _conditional(feature: torch.Tensor) -> torch.Tensor:
+    """The prompt's half when classifier-free guidance ran both branches in one batch ([uncond, cond])."""
+    return feature[feature.shape[0] // 2:] if feature.shape[0] == 2 else feature

@@ -1,0 +1,142 @@
+"""Denoiser taps and probes (Revelio): every family's blocks, scoped hooks, probes that find a planted signal and
+nothing in shuffled labels, k-SAEs with exactly k active latents, and what the toy model's denoiser knows."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import difflens_widgets as dl
+from difflens_widgets import denoiser, probes, testing
+from difflens_widgets.adapters import adapter_for
+from difflens_widgets.toy.world import world_probe_set
+
+FAMILIES = ["tiny_stable_diffusion", "tiny_sdxl", "tiny_sd3", "tiny_flux", "tiny_pixart", "tiny_deepfloyd_if"]
+IMAGES = [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green")]
+
+
+def channels_of(module: torch.nn.Module) -> int:
+    """The channel count of a block's output, from its last parameterised layer's output width."""
+    out = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    return out[-1].out_channels if isinstance(out[-1], torch.nn.Conv2d) else out[-1].out_features
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_taps_on_every_family_leave_the_pipeline_as_it_was(family):
+    pipe = getattr(testing, family)()
+    adapter = adapter_for(pipe)
+    names = denoiser.block_names(pipe)
+    kwargs = dict(num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                  output_type="np", **denoiser._call_kwargs(pipe, adapter))
+    before = pipe("a red circle", **kwargs).images
+    given = denoiser.image_features(pipe, IMAGES, timesteps=[100, 900], keep_spatial=True)
+    generated = denoiser.generation_features(pipe, ["a red circle", "a blue square"], num_inference_steps=3,
+                                             at_steps=[0, 2])
+    assert given.blocks == names and set(given.pooled) == {(b, t) for b in names for t in (100, 900)}
+    for (block, t), pooled in given.pooled.items():
+        spatial = given.spatial[(block, t)]
+        assert pooled.shape[0] == 3 and spatial.shape[:2] == pooled.shape and spatial.ndim == 4
+        assert np.allclose(spatial.mean(axis=(2, 3)), pooled, atol=1e-5) and np.isfinite(pooled).all()
+    assert len(generated.timesteps) == 2 and len(generated.images) == 2
+    assert all(v.shape[0] == 2 for v in generated.pooled.values())  # the conditional branch only, one row each
+    assert not np.allclose(given.pooled[(names[0], 100)], given.pooled[(names[0], 900)])  # t matters
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in adapter.denoiser.modules())
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    assert np.array_equal(pipe("a red circle", **kwargs).images, before)
+
+
+def test_unet_block_widths_match_the_model():
+    pipe = testing.tiny_stable_diffusion()
+    blocks = adapter_for(pipe).denoiser_blocks()
+    assert list(blocks) == ["down0", "down1", "mid", "up0", "up1"]
+    given = denoiser.image_features(pipe, IMAGES, timesteps=[500])
+    for name, module in blocks.items():
+        assert given.pooled[(name, 500)].shape[1] == channels_of(module), name
+
+
+def test_bad_taps_are_refused_with_what_is_allowed():
+    pipe = testing.tiny_stable_diffusion()
+    with pytest.raises(ValueError, match="unknown denoiser block.*up9.*has down0, down1, mid, up0, up1"):
+        denoiser.image_features(pipe, IMAGES, blocks=["up9"])
+    with pytest.raises(ValueError, match="training timesteps in 0..999"):
+        denoiser.image_features(pipe, IMAGES, timesteps=[1000])
+    with pytest.raises(ValueError, match="no images"):
+        denoiser.image_features(pipe, [])
+    with pytest.raises(ValueError, match="at_steps must be step indices in 0..2"):
+        denoiser.generation_features(pipe, ["a"], num_inference_steps=3, at_steps=[3])
+    with pytest.raises(ValueError, match="has 2 labels for 3 images"):
+        probes.probe(pipe, IMAGES, {"color": ["red", "blue"]})
+
+
+def planted(n=240, width=48, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = [f"c{i % classes}" for i in range(n)]
+    x = rng.standard_normal((n, width))
+    directions = rng.standard_normal((classes, width)) * 3
+    x += directions[[int(l[1:]) for l in labels]]
+    return x, labels
+
+
+def test_probe_finds_a_planted_signal_and_nothing_in_shuffled_labels():
+    x, labels = planted()
+    accuracy, chance = probes.linear_probe(x, labels)
+    assert accuracy >= 0.95 and chance == pytest.approx(0.25, abs=0.05)
+    shuffled = list(np.random.default_rng(1).permutation(labels))
+    accuracy, chance = probes.linear_probe(x, shuffled)
+    assert accuracy <= chance + 0.15
+    with pytest.raises(ValueError, match="at least two classes"):
+        probes.linear_probe(x, ["a"] * len(x))
+
+
+def test_k_sae_has_exactly_k_active_latents_and_finds_pure_ones():
+    rng = np.random.default_rng(0)
+    labels = [f"c{i % 4}" for i in range(240)]
+    x = rng.standard_normal((240, 32))
+    x[np.arange(240), [int(l[1:]) for l in labels]] += 4.0  # each class: one sparse feature, random directions mix
+    sae = probes.train_sae(x, {"class": labels}, k=8, expansion=4, steps=400)
+    assert set((sae.activations != 0).sum(axis=1)) == {8}
+    assert sae.activations.shape == (240, 128) and 0 <= sae.dead_share < 1 and sae.reconstruction_error < 0.5
+    assert sae.mean_purity("class") > sae.random_purity["class"]
+    assert sae.monosemantic("class", 1.0)  # some latents fire only for one planted class
+    top = sae.top_images(sae.monosemantic("class", 1.0)[0][0])
+    assert len(set(labels[i] for i in top)) == 1
+    with pytest.raises(ValueError, match="k must be in 1..4"):
+        probes.TopKSAE(8, 4, 5)
+
+
+def test_pca_rgb_maps_a_spatial_feature():
+    feature = np.zeros((16, 8, 8), np.float32)
+    feature[0, :, :4] = 1.0  # left half differs from the right half
+    image = probes.pca_rgb(feature, size=64)
+    pixels = np.asarray(image)
+    assert image.size == (64, 64) and not np.array_equal(pixels[:, 0], pixels[:, -1])
+
+
+def test_toy_denoiser_knows_colour_and_shape_and_results_round_trip(tmp_path):
+    images, labels = world_probe_set(120, seed=0)
+    result = dl.probe(dl.load_pipeline("toy"), images, {"color": labels["color"], "shape": labels["shape"]},
+                      blocks=["mid", "up1"], timesteps=[50, 950])
+    up1, low, high = result.blocks.index("up1"), 0, 1
+    assert result.accuracy["color"][up1, low] >= 0.8 > result.chance["color"] * 3
+    assert result.accuracy["color"][up1, low] > result.accuracy["color"][up1, high]  # noise hides colour
+    assert result.accuracy["shape"][up1, low] >= 0.6
+    fig = result.figure("shape")
+    assert np.allclose(np.asarray(fig.data[0].z), result.accuracy["shape"])
+    again = dl.ProbeResult.load(result.save(tmp_path / "probe"))
+    assert again.blocks == result.blocks and np.allclose(again.accuracy["color"], result.accuracy["color"])
+    assert np.array_equal(again.features.matrix("up1", 50), result.features.matrix("up1", 50))
+    sae = again.sae("up1", 50, k=16, steps=300)
+    assert set((sae.activations != 0).sum(axis=1)) == {16}
+    assert sae.mean_purity("color") > sae.random_purity["color"] - 0.05
+
+
+def test_probe_command_line(tmp_path, capsys):
+    from difflens_widgets.cli import main
+
+    assert main(["probe", "--images", "36", "--blocks", "up1", "--timesteps", "50", "--sae", "up1@50",
+                 "--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "color: linear-probe accuracy" in out and "| up1 |" in out and "k-SAE on up1@50" in out
+    assert (tmp_path / "p" / "probe.json").exists() and (tmp_path / "p" / "probe.html").exists()
+    assert main(["probe", "--images", "nope.csv", "--out", str(tmp_path / "q")]) == 2
+    assert "neither a number nor a CSV" in capsys.readouterr().err
