@@ -198,7 +198,7 @@ def test_exports(dash):
     state = json.loads(text.split('id="dl-state">')[1].split("</script>")[0].replace("<\\/", "</"))
     assert state["model_info"]["frozen"] and state["status"] == "done"
     assert [f["layer"] for f in state["frames"]] == [f["layer"] for f in dash.frames]
-    assert base64.b64decode(state["frames"][0]["png"]) == dash.frames[0]["png"]
+    assert base64.b64decode(state["frames"][0]["png"]["$bytes"]) == dash.frames[0]["png"]
     with pytest.raises(ValueError, match="grid, gif or html"):
         dash.export("pdf")
 

@@ -140,3 +140,64 @@ def test_probe_command_line(tmp_path, capsys):
     assert (tmp_path / "p" / "probe.json").exists() and (tmp_path / "p" / "probe.html").exists()
     assert main(["probe", "--images", "nope.csv", "--out", str(tmp_path / "q")]) == 2
     assert "neither a number nor a CSV" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def toy_probe():
+    pipe = dl.load_pipeline("toy")
+    return dl.probe(pipe, 72, blocks=["mid", "up1"], timesteps=[50, 500]), pipe
+
+
+def test_denoiser_view_opens_a_state_on_click(toy_probe):
+    result, pipe = toy_probe
+    view = dl.DenoiserView(result, pipe)
+    best = np.unravel_index(result.accuracy["color"].argmax(), result.accuracy["color"].shape)
+    assert view.cell == f"{result.blocks[best[0]]}@{result.timesteps[best[1]]}" and view.status == "done"
+    assert view.tables["color"]["z"] == result.accuracy["color"].round(3).tolist()
+    assert view.tables["color"]["zmin"] == result.chance["color"]
+    view.cell = "mid@500"  # what a click on that heatmap cell sends
+    gallery = view.galleries["mid@500:color"]
+    sae = result.sae("mid", 500)
+    assert gallery["k"] == 32 and gallery["purity"] == round(sae.mean_purity("color"), 3)
+    first = gallery["latents"][0]
+    assert first["purity"] == max(p for p in sae.purity["color"] if p == p)
+    assert first["label"] == sae.label_of(first["latent"], "color") and first["images"][0][:4] == b"\x89PNG"
+    assert set(view.pca) == {"mid", "up1"} and all(png[:4] == b"\x89PNG" for png in view.pca.values())
+    view.label = "shape"
+    assert "mid@500:shape" in view.galleries
+    view.cell = "up9@50"
+    assert view.status == "error" and "must be BLOCK@T" in view.message
+
+
+def test_denoiser_view_in_chromium(toy_probe, tmp_path):
+    """The heatmap, a click on a cell, that state's gallery: in the browser, from the shipped bundle."""
+    from playwright.sync_api import sync_playwright
+
+    from difflens_widgets.widgets.standalone import widget_state, write_page
+
+    result, pipe = toy_probe
+    view = dl.DenoiserView(result, pipe)
+    opened = view.cell
+    view.cell = "mid@500"  # computed now, so the frozen page has it to show after the click
+    view.cell = opened
+    page_file = write_page(widget_state(view), tmp_path / "denoiser.html")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(page_file.as_uri())
+        page.wait_for_function("window.rendered === true")
+        assert page.locator(".dl-probe-heatmap .dl-hm-cell").count() == 4
+        assert page.locator(".dl-sae-latent").count() == 8
+        page.locator('.dl-hm-cell[data-y="mid"][data-x="500"]').click()
+        assert page.evaluate("window.model.get('cell')") == "mid@500"
+        assert "mid@500" in page.locator(".dl-sae-summary").inner_text()
+        first = page.locator(".dl-sae-latent").first
+        assert first.get_attribute("data-latent") == str(view.galleries["mid@500:color"]["latents"][0]["latent"])
+        page.wait_for_function("document.querySelector('.dl-sae-images img').naturalWidth === 48")
+        assert page.locator('.dl-hm-cell.dl-hm-marked').count() == 1
+        page.screenshot(path=str(tmp_path / "denoiser.png"), full_page=True)
+        browser.close()
+    assert errors == []

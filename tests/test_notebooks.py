@@ -17,7 +17,7 @@ def outputs_of(book, kind: str) -> list:
 
 
 def test_notebooks_are_stored_without_outputs():
-    assert len(NOTEBOOKS) == 5
+    assert len(NOTEBOOKS) == 6
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         assert all(not c.get("outputs") and c.get("execution_count") is None
@@ -36,5 +36,5 @@ def test_notebook_executes(path, tmp_path):
     assert not errors
     if path.stem != "05_real_models_gpu":
         assert outputs_of(book, "image/png"), "every toy notebook shows at least one picture"
-    if path.stem in ("01_quickstart", "04_raw_vs_tuned"):
+    if path.stem in ("01_quickstart", "04_raw_vs_tuned", "06_denoiser_probes"):
         assert outputs_of(book, "application/vnd.jupyter.widget-view+json")

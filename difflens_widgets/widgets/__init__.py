@@ -10,7 +10,11 @@ def __getattr__(name: str):
         from .sweep_view import SweepView
 
         return SweepView
+    if name == "DenoiserView":
+        from .denoiser_view import DenoiserView
+
+        return DenoiserView
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LensDashboard", "SweepView", "TrainingView"]
+__all__ = ["DenoiserView", "LensDashboard", "SweepView", "TrainingView"]

@@ -22,10 +22,11 @@ dashboard: the slider, arrow keys, heatmaps and toggles work; running needs the 
 <script type="application/json" id="dl-state">{state}</script>
 <script type="module">
 const bundle = atob("{bundle}");
-const state = JSON.parse(document.getElementById("dl-state").textContent);
 const toView = (b64) => {{ const s = atob(b64); const a = new Uint8Array(s.length);
   for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i); return new DataView(a.buffer); }};
-for (const key of ["frames", "previews"]) for (const f of state[key] || []) f.png = toView(f.png);
+// bytes were written as {{"$bytes": base64}}: give them back as anywidget hands binary buffers over (DataViews)
+const state = JSON.parse(document.getElementById("dl-state").textContent,
+  (key, value) => (value && typeof value === "object" && "$bytes" in value ? toView(value.$bytes) : value));
 const listeners = {{}};
 window.sent = [];
 window.model = {{ get: (k) => state[k], set: (k, v) => {{ state[k] = v; (listeners["change:" + k] || []).forEach((f) => f()); }},
@@ -40,18 +41,21 @@ window.rendered = true;
 def standalone_html(state: dict) -> str:
     """One HTML page showing a dashboard ``state`` (trait name → value, PNG bytes as bytes)."""
     frozen = dict(state, model_info=dict(state.get("model_info") or {}, frozen=True))
-    for key in ("frames", "previews"):
-        frozen[key] = [dict(f, png=base64.b64encode(f["png"]).decode()) for f in frozen.get(key) or []]
-    text = json.dumps(frozen, default=_plain).replace("</", "<\\/")  # no "</script>" inside the script element
+    text = json.dumps(_encode_bytes(frozen)).replace("</", "<\\/")  # no "</script>" inside the script element
     title = str(frozen.get("prompt", "")).replace("&", "&amp;").replace("<", "&lt;")
     return PAGE.format(title=title, css=(STATIC / "widget.css").read_text(), state=text,
                        bundle=base64.b64encode((STATIC / "widget.js").read_bytes()).decode())
 
 
-def _plain(value):
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} cannot be written into the page")
+def _encode_bytes(value):
+    """The state as JSON-ready values: bytes (PNGs, wherever they sit) as ``{"$bytes": base64}``, tuples as lists."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {k: _encode_bytes(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_bytes(v) for v in value]
+    return value
 
 
 def dashboard_state(panels: list[Panel], model_info: dict, selected_layer: int | None = None, **traits) -> dict:
@@ -75,6 +79,11 @@ def dashboard_state(panels: list[Panel], model_info: dict, selected_layer: int |
                      "guidance": result.params.get("guidance_scale"), "compare": "none", "options": {}},
         "frames": panel_frames(panels), "heatmaps": heatmap_specs(result, tuned), **traits,
     }
+
+
+def widget_state(widget) -> dict:
+    """Every synced trait the widget's class adds to anywidget's own, as it is now (for :func:`standalone_html`)."""
+    return {name: getattr(widget, name) for name in type(widget).synced_traits()}
 
 
 def write_page(state: dict, path: str | Path) -> Path:

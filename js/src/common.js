@@ -12,14 +12,16 @@ export const EL = (tag, attrs = {}, children = []) => {
   return node;
 };
 
+// PNG bytes as anywidget hands them over (a DataView of a binary buffer) or as plain bytes.
+export const bytesOf = (png) => (png instanceof DataView ? new Uint8Array(png.buffer, png.byteOffset, png.byteLength) : png);
+
 export class ImageUrls {
   // Object URLs for PNG buffers, keyed by "kind:layer:seed"; revoked when replaced.
   constructor() { this.urls = new Map(); }
   set(kind, frames) {
     for (const [key, url] of this.urls) if (key.startsWith(kind + ":")) { URL.revokeObjectURL(url); this.urls.delete(key); }
     for (const f of frames || []) {
-      const bytes = f.png instanceof DataView ? new Uint8Array(f.png.buffer, f.png.byteOffset, f.png.byteLength) : f.png;
-      this.urls.set(`${kind}:${f.layer}:${f.seed}`, URL.createObjectURL(new Blob([bytes], { type: "image/png" })));
+      this.urls.set(`${kind}:${f.layer}:${f.seed}`, URL.createObjectURL(new Blob([bytesOf(f.png)], { type: "image/png" })));
     }
   }
   get(kind, layer, seed) { return this.urls.get(`${kind}:${layer}:${seed}`); }

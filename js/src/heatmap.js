@@ -22,7 +22,8 @@ export function colour(value, zmin, zmax) {
 
 const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3));
 
-export function drawHeatmap(container, spec, { selected = null, onSelect = null } = {}) {
+export function drawHeatmap(container, spec, { selected = null, onSelect = null, selectedCell = null } = {}) {
+  // selected: a column (x) value marked in every row; selectedCell: one {x, y} cell marked alone
   const { x, y, z } = spec;
   const zmin = spec.zmin ?? Math.min(...z.flat());
   const zmax = spec.zmax ?? Math.max(...z.flat());
@@ -33,14 +34,15 @@ export function drawHeatmap(container, spec, { selected = null, onSelect = null 
     grid.append(EL("div", { class: `dl-hm-label${isSelectedRow ? " dl-hm-marked" : ""}`, text: String(y[r]) }));
     for (let c = 0; c < x.length; c++) {
       const value = z[r][c];
-      const marked = selected !== null && (x[c] === selected || isSelectedRow);
+      const marked = (selected !== null && (x[c] === selected || isSelectedRow))
+        || (selectedCell !== null && x[c] === selectedCell.x && y[r] === selectedCell.y);
       const cell = EL("div", {
         class: `dl-hm-cell${marked ? " dl-hm-marked" : ""}`, role: "gridcell",
         title: `${spec.y_title} ${y[r]}, ${spec.x_title} ${x[c]}: ${spec.scale} ${fmt(value)}`,
         "data-x": String(x[c]), "data-y": String(y[r]), "data-value": String(value),
       });
       cell.style.background = colour(value, zmin, zmax);
-      if (onSelect) cell.addEventListener("click", () => onSelect(x[c]));
+      if (onSelect) cell.addEventListener("click", () => onSelect(x[c], y[r]));
       grid.append(cell);
     }
   }
