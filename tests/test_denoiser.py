@@ -201,3 +201,17 @@ def test_denoiser_view_in_chromium(toy_probe, tmp_path):
         page.screenshot(path=str(tmp_path / "denoiser.png"), full_page=True)
         browser.close()
     assert errors == []
+
+
+def test_conv_head_reads_where_a_feature_sits_which_pooling_loses():
+    rng = np.random.default_rng(0)
+    sides = ["left" if i % 2 else "right" for i in range(160)]
+    spatial = rng.standard_normal((160, 4, 6, 6)).astype(np.float32) * 0.3
+    for i, side in enumerate(sides):
+        columns = slice(0, 3) if side == "left" else slice(3, 6)
+        spatial[i, 0, :, columns] += 2.0  # the same mass, on one side or the other
+    linear, chance = probes.linear_probe(spatial.mean(axis=(2, 3)), sides)
+    conv, _ = probes.conv_probe(spatial, sides)
+    assert conv >= 0.95 and linear <= chance + 0.2
+    with pytest.raises(ValueError, match="head must be 'linear' or 'conv'"):
+        probes.probe(testing.tiny_stable_diffusion(), IMAGES, {"c": ["a", "b", "a"]}, head="mlp")
