@@ -23,7 +23,7 @@ _EXPORTS = {
     "run_panels": "panels", "Panel": "panels", "sweep": "sweeps", "probe": "probes", "ProbeResult": "probes",
     # anywidget only when asked for: the engine stays widget-free
     "LensDashboard": "widgets", "TrainingView": "widgets", "SweepView": "widgets",
-    "DenoiserView": "widgets",
+    "DenoiserView": "widgets", "lens_and_denoiser": "widgets",
 }
 _SUBMODULES = ("adapters", "cli", "denoiser", "engine", "exports", "lens_options", "magics", "memory", "models",
                "options", "panels", "probes", "results", "scorers", "similarity", "sweep_report", "sweeps", "testing",
@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve l
     from .results import LensResult
     from .tracker import LensTracker
     from .tuning import Comparison, compare, load_tuned
-    from .widgets import DenoiserView, LensDashboard, SweepView, TrainingView
+    from .widgets import DenoiserView, LensDashboard, SweepView, TrainingView, lens_and_denoiser
 
 
 def __getattr__(name: str):

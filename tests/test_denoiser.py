@@ -169,6 +169,15 @@ def test_denoiser_view_opens_a_state_on_click(toy_probe):
     assert view.status == "error" and "must be BLOCK@T" in view.message
 
 
+def test_lens_and_denoiser_tabs(toy_probe):
+    result, pipe = toy_probe
+    tabs = dl.lens_and_denoiser(pipe, result, prompt="a red circle")
+    assert tabs.titles == ("Lens", "Denoiser")
+    lens_tab, denoiser_tab = tabs.children
+    assert isinstance(lens_tab, dl.LensDashboard) and lens_tab.prompt == "a red circle"
+    assert isinstance(denoiser_tab, dl.DenoiserView) and denoiser_tab.result is result
+
+
 def test_denoiser_view_in_chromium(toy_probe, tmp_path):
     """The heatmap, a click on a cell, that state's gallery: in the browser, from the shipped bundle."""
     from playwright.sync_api import sync_playwright

@@ -10,11 +10,11 @@ def __getattr__(name: str):
         from .sweep_view import SweepView
 
         return SweepView
-    if name == "DenoiserView":
-        from .denoiser_view import DenoiserView
+    if name in ("DenoiserView", "lens_and_denoiser"):
+        from . import denoiser_view
 
-        return DenoiserView
+        return getattr(denoiser_view, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DenoiserView", "LensDashboard", "SweepView", "TrainingView"]
+__all__ = ["DenoiserView", "LensDashboard", "SweepView", "TrainingView", "lens_and_denoiser"]

@@ -99,3 +99,20 @@ class DenoiserView(anywidget.AnyWidget):
                                   keep_spatial=True)
         self.pca = {block: png_bytes(pca_rgb(features.spatial[(block, step)][0], size=96))
                     for block in self.result.blocks}
+
+
+def lens_and_denoiser(pipe, probe_result: ProbeResult | None = None, *, images: int = 240, **dashboard_inputs):
+    """The dashboard with its two faces as tabs: "Lens" (a LensDashboard on ``pipe``) and "Denoiser" (a DenoiserView
+    of ``probe_result``, or of a fresh probe on ``images`` toy-world renders when the model is the toy one)."""
+    import ipywidgets
+
+    from ..engine import Lens
+    from ..probes import probe
+    from .dashboard import LensDashboard
+
+    lens = Lens.of(pipe)
+    if probe_result is None:
+        probe_result = probe(lens.pipe, images)
+    tabs = ipywidgets.Tab(children=[LensDashboard(lens, **dashboard_inputs), DenoiserView(probe_result, lens.pipe)])
+    tabs.titles = ("Lens", "Denoiser")
+    return tabs
