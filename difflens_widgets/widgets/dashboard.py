@@ -421,16 +421,11 @@ class LensDashboard(LensDisplay, LensInputs):
         if kind == "gif":
             return f"{stem}.gif", exports.gif_bytes(self.panels_result)
         if kind == "html":
-            from .standalone import standalone_html
+            from .standalone import standalone_html, widget_state
 
-            return f"{stem}.html", standalone_html(self._frozen_state()).encode()
+            frozen = dict(widget_state(self), status="done", message="", previews=[])
+            return f"{stem}.html", standalone_html(frozen).encode()
         raise ValueError(f"unknown export {kind!r}; choose grid, gif or html")
-
-    def _frozen_state(self) -> dict:
-        """Every synced trait as it is now: what the HTML export renders."""
-        state = {name: getattr(self, name) for name in self.default_state()}
-        state["status"], state["message"], state["previews"] = "done", "", []
-        return state
 
     def _send_export(self, kind: str) -> None:
         try:

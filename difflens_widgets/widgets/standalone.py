@@ -10,8 +10,7 @@ import base64
 import json
 from pathlib import Path
 
-from ..panels import Panel
-from .dashboard import STATIC, LensDashboard, panel_frames
+from .dashboard import STATIC
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Diffusion Lens: {title}</title>
 <style>{css}
@@ -56,29 +55,6 @@ def _encode_bytes(value):
     if isinstance(value, (list, tuple)):
         return [_encode_bytes(v) for v in value]
     return value
-
-
-def dashboard_state(panels: list[Panel], model_info: dict, selected_layer: int | None = None, **traits) -> dict:
-    """The traits a LensDashboard would hold after showing ``panels`` (for a page made without a live widget)."""
-    from ..similarity import heatmap_specs
-
-    result = panels[0].result
-    tuned = next((p.result for p in panels if p.key == "tuned"), None)
-    return {
-        **LensDashboard.default_state(),  # every trait the front-end reads, so this page cannot drift from it
-        "prompt": result.prompt, "seeds": ",".join(map(str, result.seeds)),
-        "num_inference_steps": result.params.get("num_inference_steps", 20),
-        "guidance_scale": result.params.get("guidance_scale", 7.5),
-        "selected_layer": result.layers[-1] if selected_layer is None else selected_layer,
-        "model_info": model_info, "status": "done", "progress": 1.0,
-        "run_layers": result.layers, "run_seeds": result.seeds, "panels": [p.spec() for p in panels],
-        "run_info": {"prompt": result.prompt, "model": model_info.get("name", ""), "encoder":
-                     result.params.get("encoder"), "num_layers": result.params.get("num_layers"),
-                     "own_layer": model_info.get("own_layer", result.params.get("num_layers")),
-                     "final_norm": result.params.get("final_norm"), "steps": result.params.get("num_inference_steps"),
-                     "guidance": result.params.get("guidance_scale"), "compare": "none", "options": {}},
-        "frames": panel_frames(panels), "heatmaps": heatmap_specs(result, tuned), **traits,
-    }
 
 
 def widget_state(widget) -> dict:
