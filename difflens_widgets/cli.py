@@ -165,8 +165,9 @@ def _probe_images(spec: str):
 
 def _probe(args) -> int:
     import difflens_widgets as dl
-    from .probes import probe
+    from .probes import probe, require_sklearn
 
+    require_sklearn()
     images, labels = _probe_images(args.images)
     sae_block, _, sae_t = (args.sae or "").partition("@")
     if args.sae and not sae_t.isdigit():
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": _run, "sweep": _sweep, "probe": _probe, "report": _report}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, MemoryError) as err:
+    except (ValueError, TypeError, FileNotFoundError, MemoryError, ImportError) as err:
         print(f"difflens: error: {err}", file=sys.stderr)
         return 2
 

@@ -31,12 +31,17 @@ PURITY_TOP = 10
 
 
 # ---- linear probes ---------------------------------------------------------------------------------------------
+def require_sklearn() -> None:
+    """One clear line when the ``[probe]`` extra is missing, before any model work."""
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
+        raise ImportError("probes need scikit-learn: pip install 'difflens-widgets[probe]'")
+
+
 def linear_probe(features: np.ndarray, labels, *, seed: int = 0, test_size: float = 0.3) -> tuple[float, float]:
     """(held-out accuracy, chance) of a logistic-regression probe predicting ``labels`` from ``features``."""
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise ImportError("probes need scikit-learn: pip install 'difflens-widgets[probe]'") from None
+    require_sklearn()
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline

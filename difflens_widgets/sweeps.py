@@ -33,8 +33,10 @@ PROMPT_COLUMNS = ("prompt", "family", "objects")  # optional columns besides pro
 
 
 def _require(module: str):
+    import importlib
+
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError:
         raise ImportError(f"sweeps need {module}: pip install 'difflens-widgets[scale]' (Ray, pyarrow, pandas)") from None
 
@@ -258,6 +260,8 @@ def sweep(prompts: str | Path | list, out: str | Path, *, model: str = "toy", la
     or ``"clip:<model id or folder>"``, ``"auto"`` (the annotator on the toy model, CLIP elsewhere) or callables
     ``scorer(image, prompt_row) -> {column: value}``. ``ray=True`` distributes prompts over ``workers`` Ray actors.
     """
+    for module in ("pyarrow", "pandas") + (("ray",) if ray else ()):
+        _require(module)  # before any work: a missing extra is one clear line
     rows = read_prompts(prompts) if isinstance(prompts, (str, Path)) else normalise_prompts(list(prompts))
     seed_list = options.parse_seeds(seeds)
     allowed = {o.name for o in lens_options.OPTIONS if "sweep" in o.surfaces and o.run_keyword} - {"layers", "seeds"}

@@ -197,3 +197,28 @@ def test_sweep_view_browses_the_stored_images(tmp_path):
     assert view.emergence["layers"] == [0, 4, 8] and "relation" in view.emergence["curves"]
     with pytest.raises(ValueError, match="has no rows"):
         view.sweep_selected = 99
+
+
+def test_a_missing_extra_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    import importlib
+    import importlib.util
+
+    from difflens_widgets.cli import main
+
+    real_import, real_find = importlib.import_module, importlib.util.find_spec
+
+    def without_pyarrow(name, *args):
+        if name == "pyarrow":
+            raise ImportError("No module named 'pyarrow'")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_pyarrow)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real_find(name, *a))
+    monkeypatch.setattr(dl, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    path = prompts_file(tmp_path, 1)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "s")]) == 2
+    assert main(["probe", "--images", "12", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["difflens: error: sweeps need pyarrow: pip install 'difflens-widgets[scale]' (Ray, pyarrow, pandas)",
+                   "difflens: error: probes need scikit-learn: pip install 'difflens-widgets[probe]'"]
+    assert not (tmp_path / "s").exists()
