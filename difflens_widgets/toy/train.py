@@ -218,7 +218,7 @@ def train_unet(out: Path, steps: int, batch_size: int, seed: int, lr: float, che
         if done % export_every == 0 or done == steps or out_of_time:
             export(done)
         if out_of_time:
-            log(out, stage="unet", stopped_at=done, reason=f"--max-minutes reached; rerun to resume")
+            log(out, stage="unet", stopped_at=done, reason="--max-minutes reached; rerun to resume")
             break
 
 
