@@ -317,8 +317,9 @@ class Lens:
             variants = plan.per_token(index) if params["per_token"] else [(None, plan.conditions(index))]
             count = int(lensed.mask[index].sum()) if params["per_token"] else 1  # one pass per real token
             for number, (variant, (cond, uncond, embeddings)) in enumerate(variants):
+                token = None if variant is None else variant[0]
                 result = self._denoise_all(text, index, cond, uncond, embeddings, lensed, params, max_batch,
-                                           _share(progress, number, count, variant), variant, cancelled)
+                                           share_progress(progress, number, count, token), variant, cancelled)
                 if result.complete and use_cache and variant is None:
                     self._cache_put(keys[index], result)
                 results.append(result)
@@ -443,15 +444,15 @@ class Lens:
             self._cache.popitem(last=False)
 
 
-def _share(progress, number: int, count: int, variant) -> ProgressCallback | None:
-    """Progress of the ``number``-th of ``count`` equal passes (per-token runs) as one run's progress, previews
-    tagged with the pass's token position."""
-    if progress is None or (count == 1 and variant is None):
+def share_progress(progress, number: int, count: int, token: int | None = None) -> ProgressCallback | None:
+    """Progress of the ``number``-th of ``count`` equal passes reported as one run's (per-token passes, raw then
+    tuned, the panels of a comparison); previews tagged with ``token``, the pass's token position, when given."""
+    if progress is None or (count == 1 and token is None):
         return progress
 
     def report(done, total, preview):
-        if preview is not None and variant is not None:
-            preview = dataclasses.replace(preview, token=variant[0])
+        if preview is not None and token is not None:
+            preview = dataclasses.replace(preview, token=token)
         return progress(number * total + done, count * total, preview)
 
     return report

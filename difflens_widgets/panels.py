@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from . import lens_options
-from .engine import Lens, Preview
+from .engine import Lens, Preview, share_progress
 from .results import LensResult, labelled_grid
 
 # viridis at five stops, as js/src/heatmap.js draws its scales: even in lightness, readable projected and in grey
@@ -109,14 +109,16 @@ def _token_text(result: LensResult) -> str:
 
 
 def _share(progress: PanelProgress | None, number: int, count: int, key: str):
+    """:func:`~difflens_widgets.engine.share_progress` for the ``number``-th panel run, naming the panel (a
+    per-token preview names its token's panel)."""
     if progress is None:
         return None
 
-    def report(done: int, total: int, preview: Preview | None):
+    def keyed(done: int, total: int, preview: Preview | None):
         token = getattr(preview, "token", None)
-        return progress(number * total + done, count * total, preview, key if token is None else f"token{token}")
+        return progress(done, total, preview, key if token is None else f"token{token}")
 
-    return report
+    return share_progress(keyed, number, count)
 
 
 def difference_panel(raw: LensResult, tuned: LensResult) -> Panel:

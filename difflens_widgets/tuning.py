@@ -13,14 +13,13 @@ import importlib.util
 import copy
 import inspect
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .engine import Lens, ProgressCallback
+from .engine import Lens, ProgressCallback, share_progress
 from .results import LensResult
 
 WHAT_WE_LOAD = (
@@ -248,14 +247,9 @@ def compare(raw, tuned, prompt: str, *, progress: ProgressCallback | None = None
     raw_lens, tuned_lens = Lens.of(raw), Lens.of(tuned)
     check_compatible(raw_lens.pipe, tuned_lens.pipe)
 
-    def half(offset: int) -> Callable | None:
-        if progress is None:
-            return None
-        return lambda done, total, preview: progress(offset * total + done, 2 * total, preview)
-
-    raw_result = raw_lens.run(prompt, progress=half(0), **lens_options)
+    raw_result = raw_lens.run(prompt, progress=share_progress(progress, 0, 2), **lens_options)
     if not raw_result.complete:
         empty = LensResult(prompt, raw_result.layers, raw_result.seeds, {}, {}, raw_result.tokens,
                            dict(raw_result.params), complete=False)
         return Comparison(raw_result, empty)
-    return Comparison(raw_result, tuned_lens.run(prompt, progress=half(1), **lens_options))
+    return Comparison(raw_result, tuned_lens.run(prompt, progress=share_progress(progress, 1, 2), **lens_options))
