@@ -17,6 +17,7 @@ from .sweeps import load_manifest, load_rows
 
 ID_COLUMNS = {"prompt_id", "prompt", "family", "layer", "seed", "image", "options"}
 EMERGENCE_FRACTION = 0.8
+NO_FAMILY = "(no family)"  # the family of prompt rows that name none
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -35,7 +36,7 @@ def score_columns(rows) -> list[str]:
 def curves(rows) -> dict:
     """{score: {family: {"layers", "mean", "low", "high", "n", "prompts", "emergence_layer"}}}."""
     out = {}
-    rows = rows.assign(family=rows["family"].replace("", "(no family)"))
+    rows = rows.assign(family=rows["family"].replace("", NO_FAMILY))
     for column in score_columns(rows):
         values = rows[["family", "layer", "prompt_id", column]].dropna(subset=[column])
         boolean = values[column].map(lambda v: isinstance(v, bool) or str(v) in ("True", "False")).all()

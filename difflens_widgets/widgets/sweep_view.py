@@ -9,6 +9,7 @@ from pathlib import Path
 
 import traitlets as t
 
+from ..sweep_report import NO_FAMILY, curves
 from ..sweeps import load_manifest, load_rows
 from .dashboard import LensDisplay
 
@@ -31,6 +32,7 @@ class SweepView(LensDisplay):
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         self.rows = load_rows(self.folder)
+        self._curves: dict | None = None
         spec = self.manifest["spec"]
         firsts = self.rows.drop_duplicates("prompt_id").sort_values("prompt_id")
         self.sweep_entries = [{"id": int(r.prompt_id), "prompt": r.prompt, "family": r.family}
@@ -58,7 +60,8 @@ class SweepView(LensDisplay):
         self.run_info = {"prompt": self.prompt, "model": spec["model"], "encoder": spec.get("encoder") or "default",
                          "num_layers": self.model_info["num_layers"], "own_layer": self.model_info["own_layer"],
                          "final_norm": options.get("final_norm", True) is not False,
-                         "steps": options.get("num_inference_steps", 20), "guidance": options.get("guidance_scale", 7.5),
+                         "steps": options.get("num_inference_steps", 20),
+                         "guidance": options.get("guidance_scale", 7.5),
                          "compare": "none", "options": {"family": first["family"]} if first["family"] else {}}
         self.frames = [{"layer": int(r.layer), "seed": int(r.seed), "kind": "lens",
                         "png": (self.folder / r.image).read_bytes()} for r in rows.itertuples()]
@@ -78,17 +81,16 @@ class SweepView(LensDisplay):
         return out
 
     def _family_curve(self, family: str) -> dict:
-        """The family's emergence curve over all its prompts and seeds (what `difflens report` plots)."""
-        columns = [q for q in QUESTIONS if q in self.rows.columns]
-        if not columns:
+        """The family's emergence curve over all its prompts and seeds: the annotator's shares from the curves
+        `difflens report` plots (computed once per view)."""
+        if self._curves is None:
+            self._curves = curves(self.rows)
+        name = family or NO_FAMILY
+        found = {q: self._curves[q]["families"][name] for q in QUESTIONS
+                 if q in self._curves and name in self._curves[q]["families"]}
+        if not found:
             return {}
-        group = self.rows[self.rows["family"] == family]
-        layers = sorted(int(l) for l in group["layer"].unique())
-        curves = {}
-        for q in columns:
-            values = group.dropna(subset=[q])
-            if values.empty:
-                continue
-            share = values.groupby("layer")[q].apply(lambda v: float(v.astype(float).mean()))
-            curves[q] = [round(float(share[l]), 4) if l in share.index else None for l in layers]
-        return {"layers": layers, "curves": curves, "title": f"family {family or '(none)'}"} if curves else {}
+        layers = sorted({l for c in found.values() for l in c["layers"]})
+        shares = {q: dict(zip(c["layers"], c["mean"])) for q, c in found.items()}
+        curve = {q: [round(share[l], 4) if l in share else None for l in layers] for q, share in shares.items()}
+        return {"layers": layers, "curves": curve, "title": f"family {family or '(none)'}"}
