@@ -184,20 +184,20 @@ def image_features(pipe, images: Sequence[Image.Image], timesteps=(100, 500, 900
                 sink: dict[str, list[torch.Tensor]] = {}
                 with tapped(adapter, chosen, sink):
                     denoiser(*call_args, **call_kwargs)
-                _collect(features, sink, t, keep_spatial)
+                _collect(features, {name: calls[-1] for name, calls in sink.items()}, t, keep_spatial)
     return features
 
 
-def _collect(features: Features, sink: dict, t: int, keep_spatial: bool, take=None) -> None:
-    for name, outputs in sink.items():
-        feature = outputs[-1] if take is None else take(outputs)
-        pooled = _pool(feature)
-        key = (name, t)
-        features.pooled[key] = pooled if key not in features.pooled else np.concatenate([features.pooled[key], pooled])
+def _collect(features: Features, outputs: dict[str, torch.Tensor], t: int, keep_spatial: bool) -> None:
+    """Add one batch's block outputs at timestep ``t`` to ``features`` (pooled, and spatial if kept)."""
+    for name, feature in outputs.items():
+        _append(features.pooled, (name, t), _pool(feature))
         if keep_spatial:
-            spatial = feature.numpy()
-            features.spatial[key] = spatial if key not in features.spatial else np.concatenate(
-                [features.spatial[key], spatial])
+            _append(features.spatial, (name, t), feature.numpy())
+
+
+def _append(store: dict, key: tuple, rows: np.ndarray) -> None:
+    store[key] = rows if key not in store else np.concatenate([store[key], rows])
 
 
 def generation_features(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), num_inference_steps: int = 20,
@@ -226,9 +226,8 @@ def generation_features(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = 
             features.images.append(out.images[0])
             timesteps = [int(t) for t in pipe.scheduler.timesteps[:steps]]
             for step in sorted(wanted):
-                step_sink = {name: [calls[step]] for name, calls in sink.items()}
-                _collect(features, {k: [_conditional(v[0])] for k, v in step_sink.items()}, timesteps[step],
-                         keep_spatial)
+                _collect(features, {name: _conditional(calls[step]) for name, calls in sink.items()},
+                         timesteps[step], keep_spatial)
             features.timesteps = [timesteps[s] for s in sorted(wanted)]
     return features
 

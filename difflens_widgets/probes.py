@@ -146,9 +146,7 @@ class SaeResult:
 
     def top_images(self, latent: int, n: int = PURITY_TOP) -> list[int]:
         """Indices of the images that activate ``latent`` most (only those that activate it at all)."""
-        column = self.activations[:, latent]
-        order = np.argsort(-column, kind="stable")[:n]
-        return [int(i) for i in order if column[i] > 0]
+        return top_rows(self.activations[:, latent], n)
 
     def label_of(self, latent: int, label: str) -> str | None:
         top = self.top_images(latent)
@@ -164,12 +162,16 @@ class SaeResult:
         return sorted(rows, key=lambda r: -r[2])
 
 
+def top_rows(column: np.ndarray, n: int) -> list[int]:
+    """The ``n`` rows with the highest scores, highest first, among those scoring above zero."""
+    return [int(i) for i in np.argsort(-column, kind="stable")[:n] if column[i] > 0]
+
+
 def purity_of(scores: np.ndarray, labels: list, top: int = PURITY_TOP) -> np.ndarray:
     """Per column of ``scores`` (images × units): the share of its top images carrying their commonest label."""
     out = np.full(scores.shape[1], np.nan)
     for j in range(scores.shape[1]):
-        column = scores[:, j]
-        order = [i for i in np.argsort(-column, kind="stable")[:top] if column[i] > 0]
+        order = top_rows(scores[:, j], top)
         if order:
             out[j] = Counter(labels[i] for i in order).most_common(1)[0][1] / len(order)
     return out

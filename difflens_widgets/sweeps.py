@@ -149,6 +149,7 @@ def _first_difference(a, b) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename: readers see the whole file or none (a killed writer leaves none)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -208,11 +209,9 @@ class PromptWorker:
             for scorer in self.scorers:
                 record.update(scorer(image, prompt))
             records.append(record)
-        table = pa.Table.from_pylist(records)
-        target = row_file(self.out, prompt["id"])
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)  # the prompt's commit: rows appear whole or not at all
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(records), buffer)
+        _write_atomic(row_file(self.out, prompt["id"]), buffer.getvalue().to_pybytes())  # the prompt's commit
         seconds = time.perf_counter() - started
         self.seconds += seconds
         self.images += len(records)
