@@ -144,8 +144,7 @@ class LensDashboard(LensDisplay, LensInputs):
         self._pending: dict | None = None
         self._lock = threading.Lock()
         self.max_batch: int | None = None  # images per pipeline call (None: from free memory)
-        self.encoder = kwargs.get("encoder", "")
-        self._use_encoder(self.encoder)
+        self.encoder = kwargs.get("encoder", "")  # its validator picks the Lens (a set always validates)
         if "final_norm" not in kwargs:  # default: the pipeline's own convention (False for SDXL)
             self.final_norm = self._lens.adapter.own_final_norm
         self.observe(self._check_inputs, names=[n for n in self.inputs() if n not in ("selected_layer",
