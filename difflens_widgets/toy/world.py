@@ -8,16 +8,18 @@ Caption families mirror the Diffusion Lens paper's experiments:
 =============  ==========================================
 family         example
 =============  ==========================================
-``empty``      ``""`` (for classifier-free guidance)
+``empty``      ``""``: any scene, its caption dropped (for classifier-free guidance)
 ``object``     ``"a triangle"`` (colour not named)
 ``colored``    ``"a red triangle"``
 ``and``        ``"a red triangle and a blue circle"``
 ``relation``   ``"a red triangle above a blue circle"`` / ``"a blue circle below a red triangle"``
 =============  ==========================================
 
-Frequency control: ``hexagon`` and ``pink`` are *rare*: each is drawn for about 1% of objects, so common-vs-uncommon
-concept retrieval can be studied. Held-out pairs: a fixed 10% of the two-object combinations never appear in training
-and form the evaluation set for the ``and`` and ``relation`` families.
+Graded concept frequency, so "common concepts emerge before rare ones" can be measured: colours come in four
+frequency tiers (:data:`COLOR_TIERS`), about 25%, 8.5%, 2.5% and 0.85% of objects per colour, two or three colours
+per tier so a tier's curve is not one colour's quirk. Shapes are uniform. Held-out pairs: a fixed 10% of the
+two-object combinations of the *core* colours (the two most frequent tiers) never appear in training and form the
+held-out evaluation set for the ``and`` and ``relation`` families.
 """
 
 from __future__ import annotations
@@ -29,31 +31,43 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-COMMON_SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-RARE_SHAPES = ("hexagon",)
-SHAPES = COMMON_SHAPES + RARE_SHAPES
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (30, 160, 60),
     "blue": (35, 75, 215),
     "yellow": (235, 200, 20),
-    "purple": (130, 50, 175),
     "orange": (245, 125, 20),
-    "pink": (255, 120, 200),  # rare
+    "purple": (130, 50, 175),
+    "cyan": (0, 180, 195),
+    "pink": (255, 120, 200),
+    "brown": (125, 80, 40),
 }
-COMMON_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
-RARE_COLORS = ("pink",)
+# Frequency tiers: (colours, relative weight per colour). Shares per colour: 30/118 ≈ 25%, 10/118 ≈ 8.5%,
+# 3/118 ≈ 2.5%, 1/118 ≈ 0.85% of objects.
+COLOR_TIERS: dict[str, tuple[tuple[str, ...], int]] = {
+    "common": (("red", "green", "blue"), 30),
+    "uncommon": (("yellow", "orange"), 10),
+    "rare": (("purple", "cyan"), 3),
+    "very rare": (("pink", "brown"), 1),
+}
+COLOR_FREQUENCY: dict[str, float] = {
+    color: weight / sum(len(cs) * w for cs, w in COLOR_TIERS.values())
+    for cs, weight in COLOR_TIERS.values() for color in cs
+}
+TIER_OF_COLOR = {color: tier for tier, (cs, _) in COLOR_TIERS.items() for color in cs}
+CORE_COLORS = COLOR_TIERS["common"][0] + COLOR_TIERS["uncommon"][0]  # enough data for every pair to be learned
 
 BACKGROUND = (240, 240, 236)
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 SIZES = {"small": 0.11, "large": 0.17}  # radius as a fraction of the image side
-RARE_PROBABILITY = 0.01
+RELATION_MARGIN = 6.0  # pixels: the centres differ at least this much along the relation's axis
 
-# Share of each caption family in training. Two-object captions are about half of the data: the pilot showed that
-# binding is where a tiny model is weakest and where the lens has most to show.
-FAMILY_WEIGHTS = {"empty": 0.10, "object": 0.10, "colored": 0.25, "and": 0.20, "relation": 0.35}
+# Share of each caption family in training. Two-object captions are about two thirds of the data: binding and
+# relations are where a small model is weakest and where the lens has most to show.
+FAMILY_WEIGHTS = {"empty": 0.10, "object": 0.05, "colored": 0.20, "and": 0.20, "relation": 0.45}
 HELD_OUT_FRACTION = 0.10
 HELD_OUT_SEED = 1234
 
@@ -102,8 +116,9 @@ def pair_key(a: tuple[str, str], b: tuple[str, str]) -> tuple[tuple[str, str], t
 
 
 def held_out_pairs() -> frozenset:
-    """The fixed set of (color, shape) pairs that training never shows together; same on every machine."""
-    objects = list(itertools.product(COMMON_COLORS, COMMON_SHAPES))
+    """The fixed set of core-colour (color, shape) pairs that training never shows together; same on every
+    machine."""
+    objects = list(itertools.product(CORE_COLORS, SHAPES))
     pairs = [pair_key(a, b) for a, b in itertools.combinations(objects, 2)]
     rng = random.Random(HELD_OUT_SEED)
     return frozenset(rng.sample(pairs, round(HELD_OUT_FRACTION * len(pairs))))
@@ -131,8 +146,6 @@ def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float,
         w = 0.34 * r
         return [(x - w, y - r), (x + w, y - r), (x + w, y - w), (x + r, y - w), (x + r, y + w), (x + w, y + w),
                 (x + w, y + r), (x - w, y + r), (x - w, y + w), (x - r, y + w), (x - r, y - w), (x - w, y - w)]
-    if shape == "hexagon":
-        return [(x + r * math.cos(k * math.pi / 3), y + r * math.sin(k * math.pi / 3)) for k in range(6)]
     raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
 
 
@@ -168,10 +181,11 @@ class World:
         self.held_out = held_out_pairs()
 
     # ---- sampling helpers -------------------------------------------------------------------------------------
-    def _pick(self, common: tuple[str, ...], rare: tuple[str, ...]) -> str:
-        if self.split == "train" and self.rng.random() < RARE_PROBABILITY:
-            return self.rng.choice(rare)
-        return self.rng.choice(common)
+    def _color(self) -> str:
+        """A colour drawn by its frequency tier (the held-out split draws core colours uniformly)."""
+        if self.split == "heldout":
+            return self.rng.choice(CORE_COLORS)
+        return self.rng.choices(tuple(COLOR_FREQUENCY), weights=tuple(COLOR_FREQUENCY.values()))[0]
 
     def _object(self, color: str, shape: str) -> ShapeObject:
         size = self.rng.choice(tuple(SIZES))
@@ -186,14 +200,14 @@ class World:
             b = self._object(second.color, second.shape)
             if math.hypot(a.x - b.x, a.y - b.y) < a.radius + b.radius + 3:
                 continue
-            if relation is None or satisfies(a, b, relation, margin=4.0):
+            if relation is None or satisfies(a, b, relation, margin=RELATION_MARGIN):
                 return a, b
         return None
 
     def _pair(self) -> tuple[tuple[str, str], tuple[str, str]]:
         while True:
-            a = (self._pick(COMMON_COLORS, RARE_COLORS), self._pick(COMMON_SHAPES, RARE_SHAPES))
-            b = (self._pick(COMMON_COLORS, RARE_COLORS), self._pick(COMMON_SHAPES, RARE_SHAPES))
+            a = (self._color(), self.rng.choice(SHAPES))
+            b = (self._color(), self.rng.choice(SHAPES))
             if a == b:
                 continue
             held = pair_key(a, b) in self.held_out
@@ -206,12 +220,12 @@ class World:
         if family is None:
             family = self.rng.choices(tuple(FAMILY_WEIGHTS), weights=tuple(FAMILY_WEIGHTS.values()))[0]
         size = self.image_size
-        if family == "empty":
-            colors, shapes = COMMON_COLORS, COMMON_SHAPES
-            objs = (self._object(self.rng.choice(colors), self.rng.choice(shapes)),)
-            return Scene("", family, objs, named_colors=False, image_size=size)
+        if family == "empty":  # any scene of the world, caption dropped: the unconditional model learns p(image)
+            other = self.rng.choices(tuple(FAMILY_WEIGHTS)[1:], weights=tuple(FAMILY_WEIGHTS.values())[1:])[0]
+            scene = self.sample(other)
+            return Scene("", family, scene.objects, named_colors=False, image_size=size)
         if family in ("object", "colored"):
-            obj = self._object(self._pick(COMMON_COLORS, RARE_COLORS), self._pick(COMMON_SHAPES, RARE_SHAPES))
+            obj = self._object(self._color(), self.rng.choice(SHAPES))
             named = family == "colored"
             return Scene(noun_phrase(obj.color if named else None, obj.shape), family, (obj,),
                          named_colors=named, image_size=size)
@@ -263,12 +277,12 @@ def vocabulary() -> list[str]:
 
 
 def world_probe_set(n: int, seed: int = 0, image_size: int = 64) -> tuple[list[Image.Image], dict[str, list[str]]]:
-    """``n`` renders of single objects, balanced over the common colours × shapes (cycled), with random sizes and
+    """``n`` renders of single objects, balanced over the core colours × shapes (cycled), with random sizes and
     positions, and their labels: ``color``, ``shape``, ``size`` and ``side`` (left or right half)."""
     if n < 2:
         raise ValueError(f"a probe set needs at least 2 images, got {n}")
     world = World(seed=seed, image_size=image_size)
-    pairs = [(c, s) for c in COMMON_COLORS for s in COMMON_SHAPES]
+    pairs = [(c, s) for c in CORE_COLORS for s in SHAPES]
     world.rng.shuffle(pairs)
     images, labels = [], {"color": [], "shape": [], "size": [], "side": []}
     for i in range(n):
