@@ -24,16 +24,22 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-UNET_CHANNELS = (64, 128, 128)
+UNET_CHANNELS = (64, 128, 192)
+# No attention at the 16×16 level (a convolution block: half the step time of attending there), cross-attention at
+# 8×8 and 4×4, where a few tokens see the whole image: placing objects to satisfy "above" / "left of" is a global
+# decision, and the capacity that pays for relations sits at these coarse levels.
+UNET_DOWN = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+UNET_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
 
 
 def build_unet(latent_size: int = IMAGE_SIZE // 4, channels: tuple[int, ...] = UNET_CHANNELS
                ) -> UNet2DConditionModel:
-    """Cross-attention at every resolution: relations need the text to steer where things go at 16×16."""
+    """The denoiser: three levels (16×16, 8×8, 4×4), text cross-attention at the two coarse ones."""
+    if len(channels) != len(UNET_DOWN):
+        raise ValueError(f"the toy UNet has {len(UNET_DOWN)} levels; got {len(channels)} channel widths {channels}")
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-        down_block_types=("CrossAttnDownBlock2D",) * len(channels),
-        up_block_types=("CrossAttnUpBlock2D",) * len(channels),
+        down_block_types=UNET_DOWN, up_block_types=UNET_UP,
         block_out_channels=tuple(channels), layers_per_block=1, cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=8, norm_num_groups=32,
     )

@@ -80,19 +80,24 @@ def log(out: Path, **record) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Stage 1: the autoencoder
 # ---------------------------------------------------------------------------------------------------------------
-def train_vae(out: Path, steps: int, batch_size: int, seed: int, device: torch.device, workers: int = 0) -> None:
+def train_vae(out: Path, steps: int, batch_size: int, seed: int, device: torch.device, workers: int = 0,
+              start_from: Path | None = None, lr: float = 1e-3) -> None:
+    """Train the autoencoder (from scratch, or fine-tune ``start_from``: a VAE folder trained on an earlier world)."""
+    from diffusers import AutoencoderKL
+
     path = out / "vae"
     if (path / "config.json").exists():
         print(f"VAE already trained in {path}; skipping")
         return
     torch.manual_seed(seed)
-    vae = architecture.build_vae().to(device)
+    vae = AutoencoderKL.from_pretrained(start_from) if start_from else architecture.build_vae()
+    vae = vae.float().train().to(device)
     world = World(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr)
     start = time.time()
     for step, images, _ in step_batches(seed + 17, 0, steps, batch_size, workers):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, 1e-3, 50, steps)
+            group["lr"] = lr_at(step, lr, 50, steps)
         images = images.to(device, non_blocking=True)
         posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -228,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", choices=("vae", "unet", "all"), default="all")
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-batch", type=int, default=32)
+    parser.add_argument("--vae-from", type=Path, default=None,
+                        help="fine-tune this VAE folder (e.g. an earlier toy model's vae/) instead of starting afresh")
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=4000, help="UNet + text-encoder steps (total, not added)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -235,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
-    parser.add_argument("--no-bf16", action="store_true", help="train in fp32 (default: bf16 autocast)")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="train in fp32 on a GPU too (default: bf16 autocast on CUDA; CPUs always train in fp32, "
+                             "which is faster than bf16 emulation on CPUs without AMX)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=0, help="loader processes rendering batches")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly (checkpoint + export) after")
@@ -250,10 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     log(args.out, stage="start", args={k: str(v) for k, v in vars(args).items()},
         torch=torch.__version__, threads=torch.get_num_threads())
     if args.stage in ("vae", "all"):
-        train_vae(args.out, args.vae_steps, args.vae_batch, args.seed, device, args.workers)
+        train_vae(args.out, args.vae_steps, args.vae_batch, args.seed, device, args.workers, args.vae_from,
+                  args.vae_lr)
     if args.stage in ("unet", "all"):
         train_unet(args.out, args.steps, args.batch, args.seed, args.lr, args.checkpoint_every, args.export_every,
-                   bf16=not args.no_bf16, device=device, workers=args.workers,
+                   bf16=device.type == "cuda" and not args.no_bf16, device=device, workers=args.workers,
                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
                    unet_channels=channels, ema_decay=args.ema_decay)
 
