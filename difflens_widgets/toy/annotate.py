@@ -7,8 +7,10 @@ touching, sometimes a tinted noise field with no shape at all. Each step can be 
 2. paint is split into 4-connected blobs; a blob whose strongly painted pixels fall into two world colours whose
    centres lie apart (two touching shapes) is split by colour; specks are dropped;
 3. a blob's colour is the world colour that best explains its median pixel as ``background + s · (colour −
-   background)`` with a fade ``s`` — so a faded red stays red instead of turning pink. A blob no world colour
-   explains, or too faint, too large or too ragged to be a drawn shape, is noise and not reported;
+   background)`` with a fade ``s`` — so a faded red stays red instead of turning pink. Colour names are categories,
+   so a name may have more than one prototype (:data:`SHADES`: the magenta in which models paint "purple" is still
+   purple to a person). A blob no colour explains, or too faint, too large, too ragged or too hazy (paint fading
+   out from a peak instead of a solid fill) to be a drawn shape, is noise and not reported;
 4. its shape comes from a tiny CNN (:mod:`.shape_classifier`) trained on renders passed through the toy VAE's round
    trip and softened, reading the blob's soft paint mask in a square window (aspect ratio kept: diamond vs square).
    Below :data:`SHAPE_CONFIDENCE` the blob is reported as a ``"blob"``: its colour counts, no shape does — as a
@@ -40,7 +42,9 @@ MAX_AREA_FRACTION = 0.16  # a large star at 64×64 covers < 9%; a blob over 16% 
 MIN_FADE = 0.4  # weaker than 40% of a world colour's saturation: a tint, not a drawn shape
 MIN_PAINT = 65.0  # and its core at least this far (RGB) from the background: pink is near the background, so 40%
 #                  of pink alone is a faint blush
-COLOR_RESIDUAL = 48.0  # RGB distance left after the best colour × fade: more means no world colour
+COLOR_RESIDUAL = 0.35  # RGB distance left after the best colour × fade, as a share of the paint's distance from the
+#                       background: more means no world colour
+MIN_SOLIDITY = 0.75  # mean paint / peak paint over the blob: drawn shapes are solid (≈ 0.9), hazes fade out (≈ 0.6)
 MIN_FILL = 0.3  # blob area / bounding-box area; drawn shapes fill ≥ 0.4 (a star), ragged noise less
 SPLIT_SHARE = 0.25  # the second colour must hold this share of the core for a blob to be two shapes
 SPLIT_DISTANCE = 6.0  # pixels between the two colour groups' centres for a split
@@ -74,8 +78,11 @@ class Detection:
         return f"{self.color} {self.shape}"
 
 
-_NAMES = list(COLORS)
-_PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)
+# Extra prototypes of a colour name: shades a person still calls by that name.
+SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {"purple": ((190, 45, 150),)}
+_NAMES = list(COLORS) + [name for name, shades in SHADES.items() for _ in shades]
+_PALETTE = np.array([COLORS[n] for n in COLORS] + [rgb for shades in SHADES.values() for rgb in shades],
+                    dtype=np.float32)
 
 
 def _background(pixels: np.ndarray) -> np.ndarray:
@@ -171,7 +178,9 @@ def segment(image: Image.Image) -> list[Blob]:
             core = strength >= CORE_PAINT * strength.max()
             median = np.median(pixels[ys[core], xs[core]], axis=0)
             color, fade, residual = explain_color(median, background)
-            if fade < MIN_FADE or residual > COLOR_RESIDUAL or np.linalg.norm(median - background) < MIN_PAINT:
+            distance = float(np.linalg.norm(median - background))
+            if (fade < MIN_FADE or distance < MIN_PAINT or residual > COLOR_RESIDUAL * distance
+                    or strength.mean() < MIN_SOLIDITY * strength.max()):
                 continue
             own = np.zeros(mask.shape, bool)
             own[ys, xs] = True
@@ -184,8 +193,8 @@ def annotate(image: Image.Image) -> list[Detection]:
     """Every shape found in ``image``, largest first (shape ``"blob"`` where none can be named)."""
     blobs = segment(image)
     shapes = shape_classifier.classify([b.window for b in blobs])
-    return [Detection(shape if score >= SHAPE_CONFIDENCE else BLOB, b.color, b.x, b.y, b.area, score)
-            for b, (shape, score) in zip(blobs, shapes)]
+    return [Detection(shape if score >= SHAPE_CONFIDENCE and shape != shape_classifier.OTHER else BLOB,
+                      b.color, b.x, b.y, b.area, score) for b, (shape, score) in zip(blobs, shapes)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

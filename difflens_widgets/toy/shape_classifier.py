@@ -6,8 +6,14 @@ on what such shapes look like — world renders passed through the shipped model
 further (blur, lowered contrast, jittered threshold), as generations are — and it reads the blob's *soft* paint mask,
 not a hard threshold, so faint edges still carry their shape.
 
+The training shapes are also *deformed the way generations are*: stretched and turned a little, their corners
+rounded or arms thickened (drawn large, blurred, re-thresholded), and an extra class, ``other``, holds shapes that are
+not in the world — ellipses, teardrops, pentagons, merged lumps — so that a generated lump is called a blob rather
+than forced into the nearest world shape.
+
 Input: a square window around the blob (side 1.3 × its larger extent, so aspect ratio survives: diamond vs square),
-paint strength in [0, 1], resized to :data:`SIDE` × :data:`SIDE`. Output: one of :data:`~.world.SHAPES`.
+paint strength in [0, 1], resized to :data:`SIDE` × :data:`SIDE`. Output: one of :data:`~.world.SHAPES` or
+:data:`OTHER`.
 
     python -m difflens_widgets.toy.shape_classifier   # retrain; writes shape_classifier.safetensors beside this file
 
@@ -17,6 +23,7 @@ Weights: ``shape_classifier.safetensors`` (≈ 0.1 MB) shipped in the package; t
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -26,12 +33,15 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
-from .world import SHAPES, World
+from .world import BACKGROUND, COLORS, SHAPES, World, shape_polygon
 
 SIDE = 24
 WINDOW = 1.3  # window side / the blob's larger extent
 PAINT_SCALE = 160.0  # RGB distance from the background that counts as fully painted
 WEIGHTS = Path(__file__).with_name("shape_classifier.safetensors")
+OTHER = "other"
+CLASSES = SHAPES + (OTHER,)
+OTHER_SHARE = 0.2  # share of training objects that are not world shapes
 
 
 def paint_strength(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -52,7 +62,7 @@ def crop_window(paint: np.ndarray, member_mask: np.ndarray) -> np.ndarray:
 
 
 class ShapeNet(nn.Module):
-    def __init__(self, classes: int = len(SHAPES)):
+    def __init__(self, classes: int = len(CLASSES)):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 12
@@ -78,13 +88,13 @@ def load(path: Path = WEIGHTS) -> ShapeNet:
 
 
 def classify(windows: list[np.ndarray]) -> list[tuple[str, float]]:
-    """(shape, probability) for each window from :func:`crop_window`."""
+    """(shape or :data:`OTHER`, probability) for each window from :func:`crop_window`."""
     if not windows:
         return []
     with torch.no_grad():
         probs = load()(torch.from_numpy(np.stack(windows))[:, None]).softmax(-1)
     best = probs.max(-1)
-    return [(SHAPES[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
+    return [(CLASSES[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,8 +110,69 @@ def _soften(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(background + fade * (pixels - background), 0, 255).astype(np.uint8))
 
 
+SUPERSAMPLE = 4
+
+
+def _outline(kind: str, x: float, y: float, r: float, rng: np.random.Generator) -> list[list[tuple]]:
+    """Polygons (one or several, drawn as a union) of a world shape or of a non-world ``other`` shape."""
+    if kind in SHAPES:
+        if kind == "circle":
+            return [[(x + r * math.cos(a), y + r * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 40)]]
+        return [shape_polygon(kind, x, y, r)]
+    choice = rng.integers(4)
+    if choice == 0:  # ellipse, round-ended (a world diamond stretched thin keeps its points)
+        aspect = rng.uniform(1.5, 2.4)
+        return [[(x + 0.8 * r * math.cos(a) / math.sqrt(aspect), y + 0.8 * r * math.sin(a) * math.sqrt(aspect))
+                 for a in np.linspace(0, 2 * math.pi, 40)]]
+    if choice == 1:  # teardrop: a round end and a point
+        cy = y + 0.3 * r
+        arc = [(x + 0.65 * r * math.cos(a), cy + 0.65 * r * math.sin(a)) for a in np.linspace(-0.3, math.pi + 0.3, 24)]
+        return [arc + [(x, y - r)]]
+    if choice == 2:  # pentagon
+        return [[(x + r * math.cos(-math.pi / 2 + k * 2 * math.pi / 5), y + r * math.sin(-math.pi / 2 + k * 2 * math.pi / 5))
+                 for k in range(5)]]
+    lumps = []  # two or three overlapping discs: a merged lump
+    for _ in range(int(rng.integers(2, 4))):
+        cx, cy, rr = x + rng.uniform(-0.5, 0.5) * r, y + rng.uniform(-0.5, 0.5) * r, rng.uniform(0.4, 0.7) * r
+        lumps.append([(cx + rr * math.cos(a), cy + rr * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24)])
+    return lumps
+
+
+def _deformed_mask(polygons: list[list[tuple]], x: float, y: float, size: int, rng: np.random.Generator) -> Image.Image:
+    """The shape's mask at SUPERSAMPLE×, stretched and turned a little, corners rounded or arms thickened / thinned
+    (blurred and re-thresholded) — how the toy model's shapes deviate from the renders."""
+    from PIL import ImageDraw
+
+    angle = rng.uniform(-0.25, 0.25)
+    sx, sy = rng.uniform(0.75, 1.33, size=2)  # generated diamonds are often spindles
+    cos, sin = math.cos(angle), math.sin(angle)
+    mask = Image.new("L", (size * SUPERSAMPLE,) * 2, 0)
+    draw = ImageDraw.Draw(mask)
+    for polygon in polygons:
+        moved = []
+        for px, py in polygon:
+            dx, dy = (px - x) * sx, (py - y) * sy
+            moved.append(((x + cos * dx - sin * dy) * SUPERSAMPLE, (y + sin * dx + cos * dy) * SUPERSAMPLE))
+        draw.polygon(moved, fill=255)
+    if rng.random() < 0.7:
+        blurred = np.asarray(mask.filter(ImageFilter.GaussianBlur(float(rng.uniform(2, 7)))), np.float32)
+        mask = Image.fromarray(((blurred > rng.uniform(0.3, 0.65) * 255) * 255).astype(np.uint8))
+    return mask
+
+
+def _draw(scene, rng: np.random.Generator, kinds: list[str]) -> Image.Image:
+    """``scene`` with each object drawn as ``kinds[i]`` (a world shape or ``other``), deformed."""
+    size = scene.image_size
+    canvas = np.tile(np.array(BACKGROUND, np.float32), (size * SUPERSAMPLE, size * SUPERSAMPLE, 1))
+    for obj, kind in zip(scene.objects, kinds):
+        mask = np.asarray(_deformed_mask(_outline(kind, obj.x, obj.y, obj.radius, rng), obj.x, obj.y, size, rng),
+                          np.float32)[..., None] / 255
+        canvas = canvas * (1 - mask) + mask * np.array(COLORS[obj.color], np.float32)
+    return Image.fromarray(canvas.astype(np.uint8)).reduce(SUPERSAMPLE)
+
+
 def training_windows(count: int, seed: int, vae=None) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` (window, shape index) examples from one- and two-object scenes, each object its own example."""
+    """``count`` (window, class index) examples from one- and two-object scenes, each object its own example."""
     from .annotate import segment  # the same segmentation the annotator uses, so the inputs match
 
     world = World(seed)
@@ -109,21 +180,19 @@ def training_windows(count: int, seed: int, vae=None) -> tuple[np.ndarray, np.nd
     windows, labels = [], []
     while len(windows) < count:
         scenes = [world.sample(world.rng.choice(("colored", "and", "relation"))) for _ in range(32)]
-        images = _round_trip([_render(s) for s in scenes], vae) if vae is not None else [_render(s) for s in scenes]
-        for scene, image in zip(scenes, images):
+        kinds = [[OTHER if rng.random() < OTHER_SHARE else o.shape for o in s.objects] for s in scenes]
+        images = [_draw(s, rng, k) for s, k in zip(scenes, kinds)]
+        images = _round_trip(images, vae) if vae is not None else images
+        for scene, kind, image in zip(scenes, kinds, images):
             image = _soften(image, rng)
             for blob in segment(image):
-                truth = min(scene.objects, key=lambda o: (o.x - blob.x) ** 2 + (o.y - blob.y) ** 2)
+                nearest = min(range(len(scene.objects)),
+                              key=lambda i: (scene.objects[i].x - blob.x) ** 2 + (scene.objects[i].y - blob.y) ** 2)
+                truth = scene.objects[nearest]
                 if (truth.x - blob.x) ** 2 + (truth.y - blob.y) ** 2 < (0.5 * truth.radius) ** 2:
                     windows.append(blob.window)
-                    labels.append(SHAPES.index(truth.shape))
+                    labels.append(CLASSES.index(kind[nearest]))
     return np.stack(windows[:count]), np.array(labels[:count])
-
-
-def _render(scene):
-    from .world import render
-
-    return render(scene)
 
 
 def _round_trip(images: list[Image.Image], vae) -> list[Image.Image]:
@@ -169,7 +238,7 @@ def train(vae_path: str | Path, count: int = 12000, epochs: int = 12, seed: int 
         pred = net(torch.from_numpy(x_val)[:, None]).argmax(-1).numpy()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
     load.cache_clear()
-    per_shape = {s: round(float((pred[y_val == i] == i).mean()), 4) for i, s in enumerate(SHAPES)}
+    per_shape = {s: round(float((pred[y_val == i] == i).mean()), 4) for i, s in enumerate(CLASSES)}
     return {"heldout_accuracy": round(float((pred == y_val).mean()), 4), "per_shape": per_shape,
             "examples": count, "seconds": round(time.perf_counter() - start, 1)}
 
