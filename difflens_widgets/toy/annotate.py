@@ -78,8 +78,10 @@ class Detection:
         return f"{self.color} {self.shape}"
 
 
-# Extra prototypes of a colour name: shades a person still calls by that name.
-SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {"purple": ((190, 45, 150),)}
+# Extra prototypes of a colour name: shades a person still calls by that name. They count only when saturated
+# (fade ≥ SHADE_FADE): a faded magenta is pink, not purple.
+SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {"purple": ((190, 45, 150),), "pink": ((228, 105, 168),)}
+SHADE_FADE = 0.8
 _NAMES = list(COLORS) + [name for name, shades in SHADES.items() for _ in shades]
 _PALETTE = np.array([COLORS[n] for n in COLORS] + [rgb for shades in SHADES.values() for rgb in shades],
                     dtype=np.float32)
@@ -95,13 +97,14 @@ def _explain(offsets: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, n
     directions = _PALETTE - background
     fades = np.clip(offsets @ directions.T / (directions * directions).sum(1), 0.0, 1.3)  # N × colours
     residuals = np.linalg.norm(offsets[:, None, :] - fades[..., None] * directions[None], axis=-1)
+    residuals[:, len(COLORS):][fades[:, len(COLORS):] < SHADE_FADE] = np.inf
     best = residuals.argmin(1)
     rows = np.arange(len(offsets))
     return best, fades[rows, best], residuals[rows, best]
 
 
 def explain_color(rgb, background=np.array(BACKGROUND, np.float32)) -> tuple[str, float, float]:
-    """(colour, fade, residual): the world colour ``c`` and fade ``s`` with ``rgb ≈ background + s·(c − background)``.
+    """(colour, fade, residual): the colour ``c`` and fade ``s`` with ``rgb ≈ background + s·(c − background)``.
 
     Distances in plain RGB call a faded red "pink" and a dark orange "red"; fitting the fade first compares hues.
     """

@@ -129,8 +129,8 @@ def _outline(kind: str, x: float, y: float, r: float, rng: np.random.Generator) 
         arc = [(x + 0.65 * r * math.cos(a), cy + 0.65 * r * math.sin(a)) for a in np.linspace(-0.3, math.pi + 0.3, 24)]
         return [arc + [(x, y - r)]]
     if choice == 2:  # pentagon
-        return [[(x + r * math.cos(-math.pi / 2 + k * 2 * math.pi / 5), y + r * math.sin(-math.pi / 2 + k * 2 * math.pi / 5))
-                 for k in range(5)]]
+        angles = [-math.pi / 2 + k * 2 * math.pi / 5 for k in range(5)]
+        return [[(x + r * math.cos(a), y + r * math.sin(a)) for a in angles]]
     lumps = []  # two or three overlapping discs: a merged lump
     for _ in range(int(rng.integers(2, 4))):
         cx, cy, rr = x + rng.uniform(-0.5, 0.5) * r, y + rng.uniform(-0.5, 0.5) * r, rng.uniform(0.4, 0.7) * r
