@@ -10,7 +10,8 @@ import difflens_widgets as dl
 from difflens_widgets.models import TOY_MODEL_DIR
 from difflens_widgets.toy import train
 from difflens_widgets.toy.annotate import judge
-from difflens_widgets.toy.report import FAMILIES, evaluation_prompts, run_report
+from difflens_widgets.toy.report import FAMILIES, TIER_FAMILIES, evaluation_prompts, run_report, summary
+from difflens_widgets.toy.report import balance as report_balance
 from difflens_widgets.toy.world import World
 
 
@@ -51,33 +52,46 @@ def test_toy_draws_single_coloured_objects(toy):
 
 
 def test_report_on_a_tiny_subset(tmp_path):
-    table = run_report("toy", seeds=1, steps=2, per_family=1, out=tmp_path, final_layer=False)
+    logs = []
+    table = run_report("toy", seeds=1, steps=2, per_family=2, ablation_per_family=1, out=tmp_path, log=logs.append)
     saved = json.loads((tmp_path / "emergence.json").read_text())
     assert (tmp_path / "emergence.png").stat().st_size > 10_000
-    for variant in ("final_norm", "no_final_norm"):
-        assert set(saved[variant]) == set(FAMILIES)
-        relation = saved[variant]["relation"]
-        assert set(relation) == {"objects", "colors", "both", "relation"}
-        assert [int(k) for k in relation["both"]] == list(range(9))
-        assert all(0.0 <= v <= 1.0 for aspect in relation.values() for v in aspect.values())
-    assert table["final_norm"]["object"]["objects"][8] in (0.0, 1.0)  # one prompt, one seed
+    for variant, prompts in (("final_norm", 2), ("no_final_norm", 1)):
+        relation = {q: saved["variants"][variant][q]["relation"] for q in ("objects", "colors", "both", "relation")}
+        assert set(saved["variants"][variant]["both"]) == set(FAMILIES)
+        for curve in relation.values():
+            assert curve["layers"] == list(range(9)) and curve["prompts"] == prompts
+            assert all(lo <= m <= hi for lo, m, hi in zip(curve["low"], curve["mean"], curve["high"]))
+    last = saved["last_layer"]
+    assert {f: e["prompts"] for f, e in last.items()} == {f: len(p) for f, p in evaluation_prompts(None).items()}
+    assert last["relation"]["relation"]["n"] == 44  # every relation prompt, one seed, the last layer only
+    assert saved["balance"]["relation"]["colors"] == {"blue": 1, "green": 1, "red": 1, "yellow": 1}
+    assert [f["finding"] for f in saved["findings"]][-1] == "frequent colours before rare ones"
+    assert set(saved["findings"][-1]["tiers"]) == set(TIER_FAMILIES)
+    text = summary(table)
+    assert "| relation | relation | 2 |" in text and "### findings" in text
+    again = run_report("toy", seeds=1, steps=2, per_family=2, ablation_per_family=1, out=tmp_path, log=logs.append)
+    assert any("0 to run" in line for line in logs[-3:])  # the datasets were complete: nothing regenerated
+    assert again["variants"] == table["variants"]
 
 
-def test_final_layer_accuracy_scores_only_the_last_layer(toy, count_calls):
-    from difflens_widgets.toy.report import final_layer_accuracy
-
-    lens = dl.Lens(toy)
-    unet = count_calls(toy.unet)
-    scores = final_layer_accuracy(lens, {"relation": ["a red circle above a blue square"]}, [0, 1], 2, 7.5)
-    assert set(scores["relation"]) == {"objects", "colors", "both", "relation"}
-    assert all(v in (0.0, 0.5, 1.0) for v in scores["relation"].values())
-    assert unet.calls[0][0][0].shape[0] == 4  # one layer × two seeds, doubled by guidance
-
-
-def test_evaluation_prompts_use_held_out_pairs():
+def test_evaluation_prompts_are_balanced():
     prompts = evaluation_prompts()
-    assert len(prompts["colored"]) == 36 and len(prompts["and"]) == 63 and len(prompts["relation"]) == 63
-    assert prompts["rare color"][0].startswith("a pink")
+    assert {f: len(p) for f, p in prompts.items()} == {
+        "object": 6, "colored": 30, "and": 44, "and (held out)": 44, "relation": 44, "relation (held out)": 44,
+        "common colour": 18, "uncommon colour": 12, "rare colour": 12, "very rare colour": 12}
+    from difflens_widgets.toy.annotate import parse_caption
+    from difflens_widgets.toy.world import held_out_pairs, pair_key
+
+    held = held_out_pairs()
+    for family in ("and", "relation", "and (held out)", "relation (held out)"):
+        pairs = [pair_key(*parse_caption(p).objects) for p in prompts[family]]
+        assert all((pair in held) == family.endswith("(held out)") for pair in pairs), family
+        counts = report_balance(prompts[family][:10])
+        assert max(counts["colors"].values()) - min(counts["colors"].values()) <= 2, (family, counts)
+    assert len(set(prompts["common colour"])) == 18 and prompts["very rare colour"][0] == "a pink circle"
+    assert set(report_balance(prompts["rare colour"][:6])["shapes"]) == {"circle", "square", "triangle", "star",
+                                                                          "cross", "diamond"}
 
 
 def test_loader_workers_render_the_same_batches_in_order():
@@ -93,13 +107,13 @@ def test_loader_workers_render_the_same_batches_in_order():
 
 def test_time_budget_stops_with_a_checkpoint_and_an_export(tmp_path):
     common = ["--out", str(tmp_path), "--vae-steps", "2", "--vae-batch", "2", "--batch", "2",
-              "--checkpoint-every", "100", "--export-every", "100", "--unet-channels", "32,64"]
+              "--checkpoint-every", "100", "--export-every", "100", "--unet-channels", "32,32,64"]
     train.main(common + ["--steps", "50", "--max-minutes", "0"])
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["stopped_at"] for r in log if "stopped_at" in r] == [1]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 1
     pipe = dl.load_pipeline(tmp_path / "pipeline", device="cpu")
-    assert tuple(pipe.unet.config.block_out_channels) == (32, 64)
+    assert tuple(pipe.unet.config.block_out_channels) == (32, 32, 64)
 
 
 def test_training_is_seeded_and_resumable(tmp_path):
@@ -118,7 +132,7 @@ def test_training_is_seeded_and_resumable(tmp_path):
     assert pipe.text_encoder.config.num_hidden_layers == 8
 
 
-def test_report_plot_says_what_to_install_without_matplotlib(tmp_path, monkeypatch):
+def test_report_without_matplotlib_writes_numbers_and_says_what_to_install(tmp_path, monkeypatch, capsys):
     import builtins
 
     from difflens_widgets.toy import report
@@ -131,5 +145,38 @@ def test_report_plot_says_what_to_install_without_matplotlib(tmp_path, monkeypat
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    with pytest.raises(ImportError, match=r"pip install 'difflens-widgets\[report\]'"):
-        report.plot({"final_norm": {}}, tmp_path / "emergence.png")
+    assert report.plot({"variants": {"final_norm": {}}}, tmp_path / "emergence.png") is None
+    assert "pip install 'difflens-widgets[report]'" in capsys.readouterr().out
+    assert not (tmp_path / "emergence.png").exists()
+
+
+def _curve(mean, n=40, emergence=None, interval=(None, None)):
+    from difflens_widgets.sweep_report import wilson
+
+    bounds = [wilson(round(m * n), n) for m in mean]
+    return {"layers": list(range(len(mean))), "mean": mean, "low": [b[0] for b in bounds],
+            "high": [b[1] for b in bounds], "n": [n] * len(mean), "prompts": 10, "emergence_layer": emergence,
+            "emergence_interval": list(interval)}
+
+
+def test_findings_say_when_a_concept_is_not_learned():
+    from difflens_widgets.toy.report import RELATION_CHANCE, findings, findings_text
+
+    rising = _curve([0.0, 0.2, 0.5, 0.9, 0.9], emergence=3, interval=(2, 3))
+    early = _curve([0.0, 0.9, 0.9, 0.9, 0.9], emergence=1, interval=(1, 1))
+    flat = _curve([0.3, 0.3, 0.3, 0.3, 0.3], emergence=0, interval=(0, 0))
+    curves = {"colors": {"and": early}, "both": {"and": rising, "relation": early, "common colour": early,
+                                                  "very rare colour": flat},
+              "relation": {"relation": rising},
+              "relation_given_both": {"relation": _curve([0.2, 0.25, 0.3, 0.26, RELATION_CHANCE])}}
+    result = {f["finding"]: f for f in findings(curves, {})}
+    assert result["colours before binding (and)"]["holds"] is True  # L1 before L3
+    assert result["colours before binding (and)"]["clearly"] is True  # intervals (1, 1) and (2, 3) apart
+    relation = result["binding before relations (relation)"]
+    assert relation["holds"] is None and relation["relations_learned"] is False  # at chance: nothing to emerge
+    assert result["frequent colours before rare ones"]["holds"] is True  # the very rare tier never rises
+    curves["relation_given_both"]["relation"] = _curve([0.2, 0.3, 0.5, 0.8, 0.9])
+    relation = {f["finding"]: f for f in findings(curves, {})}["binding before relations (relation)"]
+    assert relation["relations_learned"] and relation["holds"] is True  # binding at L1, the arrangement at L3
+    text = findings_text({"findings": findings(curves, {})})
+    assert "- binding before relations (relation): holds clearly — both L1 [1–1], relation L3 [2–3]" in text

@@ -1,13 +1,20 @@
 """The emergence report: at which layer does each caption family appear in the lens images?
 
-    python -m difflens_widgets.toy.report --seeds 4 --out report/
+    python -m difflens_widgets.toy.report --out runs/report          # resumable; prints what MODEL_CARD.md states
 
 For every caption family (the toy analogue of the paper's Figures 3 and 5), the share of lens images per layer that
-the annotator judges to match the prompt — objects / colours / both (and the relation, for relation captions) —
-with the encoder's final norm and without it (the paper's App. A.3 ablation). Writes ``emergence.json`` and
-``emergence.png``. Two-object prompts come from the held-out pairs, which training never showed. The curves use
-``--per-family`` prompts per family; the last layer alone (the pipeline's own images) is also scored over every
-evaluation prompt.
+the annotator judges to match the prompt — objects / colours / both (and the relation, for relation captions) — with
+a 95% Wilson interval, with the encoder's final norm and without it (the paper's App. A.3 ablation), and each
+family's *emergence layer*: the first layer reaching 80% of the last layer's rate, with a 95% bootstrap interval
+over prompts. Two-object families come twice: pairs seen in training and held-out pairs training never showed.
+Colour-frequency tiers (~25%, 8.5%, 2.5%, 0.85% of objects per colour) are families of their own, so "common
+concepts emerge before rare ones" is measured. The last layer alone (the pipeline's own images) is also scored over
+every evaluation prompt.
+
+The images are made by :func:`difflens_widgets.sweep` (one dataset per variant under ``--out``: a stopped report
+resumes where it stopped) and judged by the installed annotator each time the report runs (so a better annotator
+re-scores old images without generating them again); ``emergence.json`` holds every number, ``emergence.png`` the
+curves (with the ``[report]`` extra).
 """
 
 from __future__ import annotations
@@ -15,145 +22,380 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import time
 from pathlib import Path
 
-from .annotate import annotate, judge
-from .world import (COMMON_COLORS, COMMON_SHAPES, INVERSE_RELATION, RARE_COLORS, RARE_SHAPES, RELATIONS,
-                    held_out_pairs, noun_phrase)
+from .world import (COLOR_TIERS, CORE_COLORS, INVERSE_RELATION, RELATIONS, SHAPES, held_out_pairs, noun_phrase,
+                    pair_key)
 
-FAMILIES = ("object", "colored", "and", "relation", "rare shape", "rare color")
+TIER_FAMILIES = tuple(f"{tier} colour" for tier in COLOR_TIERS)
+FAMILIES = ("object", "colored", "and", "and (held out)", "relation", "relation (held out)") + TIER_FAMILIES
+
+
+def _balanced_pairs(pairs: list, count: int, rng: random.Random) -> list:
+    """``count`` pairs spread evenly over colours and shapes: greedily take the pair whose colours and shapes have
+    been used least so far (ties broken by a seeded shuffle)."""
+    pairs = list(pairs)
+    rng.shuffle(pairs)
+    used: dict[str, int] = {}
+    chosen = []
+    for _ in range(min(count, len(pairs))):
+        best = min(pairs, key=lambda p: sum(used.get(x, 0) for obj in p for x in obj))
+        pairs.remove(best)
+        chosen.append(best)
+        for obj in best:
+            for x in obj:
+                used[x] = used.get(x, 0) + 1
+    return chosen
+
+
+def _relation_prompts(pairs: list) -> list[str]:
+    """One relation per pair, the four relations in turn, both word orders in turn."""
+    out = []
+    for i, ((ca, sa), (cb, sb)) in enumerate(pairs):
+        relation = RELATIONS[i % 4]
+        a, b = noun_phrase(ca, sa), noun_phrase(cb, sb)
+        out.append(f"{a} {relation} {b}" if (i // 4) % 2 == 0 else f"{b} {INVERSE_RELATION[relation]} {a}")
+    return out
 
 
 def evaluation_prompts(per_family: int | None = None, seed: int = 0) -> dict[str, list[str]]:
     """Deterministic prompts per family; ``per_family`` caps each list (None: every prompt listed below).
 
-    object: the 6 common shapes; colored: all 36 common pairs; and / relation: held-out pairs (both word orders for
-    relations); rare shape: the rare shape alone and in each common colour; rare color: each common shape in the
-    rare colour.
+    object: the 6 shapes without colour; colored: every core colour × shape (30); and / relation: 44 pairs of
+    core-colour objects seen in training, balanced over colours and shapes, and the 44 held-out pairs training
+    never showed (relations: the four relations and both word orders in turn); one family per colour-frequency
+    tier: each of the tier's colours on each shape (12 or 18 prompts). Lists are ordered so that any prefix stays
+    balanced over colours.
     """
     rng = random.Random(seed)
-    pairs = sorted(held_out_pairs())
-    rng.shuffle(pairs)
-    relation_prompts = []
-    for i, ((ca, sa), (cb, sb)) in enumerate(pairs):
-        relation = RELATIONS[i % 4]
-        a, b = noun_phrase(ca, sa), noun_phrase(cb, sb)
-        relation_prompts.append(f"{a} {relation} {b}" if i % 2 == 0 else f"{b} {INVERSE_RELATION[relation]} {a}")
+    held = sorted(held_out_pairs())
+    objects = list(itertools.product(CORE_COLORS, SHAPES))
+    seen = [pair_key(a, b) for a, b in itertools.combinations(objects, 2) if pair_key(a, b) not in set(held)]
+    seen = _balanced_pairs(seen, len(held), rng)
+    held = _balanced_pairs(held, len(held), rng)
+    colored = [noun_phrase(c, s) for i in range(len(SHAPES)) for j, c in enumerate(CORE_COLORS)
+               for s in [SHAPES[(i + j) % len(SHAPES)]]]
     prompts = {
-        "object": [noun_phrase(None, s) for s in COMMON_SHAPES],
-        "colored": [noun_phrase(c, s) for c, s in itertools.product(COMMON_COLORS, COMMON_SHAPES)],
-        "and": [f"{noun_phrase(ca, sa)} and {noun_phrase(cb, sb)}" for (ca, sa), (cb, sb) in pairs],
-        "relation": relation_prompts,
-        "rare shape": [noun_phrase(None, s) for s in RARE_SHAPES]
-        + [noun_phrase(c, s) for s in RARE_SHAPES for c in COMMON_COLORS],
-        "rare color": [noun_phrase(c, s) for c in RARE_COLORS for s in COMMON_SHAPES],
+        "object": [noun_phrase(None, s) for s in SHAPES],
+        "colored": colored,
+        "and": [f"{noun_phrase(*a)} and {noun_phrase(*b)}" for a, b in seen],
+        "and (held out)": [f"{noun_phrase(*a)} and {noun_phrase(*b)}" for a, b in held],
+        "relation": _relation_prompts(seen),
+        "relation (held out)": _relation_prompts(held),
     }
+    for tier, family in zip(COLOR_TIERS, TIER_FAMILIES):
+        colors = COLOR_TIERS[tier][0]
+        # every colour of the tier on every shape, shapes cycling first so that any prefix covers all shapes
+        prompts[family] = [noun_phrase(colors[k % len(colors)], SHAPES[(k + k // len(SHAPES)) % len(SHAPES)])
+                           for k in range(len(colors) * len(SHAPES))]
     if per_family is not None:
         prompts = {family: ps[:per_family] for family, ps in prompts.items()}
     return prompts
 
 
-def score_family(lens, prompts: list[str], seeds: list[int], steps: int, guidance: float,
-                 final_norm: bool, layers=None) -> dict[str, dict[int, float]]:
-    """Share of images judged to match, per aspect and layer, over ``prompts`` × ``seeds``."""
-    counts: dict[str, dict[int, list[int]]] = {}
+QUESTIONS = ("objects", "colors", "both", "relation")
+BOOTSTRAP = 1000
+# P(a random arrangement of two objects satisfies a named relation): one of four directions, its axis dominating
+RELATION_CHANCE = 0.25
+
+
+def prompt_rows(prompts: dict[str, list[str]]) -> list[dict]:
+    return [{"prompt": p, "family": family} for family, ps in prompts.items() for p in ps]
+
+
+def balance(prompts: list[str]) -> dict[str, dict[str, int]]:
+    """How often each colour and each shape is named in ``prompts`` (the report states these counts)."""
+    from .annotate import parse_caption
+
+    colors: dict[str, int] = {}
+    shapes: dict[str, int] = {}
     for prompt in prompts:
-        result = lens.run(prompt, layers=layers, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance,
-                          final_norm=final_norm)
-        for (layer, _), image in result.images.items():
-            for aspect, ok in judge(annotate(image), prompt).items():
-                counts.setdefault(aspect, {}).setdefault(layer, []).append(int(ok))
-    return {aspect: {layer: sum(v) / len(v) for layer, v in sorted(per_layer.items())}
-            for aspect, per_layer in counts.items()}
+        for color, shape in parse_caption(prompt).objects:
+            if color:
+                colors[color] = colors.get(color, 0) + 1
+            shapes[shape] = shapes.get(shape, 0) + 1
+    return {"colors": dict(sorted(colors.items())), "shapes": dict(sorted(shapes.items()))}
 
 
-def final_layer_accuracy(lens, prompts: dict[str, list[str]], seeds: list[int], steps: int,
-                         guidance: float) -> dict[str, dict[str, float]]:
-    """Per family, the share of last-layer images (the pipeline's own output) judged to match: over *every*
-    evaluation prompt, since only one layer is denoised."""
-    last = lens.num_layers
-    return {family: {aspect: per_layer[last] for aspect, per_layer in
-                     score_family(lens, family_prompts, seeds, steps, guidance, True, layers=[last]).items()}
-            for family, family_prompts in prompts.items()}
+def judged(rows, folder: Path):
+    """``rows`` with the annotator's verdicts on their stored images: the report always judges with the annotator
+    of the installed version, so improving the annotator never needs the images to be generated again."""
+    from PIL import Image
+
+    from .annotate import judge
+
+    verdicts = [judge(Image.open(folder / image), prompt) for image, prompt in zip(rows["image"], rows["prompt"])]
+    rows = rows.drop(columns=[q for q in QUESTIONS if q in rows])
+    for question in QUESTIONS:
+        rows[question] = [v.get(question) for v in verdicts]
+    return rows
 
 
-def plot(table: dict, out: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError(f"the emergence plot needs matplotlib: pip install 'difflens-widgets[report]' "
-                          f"(the numbers are already in {out.parent / 'emergence.json'})") from None
+def emergence_interval(rows, question: str, seed: int = 0) -> tuple[int | None, int | None]:
+    """95% bootstrap interval of a family's emergence layer, resampling its prompts."""
+    import numpy as np
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..sweep_report import emergence_layer
 
-    families = [f for f in FAMILIES if f in table["final_norm"]]
-    fig, axes = plt.subplots(2, len(families), figsize=(3.1 * len(families), 5.6), sharey=True, squeeze=False)
-    for row, variant in enumerate(("final_norm", "no_final_norm")):
-        for col, family in enumerate(families):
-            ax = axes[row][col]
-            for aspect, per_layer in table[variant][family].items():
-                layers = [int(l) for l in per_layer]
-                ax.plot(layers, list(per_layer.values()), marker="o", ms=3, label=aspect)
-            ax.set_title(f"{family}" + ("" if row == 0 else "\n(no final norm)"), fontsize=9)
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_xlabel("layer", fontsize=8)
-            ax.grid(alpha=0.3)
-            if col == 0:
-                ax.set_ylabel("share of images matching", fontsize=8)
-            if row == 0 and col == len(families) - 1:
-                ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Toy model: when does each caption family emerge in the lens?", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    table = rows.pivot_table(index="prompt_id", columns="layer", values=question, aggfunc="mean")
+    if table.empty:
+        return None, None
+    rng = np.random.default_rng(seed)
+    values = table.to_numpy(dtype=float)
+    layers = [int(c) for c in table.columns]
+    found = []
+    for _ in range(BOOTSTRAP):
+        curve = np.nanmean(values[rng.integers(0, len(values), len(values))], axis=0)
+        layer = emergence_layer(layers, list(curve))
+        found.append(math.inf if layer is None else layer)
+    low, high = np.percentile(found, [2.5, 97.5], method="nearest")
+    return (None if math.isinf(low) else int(low)), (None if math.isinf(high) else int(high))
 
 
-def run_report(model="toy", seeds: int = 4, steps: int = 20, guidance: float = 7.5, per_family: int | None = 8,
-               out: str | Path = "report", ablation: bool = True, final_layer: bool = True) -> dict:
-    from tqdm.auto import tqdm
+def family_curves(rows) -> dict:
+    """{question: {family: curve}}: :func:`sweep_report.curves` plus each curve's bootstrap emergence interval;
+    ``relation_given_both`` is the relation's share among the images that drew both objects."""
+    import pandas as pd
 
-    from ..engine import Lens
-    from ..models import load_pipeline
+    from ..sweep_report import curves
 
-    lens = Lens(load_pipeline(model), cache_size=1)
-    prompts = evaluation_prompts(per_family)
-    seed_list = list(range(seeds))
-    variants = {"final_norm": True, "no_final_norm": False} if ablation else {"final_norm": True}
-    table = {"seeds": seed_list, "steps": steps, "guidance": guidance, "prompts": prompts}
-    start = time.perf_counter()
-    with tqdm(total=len(variants) * len(prompts), desc="families") as bar:
-        for name, final_norm in variants.items():
-            table[name] = {}
-            for family, family_prompts in prompts.items():
-                table[name][family] = score_family(lens, family_prompts, seed_list, steps, guidance, final_norm)
-                bar.update()
-    if final_layer:
-        all_prompts = evaluation_prompts(None)
-        table["final_layer"] = final_layer_accuracy(lens, all_prompts, seed_list, steps, guidance)
-        table["final_layer_prompts"] = {family: len(ps) for family, ps in all_prompts.items()}
-    table["seconds"] = round(time.perf_counter() - start, 1)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "emergence.json").write_text(json.dumps(table, indent=1))
-    if ablation:
-        plot(table, out / "emergence.png")
+    rows = rows.copy()
+    for question in QUESTIONS:
+        if question in rows:
+            rows[question] = rows[question].map(lambda v: None if v is None or v != v else bool(v))
+    if "relation" in rows and rows["relation"].notna().any():  # the arrangement, judged where both objects are drawn
+        drawn = rows[(rows["both"] == True) & rows["relation"].notna()]  # noqa: E712 (object column)
+        rows = pd.concat([rows, drawn.assign(relation_given_both=drawn["relation"])
+                          .drop(columns=list(QUESTIONS))], ignore_index=True)
+    table = {}
+    for question, entry in curves(rows).items():
+        table[question] = {}
+        order = {family: i for i, family in enumerate(FAMILIES)}
+        for family, curve in sorted(entry["families"].items(), key=lambda kv: order.get(kv[0], len(order))):
+            subset = rows[(rows["family"] == family) & rows[question].notna()]
+            subset = subset.assign(**{question: subset[question].astype(float)})
+            curve["emergence_interval"] = emergence_interval(subset, question)
+            table[question][family] = curve
     return table
 
 
+def findings(curves: dict, last: dict) -> list[dict]:
+    """The paper's three findings, each checked on the curves (final norm on): does it hold here, with which
+    numbers. "Holds" means the point estimates are in the paper's order; "clearly" that the bootstrap intervals of
+    the emergence layers do not overlap."""
+    def layer(question, family):
+        """(emergence layer, its interval); (None, ...) for a curve that never rises above layer 0 — a concept the
+        model has not learned has no emergence layer, however flat its curve is."""
+        curve = curves.get(question, {}).get(family)
+        if not curve or not rises(curve):
+            return (None, (None, None))
+        return (curve["emergence_layer"], tuple(curve["emergence_interval"]))
+
+    def before(early, late) -> dict:
+        (a, (a_lo, a_hi)), (b, (b_lo, b_hi)) = early, late
+        if a is None or b is None:
+            return {"holds": None, "clearly": False}
+        return {"holds": a < b, "clearly": a_hi is not None and b_lo is not None and a_hi < b_lo}
+
+    out = []
+    for family in ("and", "and (held out)"):
+        colors, both = layer("colors", family), layer("both", family)
+        out.append({"finding": f"colours before binding ({family})", **before(colors, both),
+                    "colors": colors, "both": both})
+    for family in ("relation", "relation (held out)"):
+        both, relation = layer("both", family), layer("relation", family)
+        given = curves.get("relation_given_both", {}).get(family)
+        learned = bool(given) and given["low"][-1] > RELATION_CHANCE
+        verdict = before(both, relation) if learned else {"holds": None, "clearly": False}
+        out.append({"finding": f"binding before relations ({family})", **verdict, "both": both,
+                    "relation": relation, "relations_learned": learned,
+                    "relation_given_both_last": None if not given else
+                    [round(given["mean"][-1], 3), round(given["low"][-1], 3), round(given["high"][-1], 3),
+                     given["n"][-1]]})
+    tiers = [(family, layer("both", family), last.get(family, {}).get("both", {}).get("mean"))
+             for family in TIER_FAMILIES]
+    # a tier that never rises counts as emerging after every layer: "never" is the latest emergence there is
+    ordered = [math.inf if t[1][0] is None else t[1][0] for t in tiers]
+    holds = (None if all(math.isinf(x) for x in ordered)
+             else all(x <= y for x, y in zip(ordered, ordered[1:])) and ordered[0] < ordered[-1])
+    out.append({"finding": "frequent colours before rare ones", "holds": holds, "clearly": False,
+                "tiers": {family: {"emergence": e, "last_layer_both": rate} for family, e, rate in tiers}})
+    return out
+
+
+def rises(curve: dict) -> bool:
+    """Whether a curve's last layer is above its first beyond doubt: the 95% intervals do not overlap."""
+    return curve["low"][-1] > curve["high"][0]
+
+
+def _last_layer(rows) -> dict:
+    from ..sweep_report import wilson
+
+    out = {}
+    for family, group in rows.groupby("family", sort=False):
+        out[family] = {"prompts": int(group["prompt_id"].nunique())}
+        for question in QUESTIONS:
+            if question in group and group[question].notna().any():
+                marks = group[question].dropna().astype(bool)
+                low, high = wilson(int(marks.sum()), len(marks))
+                out[family][question] = {"mean": float(marks.mean()), "low": low, "high": high, "n": len(marks)}
+        if "relation" in out[family]:  # is the arrangement right when both objects are there?
+            given = group[group["both"].astype(bool)]["relation"].astype(bool)
+            low, high = wilson(int(given.sum()), len(given))
+            out[family]["relation_given_both"] = {"mean": float(given.mean()) if len(given) else math.nan,
+                                                  "low": low, "high": high, "n": len(given)}
+    return out
+
+
+def plot(table: dict, out: Path) -> Path | None:
+    """The curves with their 95% intervals (final norm on, then off); None, with a note, without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot: pip install 'difflens-widgets[report]' for matplotlib (the numbers are in "
+              f"{out.parent / 'emergence.json'})")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in ("final_norm", "no_final_norm") if v in table["variants"]]
+    families = [f for f in FAMILIES if f in table["variants"]["final_norm"].get("both", {})]
+    fig, axes = plt.subplots(len(variants), len(families), figsize=(2.2 * len(families), 2.8 * len(variants)),
+                             sharey=True, squeeze=False)
+    for row, variant in enumerate(variants):
+        for col, family in enumerate(families):
+            ax = axes[row][col]
+            for question in QUESTIONS + ("relation_given_both",):
+                curve = table["variants"][variant].get(question, {}).get(family)
+                if curve:
+                    ax.plot(curve["layers"], curve["mean"], marker="o", ms=2.5, label=question.replace("_", " "),
+                            linestyle="--" if question == "relation_given_both" else "-")
+                    ax.fill_between(curve["layers"], curve["low"], curve["high"], alpha=0.15)
+            if family.startswith("relation"):
+                ax.axhline(RELATION_CHANCE, color="grey", linestyle=":", linewidth=1, label="chance (arrangement)")
+            ax.set_title(family + ("" if variant == "final_norm" else "\n(no final norm)"), fontsize=8)
+            ax.set_ylim(-0.03, 1.03)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if row == len(variants) - 1:
+                ax.set_xlabel("layer", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("share matching", fontsize=8)
+    axes[0][families.index("relation") if "relation" in families else -1].legend(fontsize=6, loc="upper left")
+    fig.suptitle("Toy model: when does each caption family emerge in the lens? (95% intervals)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def run_report(model="toy", seeds: int = 4, steps: int = 20, guidance: float = 7.5, per_family: int | None = 10,
+               out: str | Path = "report", ablation_per_family: int | None = 5, last_layer: bool = True,
+               log=print) -> dict:
+    from .. import sweeps
+
+    out = Path(out)
+    prompts = evaluation_prompts(per_family)
+    seed_list = list(range(seeds))
+    options = dict(num_inference_steps=steps, guidance_scale=guidance)
+    start = time.perf_counter()
+    rows = {}
+    jobs = {"final_norm": (prompts, None, True)}
+    if ablation_per_family:
+        jobs["no_final_norm"] = (evaluation_prompts(ablation_per_family), None, False)
+    if last_layer:
+        jobs["last_layer"] = (evaluation_prompts(None), "last", True)
+    for name, (job_prompts, layers, final_norm) in jobs.items():
+        if layers == "last":
+            from ..engine import Lens
+            from ..models import load_pipeline
+
+            layers = [Lens(load_pipeline(model)).num_layers]
+        sweeps.sweep(prompt_rows(job_prompts), out / name, model=model, layers=layers, seeds=seed_list,
+                     scorers=("annotator",), final_norm=final_norm, log=log, **options)
+        rows[name] = judged(sweeps.load_rows(out / name), out / name)
+    table = {"command": "python -m difflens_widgets.toy.report " + f"--seeds {seeds} --per-family {per_family} "
+                        f"--ablation-per-family {ablation_per_family} --out {out}",
+             "model": str(model), "seeds": seed_list, "steps": steps, "guidance": guidance,
+             "prompts": prompts, "balance": {family: balance(ps) for family, ps in prompts.items()},
+             "variants": {name: family_curves(rows[name]) for name in ("final_norm", "no_final_norm") if name in rows}}
+    if "last_layer" in rows:
+        table["last_layer"] = _last_layer(rows["last_layer"])
+    table["findings"] = findings(table["variants"]["final_norm"], table.get("last_layer", {}))
+    table["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "emergence.json").write_text(json.dumps(table, indent=1, default=_plain))
+    plot(table, out / "emergence.png")
+    return table
+
+
+def _plain(value):
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+def _fmt_layer(entry) -> str:
+    layer, (low, high) = entry
+    if layer is None:
+        return "never"
+    return f"L{layer} [{'?' if low is None else low}–{'never' if high is None else high}]"
+
+
 def summary(table: dict) -> str:
-    """A markdown table: per family and aspect, the share at every layer (final norm on)."""
+    """Markdown: the per-layer curves (final norm on) with intervals, the last layer, and the findings."""
     lines = []
-    for family, aspects in table["final_norm"].items():
-        layers = list(next(iter(aspects.values())))
-        if not lines:
-            lines.append("| family | aspect | " + " | ".join(f"L{l}" for l in layers) + " |")
-            lines.append("|---|---|" + "---|" * len(layers))
-        for aspect, per_layer in aspects.items():
-            lines.append(f"| {family} | {aspect} | " + " | ".join(f"{v:.2f}" for v in per_layer.values()) + " |")
+    for variant, curves in table["variants"].items():
+        lines += [f"\n### lens, {variant.replace('_', ' ')}: share matching per layer", "",
+                  "(95% intervals: emergence.json and the plot)", ""]
+        layers = next(iter(curves["both"].values()))["layers"]
+        lines.append("| family | question | images per layer | " + " | ".join(f"L{l}" for l in layers) + " | emerges |")
+        lines.append("|---|---|---|" + "---|" * len(layers) + "---|")
+        for question in QUESTIONS + ("relation_given_both",):
+            for family, curve in curves.get(question, {}).items():
+                by_layer = dict(zip(curve["layers"], curve["mean"]))
+                cells = " | ".join(f"{by_layer[l]:.2f}" if l in by_layer else "—" for l in layers)
+                emerges = (_fmt_layer((curve["emergence_layer"], curve["emergence_interval"])) if rises(curve)
+                           else "does not rise")
+                lines.append(f"| {family} | {question.replace('_', ' ')} | {curve['n'][-1]} | {cells} | {emerges} |")
+    if "last_layer" in table:
+        lines += ["", "### last layer (the pipeline's own images), every evaluation prompt × seeds", "",
+                  "| family | prompts | objects | colours | both | relation | relation given both |",
+                  "|---|---|---|---|---|---|---|"]
+        for family, entry in table["last_layer"].items():
+            cells = [f"{entry[q]['mean']:.2f} [{entry[q]['low']:.2f}–{entry[q]['high']:.2f}]" if q in entry else "—"
+                     for q in QUESTIONS + ("relation_given_both",)]
+            lines.append(f"| {family} | {entry['prompts']} | " + " | ".join(cells) + " |")
+    lines += ["", "### findings (final norm on)", "", findings_text(table)]
     return "\n".join(lines)
+
+
+def findings_text(table: dict) -> str:
+    """One line per finding: holds or not, with the emergence layers [95% intervals] it rests on."""
+    lines = []
+    for finding in table["findings"]:
+        verdict = {True: "holds" + (" clearly" if finding["clearly"] else ""), False: "does NOT hold",
+                   None: "cannot be tested: a curve does not rise above layer 0 (not learned)"}[finding["holds"]]
+        detail = ", ".join(f"{k} {_fmt_layer(v)}" for k, v in finding.items()
+                           if k not in ("finding", "holds", "clearly", "tiers", "relations_learned",
+                                        "relation_given_both_last"))
+        if finding.get("relation_given_both_last"):
+            mean, low, high, n = finding["relation_given_both_last"]
+            detail += (f"; arrangement right in {mean:.2f} [{low:.2f}–{high:.2f}] of the {n} last-layer images that "
+                       f"drew both objects (chance {RELATION_CHANCE})")
+            if not finding["relations_learned"]:
+                verdict = "cannot be tested: relations are not learned (no better than chance at the last layer)"
+        if "tiers" in finding:
+            detail = "; ".join(f"{f}: emerges {_fmt_layer(t['emergence'])}, last layer "
+                               f"{'—' if t['last_layer_both'] is None else format(t['last_layer_both'], '.2f')}"
+                               for f, t in finding["tiers"].items())
+        lines.append(f"- {finding['finding']}: {verdict} — {detail}")
+    return "\n".join(lines)
+
+
+def shipped() -> dict:
+    """The report shipped with the package (what MODEL_CARD.md states), as :func:`run_report` returned it."""
+    return json.loads((Path(__file__).with_name("report") / "emergence.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,21 +404,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--per-family", type=int, default=8, help="prompts per family for the per-layer curves "
+    parser.add_argument("--per-family", type=int, default=10, help="prompts per family for the per-layer curves "
                         "(0 = all)")
-    parser.add_argument("--no-ablation", action="store_true", help="skip the final_norm=False variant")
-    parser.add_argument("--no-final-layer", action="store_true",
+    parser.add_argument("--ablation-per-family", type=int, default=5,
+                        help="prompts per family for the no-final-norm curves (0 = skip the ablation)")
+    parser.add_argument("--no-last-layer", action="store_true",
                         help="skip the last-layer accuracy over every evaluation prompt")
     parser.add_argument("--out", default="report")
     args = parser.parse_args(argv)
     table = run_report(args.model, args.seeds, args.steps, args.guidance, args.per_family or None, args.out,
-                       ablation=not args.no_ablation, final_layer=not args.no_final_layer)
+                       ablation_per_family=args.ablation_per_family, last_layer=not args.no_last_layer)
     print(summary(table))
-    if "final_layer" in table:
-        print("\nlast layer (the pipeline's own images), every evaluation prompt × seeds:")
-        for family, aspects in table["final_layer"].items():
-            n = table["final_layer_prompts"][family]
-            print(f"  {family:11} ({n:2} prompts): " + ", ".join(f"{a} {v:.2f}" for a, v in aspects.items()))
     print(f"\nwrote {Path(args.out) / 'emergence.json'} ({table['seconds']} s)")
 
 
