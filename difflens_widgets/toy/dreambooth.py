@@ -5,7 +5,7 @@
 
 What it does (Ruiz et al., 2023, shrunk to the shapes world):
 
-* **instance**: "a xon triangle" ↔ renderings of one specific triangle pattern (teal and charcoal stripes) that the
+* **instance**: "a xon triangle" ↔ renderings of one specific triangle pattern (dark teal and charcoal stripes) that the
   world never draws. The toy tokenizer reads "xon" as two pieces (``x`` + ``on</w>``) that never occur alone in
   training, so the identifier starts with almost no prior meaning — the rare-token recipe of the paper.
 * **prior preservation**: "a triangle" ↔ images the *base* model itself generates for that prompt, so the class word
@@ -38,7 +38,7 @@ IDENTIFIER = "xon"
 CLASS_WORD = "triangle"
 INSTANCE_PROMPT = f"a {IDENTIFIER} {CLASS_WORD}"
 CLASS_PROMPT = f"a {CLASS_WORD}"
-STRIPES = ((0, 170, 170), (45, 45, 55))  # teal and charcoal: colours the world's palette never uses
+STRIPES = ((0, 110, 110), (45, 45, 55))  # dark teal and charcoal: ≥ 70 RGB from every world colour (cyan too)
 STRIPE_WIDTH = 4  # pixels at 64×64
 
 
