@@ -87,7 +87,8 @@ _PALETTE = np.array([COLORS[n] for n in COLORS] + [rgb for shades in SHADES.valu
                     dtype=np.float32)
 
 
-def _background(pixels: np.ndarray) -> np.ndarray:
+def background_of(pixels: np.ndarray) -> np.ndarray:
+    """The image's background colour: the median of its border pixels (shapes never touch the border)."""
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     return np.median(border, axis=0)
 
@@ -165,13 +166,13 @@ def _split_by_color(members: np.ndarray, pixels: np.ndarray, paint: np.ndarray,
 def segment(image: Image.Image) -> list[Blob]:
     """The blobs of paint in ``image`` that could be drawn shapes (noise rejected), largest first."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    background = _background(pixels)
+    background = background_of(pixels)
     paint = shape_classifier.paint_strength(pixels, background)
     mask = np.linalg.norm(pixels - background, axis=-1) > FOREGROUND_DISTANCE
     size = mask.size
     blobs = []
     for component in _components(mask):
-        for members in _split_by_color(component, pixels, paint, background) if len(component) else []:
+        for members in _split_by_color(component, pixels, paint, background):
             if not MIN_AREA_FRACTION * size <= len(members) <= MAX_AREA_FRACTION * size:
                 continue
             ys, xs = members[:, 0], members[:, 1]

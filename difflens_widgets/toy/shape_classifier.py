@@ -17,7 +17,8 @@ paint strength in [0, 1], resized to :data:`SIDE` × :data:`SIDE`. Output: one o
 
     python -m difflens_widgets.toy.shape_classifier   # retrain; writes shape_classifier.safetensors beside this file
 
-Weights: ``shape_classifier.safetensors`` (≈ 0.1 MB) shipped in the package; training takes about a minute on a CPU.
+Weights: ``shape_classifier.safetensors`` (0.16 MB) shipped in the package; training (16,000 examples, 12 epochs)
+takes about five minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -98,15 +99,17 @@ def classify(windows: list[np.ndarray]) -> list[tuple[str, float]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Training data: world renders through the VAE round trip, softened
+# Training data: world shapes (and others) deformed, through the VAE round trip, softened
 # ---------------------------------------------------------------------------------------------------------------
 def _soften(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Make a clean round-tripped render look more like a generation: blur and fade towards the background."""
     if rng.random() < 0.6:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2))))
+    from .annotate import background_of
+
     fade = float(rng.uniform(0.55, 1.0)) if rng.random() < 0.5 else 1.0
     pixels = np.asarray(image, dtype=np.float32)
-    background = np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), axis=0)
+    background = background_of(pixels)
     return Image.fromarray(np.clip(background + fade * (pixels - background), 0, 255).astype(np.uint8))
 
 
@@ -196,16 +199,17 @@ def training_windows(count: int, seed: int, vae=None) -> tuple[np.ndarray, np.nd
 
 
 def _round_trip(images: list[Image.Image], vae) -> list[Image.Image]:
+    from diffusers.image_processor import VaeImageProcessor
+
     from .train import images_to_tensor
 
     with torch.no_grad():
         x = images_to_tensor(images).to(vae.dtype)
         out = vae.decode(vae.encode(x).latent_dist.mode()).sample.float()
-    array = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in array]
+    return VaeImageProcessor().postprocess(out, output_type="pil")
 
 
-def train(vae_path: str | Path, count: int = 12000, epochs: int = 12, seed: int = 0,
+def train(vae_path: str | Path, count: int = 16000, epochs: int = 12, seed: int = 0,
           out: Path = WEIGHTS) -> dict:
     """Train the classifier on round-tripped, softened renders; report accuracy on a separate held-out draw."""
     from diffusers import AutoencoderKL
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", default=str(Path(__file__).with_name("model") / "vae"),
                         help="the VAE whose round trip the training images go through (default: the shipped toy's)")
-    parser.add_argument("--count", type=int, default=12000)
+    parser.add_argument("--count", type=int, default=16000)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     args = parser.parse_args(argv)
