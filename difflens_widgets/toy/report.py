@@ -97,6 +97,8 @@ def evaluation_prompts(per_family: int | None = None, seed: int = 0) -> dict[str
 
 
 QUESTIONS = ("objects", "colors", "both", "relation")
+# the questions, and the arrangement judged only where both objects are drawn
+MEASURES = QUESTIONS + ("relation_given_both",)
 BOOTSTRAP = 1000
 # P(a random arrangement of two objects satisfies a named relation): one of four directions, its axis dominating
 RELATION_CHANCE = 0.25
@@ -162,18 +164,14 @@ def family_curves(rows) -> dict:
 
     from ..sweep_report import curves
 
-    rows = rows.copy()
-    for question in QUESTIONS:
-        if question in rows:
-            rows[question] = rows[question].map(lambda v: None if v is None or v != v else bool(v))
     if "relation" in rows and rows["relation"].notna().any():  # the arrangement, judged where both objects are drawn
         drawn = rows[(rows["both"] == True) & rows["relation"].notna()]  # noqa: E712 (object column)
         rows = pd.concat([rows, drawn.assign(relation_given_both=drawn["relation"])
                           .drop(columns=list(QUESTIONS))], ignore_index=True)
     table = {}
+    order = {family: i for i, family in enumerate(FAMILIES)}
     for question, entry in curves(rows).items():
         table[question] = {}
-        order = {family: i for i, family in enumerate(FAMILIES)}
         for family, curve in sorted(entry["families"].items(), key=lambda kv: order.get(kv[0], len(order))):
             subset = rows[(rows["family"] == family) & rows[question].notna()]
             subset = subset.assign(**{question: subset[question].astype(float)})
@@ -268,7 +266,7 @@ def plot(table: dict, out: Path) -> Path | None:
     for row, variant in enumerate(variants):
         for col, family in enumerate(families):
             ax = axes[row][col]
-            for question in QUESTIONS + ("relation_given_both",):
+            for question in MEASURES:
                 curve = table["variants"][variant].get(question, {}).get(family)
                 if curve:
                     ax.plot(curve["layers"], curve["mean"], marker="o", ms=2.5, label=question.replace("_", " "),
@@ -306,14 +304,9 @@ def run_report(model="toy", seeds: int = 4, steps: int = 20, guidance: float = 7
     jobs = {"final_norm": (prompts, None, True)}
     if ablation_per_family:
         jobs["no_final_norm"] = (evaluation_prompts(ablation_per_family), None, False)
-    if last_layer:
-        jobs["last_layer"] = (evaluation_prompts(None), "last", True)
+    if last_layer:  # -1: the pipeline's own conditioning, whatever the encoder's depth
+        jobs["last_layer"] = (evaluation_prompts(None), [-1], True)
     for name, (job_prompts, layers, final_norm) in jobs.items():
-        if layers == "last":
-            from ..engine import Lens
-            from ..models import load_pipeline
-
-            layers = [Lens(load_pipeline(model)).num_layers]
         sweeps.sweep(prompt_rows(job_prompts), out / name, model=model, layers=layers, seeds=seed_list,
                      scorers=("annotator",), final_norm=final_norm, log=log, **options)
         rows[name] = judged(sweeps.load_rows(out / name), out / name)
@@ -351,7 +344,7 @@ def summary(table: dict) -> str:
         layers = next(iter(curves["both"].values()))["layers"]
         lines.append("| family | question | images per layer | " + " | ".join(f"L{l}" for l in layers) + " | emerges |")
         lines.append("|---|---|---|" + "---|" * len(layers) + "---|")
-        for question in QUESTIONS + ("relation_given_both",):
+        for question in MEASURES:
             for family, curve in curves.get(question, {}).items():
                 by_layer = dict(zip(curve["layers"], curve["mean"]))
                 cells = " | ".join(f"{by_layer[l]:.2f}" if l in by_layer else "—" for l in layers)
@@ -364,7 +357,7 @@ def summary(table: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for family, entry in table["last_layer"].items():
             cells = [f"{entry[q]['mean']:.2f} [{entry[q]['low']:.2f}–{entry[q]['high']:.2f}]" if q in entry else "—"
-                     for q in QUESTIONS + ("relation_given_both",)]
+                     for q in MEASURES]
             lines.append(f"| {family} | {entry['prompts']} | " + " | ".join(cells) + " |")
     lines += ["", "### findings (final norm on)", "", findings_text(table)]
     return "\n".join(lines)
