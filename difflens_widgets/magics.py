@@ -12,16 +12,20 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from . import lens_options
+from .core import options as lens_options
 
 
 def magic_parser() -> MagicArgumentParser:
-    parser = MagicArgumentParser(prog="%difflens", add_help=False,
-                                 description="Show a Diffusion Lens dashboard, already running.")
+    parser = MagicArgumentParser(
+        prog="%difflens", add_help=False, description="Show a Diffusion Lens dashboard, already running."
+    )
     parser.add_argument("prompt", nargs="*", help="the prompt (quote it); in %%difflens, one prompt per line")
     parser.add_argument("--model", default="toy", help="'toy', a pipeline folder or a cached hub id")
-    parser.add_argument("--tuned", default=None, help="a fine-tune of --model (folder, LoRA, textual inversion): "
-                                                      "raw, tuned and their difference side by side")
+    parser.add_argument(
+        "--tuned",
+        default=None,
+        help="a fine-tune of --model (folder, LoRA, textual inversion): raw, tuned and their difference side by side",
+    )
     lens_options.add_arguments(parser, "magic")
     parser.add_argument("-h", "--help", action="store_true", help="show this help")
     return parser
@@ -39,10 +43,28 @@ class DiffLensMagics(Magics):
 
     def _pipeline(self, model: str):
         if model not in self._pipelines:
-            from .models import load_pipeline
+            from .core.models import load_pipeline
 
             self._pipelines[model] = load_pipeline(model)
         return self._pipelines[model]
+
+    def _show_while_loading(self, prompt: str, model: str, tuned, text_from: str, inputs: dict):
+        """The dashboard on screen at once, the model loading behind it; the run starts when it has loaded."""
+        from IPython.display import display
+
+        from .widgets import LensDashboard
+
+        _checked_source(model)
+        if text_from:
+            _checked_source(text_from)
+        if tuned and not __import__("pathlib").Path(tuned).expanduser().exists():
+            raise FileNotFoundError(f"no tuned model at {tuned}")
+        dash = LensDashboard(model, background_load=True, tuned=tuned, text_from=text_from or None,
+                             on_loaded=lambda pipe: self._pipelines.setdefault(model, pipe), prompt=prompt,
+                             **inputs)  # fmt: skip
+        display(dash)
+        dash.run()
+        return dash
 
     @line_cell_magic
     def difflens(self, line: str, cell: str | None = None):
@@ -56,7 +78,7 @@ class DiffLensMagics(Magics):
             print(f"difflens: {err}")
             return None
         except ValueError as err:  # shlex: an unbalanced quote, e.g. %difflens it's red
-            print(f"difflens: cannot read the line ({err}); quote the prompt, e.g. %difflens \"it's red\"")
+            print(f'difflens: cannot read the line ({err}); quote the prompt, e.g. %difflens "it\'s red"')
             return None
         if args.help:
             print(self.parser.format_help())
@@ -76,15 +98,24 @@ class DiffLensMagics(Magics):
         dashboards = []
         try:
             lens_options.precheck(values)
+            if len(prompts) == 1 and (
+                args.model not in self._pipelines or (text_from and text_from not in self._pipelines)
+            ):
+                dash = self._show_while_loading(prompts[0], args.model, args.tuned, text_from, inputs)
+                self.shell.user_ns["_difflens"] = dash
+                return None
+            if args.model not in self._pipelines:
+                print(f"difflens: loading {args.model}…", flush=True)  # something on screen while it loads
             pipe = self._pipeline(args.model)
             if args.tuned:
-                from .tuning import load_tuned
+                from .analyses.tuning import load_tuned
 
                 args.tuned = load_tuned(pipe, args.tuned)  # once for every prompt of the cell
             extra = {"tuned": args.tuned, "text_from": self._pipeline(text_from) if text_from else None}
             for prompt in prompts:
-                dash = LensDashboard(pipe, prompt=prompt, **extra, **inputs)
-                dash.request()  # validate before showing anything
+                dash = LensDashboard(pipe, prompt=prompt, **extra, **inputs)  # resolves its inputs once
+                if dash.input_error:  # refused before showing anything
+                    raise ValueError(dash.input_error)
                 dashboards.append(dash)
         except (ValueError, TypeError, FileNotFoundError, OSError) as err:
             print(f"difflens: {err}")
@@ -94,6 +125,13 @@ class DiffLensMagics(Magics):
             dash.run()
         self.shell.user_ns["_difflens"] = dashboards[0] if len(dashboards) == 1 else dashboards
         return None
+
+
+def _checked_source(model: str) -> None:
+    """What can be checked of a model without loading it (a missing folder, an uncached hub id): at once."""
+    from .core.models import locate
+
+    locate(model)
 
 
 def load_ipython_extension(ipython) -> None:

@@ -5,32 +5,54 @@ from __future__ import annotations
 
 import torch
 
+from .core.models import sd_pipeline
+
+# every word the tiny pipelines' prompts use (the CLIP tokenizer's words, the T5 tokenizer's vocabulary)
+TINY_WORDS = (
+    "a an and of photo cat dog red blue green circle square left right above below big small the on in xon"
+).split()
+
 
 def tiny_clip_tokenizer(max_length: int = 16):
     """A real CLIPTokenizer over a small word vocabulary (one token per word)."""
     from .toy.tokenizer import build_tokenizer
 
-    words = ["a", "an", "and", "of", "photo", "cat", "dog", "red", "blue", "green", "circle", "square", "left",
-             "right", "above", "below", "big", "small", "the", "on", "in", "xon"]
-    return build_tokenizer(words, max_length=max_length)
+    return build_tokenizer(TINY_WORDS, max_length=max_length)
 
 
 def tiny_stable_diffusion(seed: int = 0, num_layers: int = 4, scheduler: str = "ddim", sample_size: int = 8):
     """A StableDiffusionPipeline of a few hundred thousand random parameters: 32×32 images by default."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, EulerAncestralDiscreteScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        EulerAncestralDiscreteScheduler,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
     unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1, norm_num_groups=8, sample_size=sample_size * 4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=sample_size * 4,
     )
     text_encoder = tiny_clip(tokenizer, num_layers=num_layers, width=32)
     schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -40,19 +62,13 @@ def tiny_stable_diffusion(seed: int = 0, num_layers: int = 4, scheduler: str = "
         sched = EulerAncestralDiscreteScheduler(**schedule)
     else:
         raise ValueError(f"scheduler must be 'ddim' or 'euler_ancestral', got {scheduler!r}")
-    pipe = StableDiffusionPipeline(
-        vae=vae.eval(), unet=unet.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=sched,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = sd_pipeline(vae.eval(), unet.eval(), text_encoder.eval(), tokenizer, sched)
     return pipe
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tiny pipelines of the other families (random weights; each runs in well under a second on a CPU)
 # ---------------------------------------------------------------------------------------------------------------
-TINY_WORDS = ["a", "an", "and", "of", "photo", "cat", "dog", "red", "blue", "green", "circle", "square", "left",
-              "right", "above", "below", "big", "small", "the", "on", "in", "xon"]
 
 
 def tiny_t5_tokenizer(max_length: int = 16):
@@ -64,42 +80,70 @@ def tiny_t5_tokenizer(max_length: int = 16):
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                                   model_max_length=max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=max_length
+    )
 
 
 def tiny_t5(tokenizer, num_layers: int = 3, width: int = 32):
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width,
-                                   num_layers=num_layers, num_heads=4, dropout_rate=0.0,
-                                   pad_token_id=0, eos_token_id=1)).eval()
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=width,
+            d_kv=8,
+            d_ff=2 * width,
+            num_layers=num_layers,
+            num_heads=4,
+            dropout_rate=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    ).eval()
 
 
 def tiny_clip(tokenizer, num_layers: int = 4, width: int = 32, projection: bool = False):
     return clip_text(tokenizer, width, num_layers, heads=4, ffn=2 * width, projection=width if projection else None)
 
 
-def clip_text(tokenizer, width: int, layers: int, heads: int, ffn: int, act: str = "quick_gelu",
-              projection: int | None = None):
+def clip_text(
+    tokenizer, width: int, layers: int, heads: int, ffn: int, act: str = "quick_gelu", projection: int | None = None
+):
     """A CLIP text encoder of any size with random weights (``projection``: with a text projection of that width)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=ffn,
-                            num_hidden_layers=layers, num_attention_heads=heads, hidden_act=act,
-                            projection_dim=projection or width, max_position_embeddings=tokenizer.model_max_length,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        hidden_act=act,
+        projection_dim=projection or width,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
 def _tiny_vae(latent_channels: int = 4, **extra):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
-                         block_out_channels=(16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
-                         up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, norm_num_groups=8,
-                         sample_size=32, **extra).eval()
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=(16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=32,
+        **extra,
+    ).eval()
 
 
 def tiny_sdxl(seed: int = 0):
@@ -109,18 +153,38 @@ def tiny_sdxl(seed: int = 0):
     torch.manual_seed(seed)
     tok = tiny_clip_tokenizer()
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64, norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=8,
     ).eval()
     pipe = StableDiffusionXLPipeline(
-        vae=_tiny_vae(), text_encoder=tiny_clip(tok, 4), text_encoder_2=tiny_clip(tok, 5, projection=True),
-        tokenizer=tok, tokenizer_2=tiny_clip_tokenizer(), unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                         steps_offset=1, timestep_spacing="leading"),
-        force_zeros_for_empty_prompt=True, add_watermarker=False,
+        vae=_tiny_vae(),
+        text_encoder=tiny_clip(tok, 4),
+        text_encoder_2=tiny_clip(tok, 5, projection=True),
+        tokenizer=tok,
+        tokenizer_2=tiny_clip_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -133,16 +197,28 @@ def tiny_sd3(seed: int = 0, with_t5: bool = True):
     torch.manual_seed(seed)
     tok = tiny_clip_tokenizer()
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
     ).eval()
     t5_tok = tiny_t5_tokenizer()
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=_tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=tiny_clip(tok, 4, projection=True), tokenizer=tok,
-        text_encoder_2=tiny_clip(tok, 4, projection=True), tokenizer_2=tiny_clip_tokenizer(),
-        text_encoder_3=tiny_t5(t5_tok) if with_t5 else None, tokenizer_3=t5_tok if with_t5 else None,
+        text_encoder=tiny_clip(tok, 4, projection=True),
+        tokenizer=tok,
+        text_encoder_2=tiny_clip(tok, 4, projection=True),
+        tokenizer_2=tiny_clip_tokenizer(),
+        text_encoder_3=tiny_t5(t5_tok) if with_t5 else None,
+        tokenizer_3=t5_tok if with_t5 else None,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -156,14 +232,38 @@ def tiny_flux(seed: int = 0):
     torch.manual_seed(seed)
     tok, t5_tok = tiny_clip_tokenizer(), tiny_t5_tokenizer()
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
     ).eval()
-    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                        shift_factor=0.0609, scaling_factor=1.5035).eval()
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=tiny_clip(tok, 4),
-                        tokenizer=tok, text_encoder_2=tiny_t5(t5_tok), tokenizer_2=t5_tok, transformer=transformer)
+    vae = AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    ).eval()
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=tiny_clip(tok, 4),
+        tokenizer=tok,
+        text_encoder_2=tiny_t5(t5_tok),
+        tokenizer_2=t5_tok,
+        transformer=transformer,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -175,12 +275,29 @@ def tiny_pixart(seed: int = 0):
     torch.manual_seed(seed)
     t5_tok = tiny_t5_tokenizer()
     transformer = PixArtTransformer2DModel(
-        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
-        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
     ).eval()
-    pipe = PixArtAlphaPipeline(tokenizer=t5_tok, text_encoder=tiny_t5(t5_tok), vae=_tiny_vae(),
-                               transformer=transformer, scheduler=DDIMScheduler())
+    pipe = PixArtAlphaPipeline(
+        tokenizer=t5_tok,
+        text_encoder=tiny_t5(t5_tok),
+        vae=_tiny_vae(),
+        transformer=transformer,
+        scheduler=DDIMScheduler(),
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -192,26 +309,56 @@ def tiny_deepfloyd_if(seed: int = 0):
     torch.manual_seed(seed)
     t5_tok = tiny_t5_tokenizer()
     unet = UNet2DConditionModel(
-        sample_size=32, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=32,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), in_channels=3, out_channels=6,
-        cross_attention_dim=32, encoder_hid_dim=32, attention_head_dim=8, addition_embed_type="text",
-        addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
-        act_fn="gelu", norm_num_groups=8,
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        in_channels=3,
+        out_channels=6,
+        cross_attention_dim=32,
+        encoder_hid_dim=32,
+        attention_head_dim=8,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
+        cross_attention_norm="group_norm",
+        resnet_time_scale_shift="scale_shift",
+        act_fn="gelu",
+        norm_num_groups=8,
     ).eval()
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001,
-                              beta_end=0.02, thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.0,
-                              prediction_type="epsilon", variance_type="learned_range")
-    pipe = IFPipeline(tokenizer=t5_tok, text_encoder=tiny_t5(t5_tok), unet=unet, scheduler=scheduler,
-                      safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        beta_start=0.0001,
+        beta_end=0.02,
+        thresholding=True,
+        dynamic_thresholding_ratio=0.95,
+        sample_max_value=1.0,
+        prediction_type="epsilon",
+        variance_type="learned_range",
+    )
+    pipe = IFPipeline(
+        tokenizer=t5_tok,
+        text_encoder=tiny_t5(t5_tok),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 TINY_FAMILIES = {
-    "stable-diffusion": tiny_stable_diffusion, "stable-diffusion-xl": tiny_sdxl, "stable-diffusion-3": tiny_sd3,
-    "flux": tiny_flux, "pixart": tiny_pixart, "deepfloyd-if": tiny_deepfloyd_if,
+    "stable-diffusion": tiny_stable_diffusion,
+    "stable-diffusion-xl": tiny_sdxl,
+    "stable-diffusion-3": tiny_sd3,
+    "flux": tiny_flux,
+    "pixart": tiny_pixart,
+    "deepfloyd-if": tiny_deepfloyd_if,
 }
 
 
@@ -222,25 +369,30 @@ TINY_FAMILIES = {
 def _sd_vae(sample_size: int, latent_channels: int = 4, **extra):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=latent_channels,
-                         sample_size=sample_size, down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, **extra).eval()
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=latent_channels,
+        sample_size=sample_size,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        **extra,
+    ).eval()
 
 
 def sd15_architecture(device="cpu", dtype=torch.float32):
     """Stable Diffusion 1.5: UNet (859 M), VAE, CLIP ViT-L/14 text encoder (12 blocks), PNDM; 512² images."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, UNet2DConditionModel
 
     tokenizer = tiny_clip_tokenizer(max_length=77)
     with torch.device(device):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
         vae = _sd_vae(512)
         text_encoder = clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    )
+    pipe = sd_pipeline(vae, unet, text_encoder, tokenizer, scheduler)
     return pipe.to(device=device, dtype=dtype)
 
 
@@ -251,19 +403,34 @@ def sdxl_architecture(device="cpu", dtype=torch.float32):
     tokenizer = tiny_clip_tokenizer(max_length=77)
     with torch.device(device):
         unet = UNet2DConditionModel(
-            sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            sample_size=128,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
         ).eval()
         vae = _sd_vae(1024, scaling_factor=0.13025, force_upcast=True)
         text_encoder = clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
         text_encoder_2 = clip_text(tokenizer, 1280, 32, 20, 5120, "gelu", projection=1280)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, unet=unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=scheduler)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        scheduler=scheduler,
+    )
     return pipe.to(device=device, dtype=dtype)
 
 
@@ -276,19 +443,50 @@ def flux_architecture(device="cpu", dtype=torch.float32):
     tokenizer_2 = tiny_t5_tokenizer(max_length=512)
     with torch.device(device):
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-            axes_dims_rope=(16, 56, 56)).eval()
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        ).eval()
         text_encoder = clip_text(tokenizer, 768, 12, 12, 3072, "quick_gelu")
-        text_encoder_2 = T5EncoderModel(T5Config(
-            vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-            feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1)).eval()
-        vae = _sd_vae(1024, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
-                      use_post_quant_conv=False)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                max_shift=1.15)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                vocab_size=32128,
+                d_model=4096,
+                d_kv=64,
+                d_ff=10240,
+                num_layers=24,
+                num_heads=64,
+                feed_forward_proj="gated-gelu",
+                dropout_rate=0.0,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
+        ).eval()
+        vae = _sd_vae(
+            1024,
+            latent_channels=16,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
     return pipe.to(device=device, dtype=dtype)
 
 
@@ -300,19 +498,34 @@ def tiny_clip_scorer(seed: int = 0):
     exercises the CLIP scoring path with no download."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from .scorers import ClipScorer
+    from .sweeps.scorers import ClipScorer
 
     tokenizer = tiny_clip_tokenizer()
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
     return ClipScorer(model=CLIPModel(config), processor=processor, device="cpu")

@@ -45,8 +45,9 @@ def test_foreground_embeds_beside_a_background_run_are_exact(skip_layers, shared
             for layer, expected in reference[prompt].items():
                 assert np.array_equal(vectors[layer], expected), (i, prompt, layer)
             if i % 100 == 0:
-                assert np.array_equal(similarity.layer_similarity(foreground, PROMPTS[1], layers=[0, 4]).values,
-                                      reference_sim)
+                assert np.array_equal(
+                    similarity.layer_similarity(foreground, PROMPTS[1], layers=[0, 4]).values, reference_sim
+                )
     finally:
         stop.set()
         worker.join(60)

@@ -46,8 +46,12 @@ def test_run_streams_png_buffers(dash):
 
 
 def test_invalid_fields_never_start_a_run(dash):
-    for field, value, text in [("prompt", "  ", "prompt is empty"), ("layers", "40", "0..4"),
-                               ("seeds", "a,b", "seeds"), ("prompt", "a red \x1b[31mcircle", "control characters")]:
+    for field, value, text in [
+        ("prompt", "  ", "prompt is empty"),
+        ("layers", "40", "0..4"),
+        ("seeds", "a,b", "seeds"),
+        ("prompt", "a red \x1b[31mcircle", "control characters"),
+    ]:
         original = getattr(dash, field)
         setattr(dash, field, value)
         dash.run()
@@ -56,10 +60,16 @@ def test_invalid_fields_never_start_a_run(dash):
         setattr(dash, field, original)
 
 
-@pytest.mark.parametrize("field, value, text", [("num_inference_steps", 0, "in 1..1000"),
-                                                ("num_inference_steps", -1, "in 1..1000"),
-                                                ("guidance_scale", float("inf"), "finite number"),
-                                                ("selected_layer", 99, "0..4"), ("selected_layer", -1, "0..4")])
+@pytest.mark.parametrize(
+    "field, value, text",
+    [
+        ("num_inference_steps", 0, "in 1..1000"),
+        ("num_inference_steps", -1, "in 1..1000"),
+        ("guidance_scale", float("inf"), "finite number"),
+        ("selected_layer", 99, "0..4"),
+        ("selected_layer", -1, "0..4"),
+    ],
+)
 def test_numbers_are_refused_when_set_not_only_at_run(dash, field, value, text):
     before = getattr(dash, field)
     with pytest.raises((ValueError, TypeError), match=text):
@@ -84,7 +94,9 @@ def test_cancel_keeps_finished_layers(dash):
     dash.run()
     assert dash.wait(60)
     shown = {f["layer"] for f in dash.frames}
-    assert dash.status == "cancelled" and dash.message == f"cancelled: showing the {len(shown)} of 5 images that finished"
+    assert (
+        dash.status == "cancelled" and dash.message == f"cancelled: showing the {len(shown)} of 5 images that finished"
+    )
     assert 0 < len(shown) < 5 and shown == set(range(len(shown)))
 
 
@@ -92,8 +104,10 @@ def test_a_run_lays_out_its_cells_at_once_and_clears_the_previous_prompt(dash):
     dash.run()
     assert dash.wait(60) and dash.heatmaps and dash.selected_layer == 4  # the first run opens on the last layer
     seen = []
-    dash.observe(lambda change: seen.append((dash.status, list(dash.run_layers), len(dash.frames),
-                                             len(dash.heatmaps))), "progress")
+    dash.observe(
+        lambda change: seen.append((dash.status, list(dash.run_layers), len(dash.frames), len(dash.heatmaps))),
+        "progress",
+    )
     dash.prompt, dash.layers = "a blue square", "0,2"
     dash.run()
     assert dash.wait(60) and dash.status == "done"
@@ -130,8 +144,9 @@ def test_cancel_brings_back_the_previous_complete_result(dash):
 def test_cancel_before_any_image_keeps_the_previews_labelled(tiny_pipe):
     fresh = dl.LensDashboard(tiny_pipe)
     fresh.num_inference_steps, fresh.layers, fresh.max_batch = 5, "", 8
-    fresh.observe(lambda change: fresh.cancel() if change["new"] and change["new"][0]["step"] >= 2 else None,
-                  "previews")
+    fresh.observe(
+        lambda change: fresh.cancel() if change["new"] and change["new"][0]["step"] >= 2 else None, "previews"
+    )
     fresh.run()
     assert fresh.wait(60) and fresh.status == "cancelled"
     assert fresh.frames and all(f["preview"] and f["step"] >= 1 for f in fresh.frames)
@@ -152,14 +167,10 @@ def test_second_run_cancels_the_first_and_runs_after(dash):
 
 
 def test_run_error_is_shown_and_widget_stays_usable(dash, monkeypatch):
-    check = dash._lens.run
-
-    def broken(*args, **kwargs):
-        if kwargs.get("dry_run"):  # the inputs are fine; the run itself fails
-            return check(*args, **kwargs)
+    def broken(*args, **kwargs):  # the inputs are fine (resolved); running them fails
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(dash._lens, "run", broken)
+    monkeypatch.setattr(dash._lens, "execute", broken)
     dash.run()
     assert dash.wait(30)
     assert dash.status == "error" and "out of memory (simulated)" in dash.message
@@ -176,7 +187,7 @@ def test_messages_from_the_browser(dash, monkeypatch):
     dash._on_message(dash, {"action": "run"}, [])
     assert dash.wait(60) and dash.status == "done"
     dash._on_message(dash, {"action": "export", "kind": "gif"}, [])
-    (content, buffers), = sent
+    ((content, buffers),) = sent
     assert content["action"] == "download" and content["name"].endswith(".gif")
     gif = Image.open(io.BytesIO(buffers[0]))
     assert gif.n_frames == 5
@@ -218,12 +229,14 @@ def test_raw_vs_tuned(tiny_pipe):
     # the difference: |raw − tuned| on one viridis scale whose top is the run's largest difference
     scale = dash.panels[2]["scale"]
     raw, tuned_result = dash.result, dash.tuned_result
-    largest = max(np.abs(np.asarray(raw.images[k], np.float32) - np.asarray(tuned_result.images[k], np.float32))
-                  .mean(-1).max() for k in raw.images)
+    largest = max(
+        np.abs(np.asarray(raw.images[k], np.float32) - np.asarray(tuned_result.images[k], np.float32)).mean(-1).max()
+        for k in raw.images
+    )
     assert scale["min"] == 0 and scale["max"] == pytest.approx(largest, abs=0.05)
     # every export carries all three, rows interleaved by seed
     grid = Image.open(io.BytesIO(dash.export("grid")[1]))
-    assert grid.height == 6 * 128 + 18 and grid.width == 100 + 5 * 128
+    assert grid.height == 26 + 22 + 6 * 128 and grid.width == 130 + 5 * 128  # title, layer labels, 6 rows
     gif = Image.open(io.BytesIO(dash.export("gif")[1]))
     assert gif.n_frames == 5 and gif.height == 16 + 3 * 192 and gif.width == 100 + 2 * 192
 
@@ -231,3 +244,37 @@ def test_raw_vs_tuned(tiny_pipe):
 def test_tuned_with_other_architecture_is_refused(tiny_pipe):
     with pytest.raises(ValueError, match="text-encoder layers: base 4, tuned 3"):
         dl.LensDashboard(tiny_pipe, tuned=tiny_stable_diffusion(num_layers=3))
+
+
+def test_the_dashboard_is_there_before_its_model(tmp_path):
+    """background_load: the widget exists at once, says it is loading, and a Run pressed meanwhile starts when the
+    model is there (what %difflens shows for a model it has not loaded yet)."""
+    from difflens_widgets.testing import tiny_stable_diffusion
+
+    folder = tmp_path / "pipe"
+    tiny_stable_diffusion().save_pretrained(folder)
+    loaded = []
+    dash = dl.LensDashboard(folder, background_load=True, on_loaded=loaded.append, prompt="a red circle",
+                            layers="0,4", num_inference_steps=1)  # fmt: skip
+    assert dash.status == "loading" and "loading the model" in dash.message
+    dash.run()  # queued until the model is there
+    assert dash.wait(60) and dash.status == "done" and dash.result.layers == [0, 4]
+    assert len(loaded) == 1 and dash.loaded
+    broken = dl.LensDashboard(tmp_path / "nothing-here", background_load=True)
+    assert broken.wait(30) and broken.status == "error" and "could not be loaded" in broken.message
+
+
+def test_attention_maps_reach_the_front_end(dash):
+    dash.attention = True
+    dash.layers = "0,4"
+    dash.run()
+    assert dash.wait(60) and dash.status == "done"
+    data = dash.attention_maps
+    real = dash.result.params["real_tokens"]
+    assert [w["label"] for w in data["words"]][1:4] == ["a", "red", "circle"]
+    assert len(data["frames"]) == 2 and data["frames"][0]["kind"] == "lens"
+    h, w = data["grid"]
+    assert len(data["frames"][0]["maps"]) == real * h * w and len(data["frames"][0]["mass"]) == dash.num_inference_steps
+    dash.attention = False
+    dash.run()
+    assert dash.wait(60) and dash.attention_maps == {}

@@ -7,8 +7,10 @@ import torch
 from PIL import Image
 
 import difflens_widgets as dl
-from difflens_widgets import denoiser, probes, testing
+from difflens_widgets import testing
 from difflens_widgets.adapters import adapter_for
+from difflens_widgets.denoiser import probes
+from difflens_widgets.denoiser import taps as denoiser
 from difflens_widgets.toy.world import world_probe_set
 
 FAMILIES = ["tiny_stable_diffusion", "tiny_sdxl", "tiny_sd3", "tiny_flux", "tiny_pixart", "tiny_deepfloyd_if"]
@@ -26,12 +28,18 @@ def test_taps_on_every_family_leave_the_pipeline_as_it_was(family):
     pipe = getattr(testing, family)()
     adapter = adapter_for(pipe)
     names = denoiser.block_names(pipe)
-    kwargs = dict(num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
-                  output_type="np", **denoiser._call_kwargs(pipe, adapter))
+    kwargs = dict(
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **denoiser._call_kwargs(pipe, adapter),
+    )
     before = pipe("a red circle", **kwargs).images
     given = denoiser.image_features(pipe, IMAGES, timesteps=[100, 900], keep_spatial=True)
-    generated = denoiser.generation_features(pipe, ["a red circle", "a blue square"], num_inference_steps=3,
-                                             at_steps=[0, 2])
+    generated = denoiser.generation_features(
+        pipe, ["a red circle", "a blue square"], num_inference_steps=3, at_steps=[0, 2]
+    )
     assert given.blocks == names and set(given.pooled) == {(b, t) for b in names for t in (100, 900)}
     for (block, t), pooled in given.pooled.items():
         spatial = given.spatial[(block, t)]
@@ -114,8 +122,13 @@ def test_pca_rgb_maps_a_spatial_feature():
 
 def test_toy_denoiser_knows_colour_and_shape_and_results_round_trip(tmp_path):
     images, labels = world_probe_set(120, seed=0)
-    result = dl.probe(dl.load_pipeline("toy"), images, {"color": labels["color"], "shape": labels["shape"]},
-                      blocks=["mid", "up1"], timesteps=[50, 950])
+    result = dl.probe(
+        dl.load_pipeline("toy"),
+        images,
+        {"color": labels["color"], "shape": labels["shape"]},
+        blocks=["mid", "up1"],
+        timesteps=[50, 950],
+    )
     up1, low, high = result.blocks.index("up1"), 0, 1
     assert result.accuracy["color"][up1, low] >= 0.8 > result.chance["color"] * 3
     assert result.accuracy["color"][up1, low] > result.accuracy["color"][up1, high]  # noise hides colour
@@ -133,8 +146,24 @@ def test_toy_denoiser_knows_colour_and_shape_and_results_round_trip(tmp_path):
 def test_probe_command_line(tmp_path, capsys):
     from difflens_widgets.cli import main
 
-    assert main(["probe", "--images", "36", "--blocks", "up1", "--timesteps", "50", "--sae", "up1@50",
-                 "--out", str(tmp_path / "p")]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--images",
+                "36",
+                "--blocks",
+                "up1",
+                "--timesteps",
+                "50",
+                "--sae",
+                "up1@50",
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "color: linear-probe accuracy" in out and "| up1 |" in out and "k-SAE on up1@50" in out
     assert (tmp_path / "p" / "probe.json").exists() and (tmp_path / "p" / "probe.html").exists()
@@ -148,14 +177,17 @@ def toy_probe():
     return dl.probe(pipe, 72, blocks=["mid", "up1"], timesteps=[50, 500]), pipe
 
 
+@pytest.mark.slow
 def test_denoiser_view_opens_a_state_on_click(toy_probe):
     result, pipe = toy_probe
     view = dl.DenoiserView(result, pipe)
+    assert view.wait(120)  # the k-SAE trains in the background, its progress on screen
     best = np.unravel_index(result.accuracy["color"].argmax(), result.accuracy["color"].shape)
     assert view.cell == f"{result.blocks[best[0]]}@{result.timesteps[best[1]]}" and view.status == "done"
     assert view.tables["color"]["z"] == result.accuracy["color"].round(3).tolist()
     assert view.tables["color"]["zmin"] == result.chance["color"]
     view.cell = "mid@500"  # what a click on that heatmap cell sends
+    assert view.wait(120)
     gallery = view.galleries["mid@500:color"]
     sae = result.sae("mid", 500)
     assert gallery["k"] == 32 and gallery["purity"] == round(sae.mean_purity("color"), 3)
@@ -164,9 +196,9 @@ def test_denoiser_view_opens_a_state_on_click(toy_probe):
     assert first["label"] == sae.label_of(first["latent"], "color") and first["images"][0][:4] == b"\x89PNG"
     assert set(view.pca) == {"mid", "up1"} and all(png[:4] == b"\x89PNG" for png in view.pca.values())
     view.label = "shape"
-    assert "mid@500:shape" in view.galleries
+    assert view.wait(120) and "mid@500:shape" in view.galleries
     view.cell = "up9@50"
-    assert view.status == "error" and "must be BLOCK@T" in view.message
+    assert view.wait(120) and view.status == "error" and "must be BLOCK@T" in view.message
 
 
 def test_lens_and_denoiser_tabs(toy_probe):
@@ -178,6 +210,7 @@ def test_lens_and_denoiser_tabs(toy_probe):
     assert isinstance(denoiser_tab, dl.DenoiserView) and denoiser_tab.result is result
 
 
+@pytest.mark.slow
 def test_denoiser_view_in_chromium(toy_probe, tmp_path):
     """The heatmap, a click on a cell, that state's gallery: in the browser, from the shipped bundle."""
     from playwright.sync_api import sync_playwright
@@ -188,11 +221,14 @@ def test_denoiser_view_in_chromium(toy_probe, tmp_path):
     view = dl.DenoiserView(result, pipe)
     opened = view.cell
     view.cell = "mid@500"  # computed now, so the frozen page has it to show after the click
+    assert view.wait(120)
     view.cell = opened
+    assert view.wait(120)
     page_file = write_page(widget_state(view), tmp_path / "denoiser.html")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
         page = browser.new_page()
         errors = []
         page.on("pageerror", lambda err: errors.append(str(err)))
@@ -206,7 +242,7 @@ def test_denoiser_view_in_chromium(toy_probe, tmp_path):
         first = page.locator(".dl-sae-latent").first
         assert first.get_attribute("data-latent") == str(view.galleries["mid@500:color"]["latents"][0]["latent"])
         page.wait_for_function("document.querySelector('.dl-sae-images img').naturalWidth === 48")
-        assert page.locator('.dl-hm-cell.dl-hm-marked').count() == 1
+        assert page.locator(".dl-hm-cell.dl-hm-marked").count() == 1
         page.screenshot(path=str(tmp_path / "denoiser.png"), full_page=True)
         browser.close()
     assert errors == []
@@ -224,3 +260,29 @@ def test_conv_head_reads_where_a_feature_sits_which_pooling_loses():
     assert conv >= 0.95 and linear <= chance + 0.2
     with pytest.raises(ValueError, match="head must be 'linear' or 'conv'"):
         probes.probe(testing.tiny_stable_diffusion(), IMAGES, {"c": ["a", "b", "a"]}, head="mlp")
+
+
+def test_taps_probes_and_sae_report_progress_and_stop_on_cancel(tiny_pipe):
+    from difflens_widgets.core.lifecycle import Cancelled
+
+    heard = []
+    result = probes.probe(tiny_pipe, IMAGES, {"color": ["red", "blue", "red"]}, blocks=["mid"], timesteps=[100, 900],
+                          progress=lambda done, total, what: heard.append((what, done, total)))  # fmt: skip
+    assert heard[0] == ("taps", 0, 2) and ("taps", 2, 2) in heard and heard[-1] == ("probes", 2, 2)
+    with pytest.raises(Cancelled, match="taps: cancelled at 1 of 2"):
+        probes.probe(tiny_pipe, IMAGES, {"color": ["red", "blue", "red"]}, blocks=["mid"], timesteps=[100, 900],
+                     progress=lambda done, total, what: done == 1)  # fmt: skip
+    steps = []
+    result.sae("mid", 100, steps=300, progress=lambda done, total, what: steps.append(done))
+    assert steps == [0, 100, 200]
+    with pytest.raises(Cancelled, match="k-SAE"):
+        result.sae("mid", 900, steps=300, progress=lambda done, total, what: done >= 100)
+
+
+@pytest.mark.slow
+def test_a_probing_view_shows_at_once_and_fills_in(tiny_pipe):
+    view = dl.DenoiserView.probing(tiny_pipe, IMAGES, {"color": ["red", "blue", "red"]}, blocks=["mid"],
+                                   timesteps=[100, 900])  # fmt: skip
+    assert view.status == "running" and view.message.startswith("probing the denoiser on 3 images")
+    assert view.wait(120) and view.status == "done" and list(view.tables) == ["color"]
+    assert view.galleries  # the best state's k-SAE, trained in the same background job

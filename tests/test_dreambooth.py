@@ -7,8 +7,10 @@ import pytest
 
 import difflens_widgets as dl
 from difflens_widgets import similarity
-from difflens_widgets.toy import dreambooth
+from difflens_widgets.toy.studies import dreambooth
 from difflens_widgets.toy.world import World, render
+
+pytestmark = pytest.mark.slow  # the quick loop (pytest -m "not slow") leaves these out
 
 
 def test_instance_is_one_striped_triangle_the_world_never_draws():
@@ -25,8 +27,11 @@ def test_short_dreambooth_run_writes_tuned_model_tracker_and_report(tmp_path):
     toy = dl.load_pipeline("toy", device="cpu")
     lines = []
     report = dreambooth.run(tmp_path, steps=2, every=1, eval_seeds=1, class_count=2, base=toy, log=lines.append)
-    assert set(report["before"]) == set(report["after"]) == {
-        "cos_xon_triangle_per_layer", "xon_stripe_share", "class_prompt_draws_triangle"}
+    assert (
+        set(report["before"])
+        == set(report["after"])
+        == {"cos_xon_triangle_per_layer", "xon_stripe_share", "class_prompt_draws_triangle"}
+    )
     assert list(report["before"]["cos_xon_triangle_per_layer"]) == list(range(9))
     assert report["before"] != report["after"]  # two steps of lr 5e-5 already move the text encoder
     saved = json.loads((tmp_path / "report.json").read_text())

@@ -1,8 +1,8 @@
-import threading
-import time
 """The lens's invariants, checked on outputs of a tiny random Stable Diffusion pipeline."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -86,8 +86,9 @@ def test_same_noise_for_every_layer_and_normal_negative(tiny_pipe, lens, count_c
     uncond, cond = context[:n], context[n:]
     for row in uncond[1:]:  # every unconditional row is the normal final-layer embedding of ""
         torch.testing.assert_close(row, uncond[0])
-    final_empty = tiny_pipe.text_encoder(tiny_pipe.tokenizer([""], padding="max_length",
-                                                             return_tensors="pt").input_ids)[0][0]
+    final_empty = tiny_pipe.text_encoder(
+        tiny_pipe.tokenizer([""], padding="max_length", return_tensors="pt").input_ids
+    )[0][0]
     torch.testing.assert_close(uncond[0], final_empty, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cond[0], torch.from_numpy(res.embeddings[0]))
 
@@ -114,9 +115,17 @@ def test_embeddings_are_final_norm_of_hidden_states(tiny_pipe, lens):
 
 def test_snapshots_and_progress(lens):
     calls = []
-    res = lens.run(PROMPT, layers=[0, 4], seeds=[0], num_inference_steps=5, snapshot_every=2, max_batch=1,
-                   progress=lambda done, total, preview: calls.append((done, total, preview)), use_cache=False)
-    assert [c[0] for c in calls] == list(range(1, 11)) and {c[1] for c in calls} == {10}
+    res = lens.run(
+        PROMPT,
+        layers=[0, 4],
+        seeds=[0],
+        num_inference_steps=5,
+        snapshot_every=2,
+        max_batch=1,
+        progress=lambda done, total, preview: calls.append((done, total, preview)),
+        use_cache=False,
+    )
+    assert [c[0] for c in calls] == list(range(0, 11)) and {c[1] for c in calls} == {10}  # 0: at once
     previews = [c[2] for c in calls if c[2] is not None]
     assert [p.step for p in previews] == [2, 4, 5, 2, 4, 5]
     assert [step for step, _ in res.snapshots[(0, 0)]] == [2, 4, 5]
@@ -130,8 +139,9 @@ def test_cancel_keeps_finished_layers(lens):
     def stop_in_second_chunk(done, total, preview):
         return done == 4  # chunk 1 = steps 1..3, chunk 2 starts at step 4
 
-    res = lens.run(PROMPT, layers=[0, 1, 2], num_inference_steps=3, max_batch=1, progress=stop_in_second_chunk,
-                   use_cache=False)
+    res = lens.run(
+        PROMPT, layers=[0, 1, 2], num_inference_steps=3, max_batch=1, progress=stop_in_second_chunk, use_cache=False
+    )
     assert not res.complete
     assert sorted(res.images) == [(0, 0)]
     again = lens.run(PROMPT, layers=[0, 1, 2], num_inference_steps=3, max_batch=1)  # cancelled runs aren't cached
@@ -139,8 +149,14 @@ def test_cancel_keeps_finished_layers(lens):
 
 
 def test_cancel_method(lens):
-    res = lens.run(PROMPT, layers=[0, 1], num_inference_steps=3, max_batch=1, use_cache=False,
-                   progress=lambda done, total, preview: lens.cancel() if done == 1 else None)
+    res = lens.run(
+        PROMPT,
+        layers=[0, 1],
+        num_inference_steps=3,
+        max_batch=1,
+        use_cache=False,
+        progress=lambda done, total, preview: lens.cancel() if done == 1 else None,
+    )
     assert not res.complete and res.images == {}
 
 
@@ -183,12 +199,18 @@ def test_a_cancel_before_a_run_does_not_touch_it_and_one_during_it_is_never_lost
         started.set()
         release.wait(10)
 
-    first = threading.Thread(target=lambda: results.setdefault("first", lens.run(
-        PROMPT, layers=[0, 1], num_inference_steps=2, max_batch=1, use_cache=False, progress=slow)))
+    first = threading.Thread(
+        target=lambda: results.setdefault(
+            "first", lens.run(PROMPT, layers=[0, 1], num_inference_steps=2, max_batch=1, use_cache=False, progress=slow)
+        )
+    )
     first.start()
     assert started.wait(10)
-    second = threading.Thread(target=lambda: results.setdefault("second", lens.run(
-        PROMPT, layers=[2], num_inference_steps=2, use_cache=False)))
+    second = threading.Thread(
+        target=lambda: results.setdefault(
+            "second", lens.run(PROMPT, layers=[2], num_inference_steps=2, use_cache=False)
+        )
+    )
     second.start()  # waits for the pipeline; starting it must not clear the cancel below
     time.sleep(0.2)
     lens.cancel()
@@ -200,8 +222,14 @@ def test_a_cancel_before_a_run_does_not_touch_it_and_one_during_it_is_never_lost
 
 @pytest.mark.parametrize("stop_at, complete, layers_kept", [(4, True, [0, 1]), (2, False, [0])])
 def test_a_stop_at_a_chunks_last_step_keeps_that_chunk(tiny_pipe, stop_at, complete, layers_kept):
-    res = dl.Lens(tiny_pipe).run(PROMPT, layers=[0, 1], num_inference_steps=2, max_batch=1, use_cache=False,
-                                 progress=lambda done, total, preview: done == stop_at)
+    res = dl.Lens(tiny_pipe).run(
+        PROMPT,
+        layers=[0, 1],
+        num_inference_steps=2,
+        max_batch=1,
+        use_cache=False,
+        progress=lambda done, total, preview: done == stop_at,
+    )
     assert res.complete is complete and sorted(l for l, _ in res.images) == layers_kept
 
 
@@ -223,7 +251,7 @@ def test_grid_and_save(tmp_path, lens):
     res = lens.run(PROMPT, layers=[0, 2, 4], seeds=[0, 1], num_inference_steps=2)
     grid = res.grid()
     side = res.image(0).width * 4  # 32 px images are enlarged 4× for legible labels
-    assert grid.size == (62 + 3 * side, 18 + 2 * side)
+    assert grid.size == (80 + 3 * side, 26 + 22 + 2 * side)  # row labels, the prompt, the layer labels
     folder = res.save(tmp_path / "out")
     meta = json.loads((folder / "lens.json").read_text())
     assert meta["prompt"] == PROMPT and meta["layers"] == [0, 2, 4] and meta["seeds"] == [0, 1]
@@ -235,12 +263,14 @@ def test_grid_and_save(tmp_path, lens):
         res.image(0, 9)
 
 
-@pytest.mark.parametrize("kwargs, error, text", [
-    (dict(layers=9), ValueError, "0..4"),
-    (dict(layers="x"), ValueError, "integers"),
-    (dict(seeds=["a"]), TypeError, "seeds"),
-    (dict(seeds=[0.5]), TypeError, "not an integer"),
-    (dict(num_inference_steps=0), ValueError, "in 1..1000"),
+@pytest.mark.parametrize(
+    "kwargs, error, text",
+    [
+        (dict(layers=9), ValueError, "0..4"),
+        (dict(layers="x"), ValueError, "integers"),
+        (dict(seeds=["a"]), TypeError, "seeds"),
+        (dict(seeds=[0.5]), TypeError, "not an integer"),
+        (dict(num_inference_steps=0), ValueError, "in 1..1000"),
         (dict(num_inference_steps=10**6), ValueError, "in 1..1000"),
         (dict(guidance_scale=float("inf")), ValueError, "finite number"),
         (dict(height=10**6), ValueError, "at most 4096"),
@@ -249,13 +279,14 @@ def test_grid_and_save(tmp_path, lens):
         (dict(final_norm="no"), TypeError, "final_norm must be True, False or None"),
         (dict(lens_negative=1), TypeError, "lens_negative must be True or False"),
         (dict(progress=5), TypeError, "progress must be a function"),
-    (dict(guidance_scale=-2), ValueError, "guidance_scale"),
-    (dict(height=36), ValueError, "multiple of 8"),
-    (dict(width=20), ValueError, "multiple of 8"),
-    (dict(max_batch=0), ValueError, "max_batch"),
-    (dict(snapshot_every=-1), ValueError, "snapshot_every"),
-    (dict(negative_prompt=3), TypeError, "negative_prompt"),
-])
+        (dict(guidance_scale=-2), ValueError, "guidance_scale"),
+        (dict(height=36), ValueError, "multiple of 8"),
+        (dict(width=20), ValueError, "multiple of 8"),
+        (dict(max_batch=0), ValueError, "max_batch"),
+        (dict(snapshot_every=-1), ValueError, "snapshot_every"),
+        (dict(negative_prompt=3), TypeError, "negative_prompt"),
+    ],
+)
 def test_bad_input_raises_before_any_model_call(tiny_pipe, lens, count_calls, kwargs, error, text):
     unet, encoder = count_calls(tiny_pipe.unet), count_calls(tiny_pipe.text_encoder)
     with pytest.raises(error, match=text):

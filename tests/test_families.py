@@ -32,8 +32,14 @@ def own_image(pipe, lens, guidance, size):
     extra = {k: v for k, v in lens.adapter.call_kwargs().items() if k != "negative_prompt"}
     if lens.adapter.family in ("pixart", "deepfloyd-if"):
         extra["clean_caption"] = False
-    return pipe(PROMPT, num_inference_steps=3, guidance_scale=guidance, generator=torch.Generator().manual_seed(0),
-                **size, **extra).images[0]
+    return pipe(
+        PROMPT,
+        num_inference_steps=3,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(0),
+        **size,
+        **extra,
+    ).images[0]
 
 
 @pytest.mark.parametrize("family", list(TINY_FAMILIES))
@@ -60,8 +66,11 @@ def test_sdxl_other_encoder_empty_by_default_and_either_encoder_can_be_lensed():
     first_run = first.run(PROMPT, seeds=0, num_inference_steps=2, guidance_scale=5.0, other_encoders="normal")
     own = pipe(PROMPT, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0)).images[0]
     assert np.abs(pixels(first_run.image(3)) - pixels(own)).max() <= 2
-    with pytest.raises(ValueError, match=r"encoder 'text_encoder_3' is not a text encoder.*\['text_encoder', "
-                                         r"'text_encoder_2'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder 'text_encoder_3' is not a text encoder.*\['text_encoder', "
+        r"'text_encoder_2'\]",
+    ):
         dl.Lens(pipe, encoder="text_encoder_3")
 
 
@@ -80,11 +89,18 @@ def test_pooled_embeddings_are_normal_unless_lensed():
 def test_flux_clip_lens_drives_only_the_pooled_vector():
     pipe = TINY_FAMILIES["flux"]()
     lens = dl.Lens(pipe, encoder="text_encoder")
-    res = lens.run(PROMPT, seeds=0, num_inference_steps=2, guidance_scale=3.5, height=32, width=32,
-                   other_encoders="normal")
+    res = lens.run(
+        PROMPT, seeds=0, num_inference_steps=2, guidance_scale=3.5, height=32, width=32, other_encoders="normal"
+    )
     assert res.layers == [0, 1, 2, 3, 4] and res.params["lens_pooled"] is True
-    own = pipe(PROMPT, num_inference_steps=2, guidance_scale=3.5, height=32, width=32,
-               generator=torch.Generator().manual_seed(0)).images[0]
+    own = pipe(
+        PROMPT,
+        num_inference_steps=2,
+        guidance_scale=3.5,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert np.abs(pixels(res.image(4)) - pixels(own)).max() <= 2  # pooler_output = final norm of the last block
     assert not np.array_equal(pixels(res.image(0)), pixels(res.image(4)))
 
@@ -95,8 +111,16 @@ def test_flux_t5_lens_feeds_the_empty_prompts_pooled_clip_vector_by_default(coun
     model at every T5 layer. Checked against diffusers' own encode_prompt."""
     pipe = TINY_FAMILIES["flux"]()
     transformer = count_calls(pipe.transformer)
-    dl.Lens(pipe).run(PROMPT, layers=[1], seeds=0, num_inference_steps=1, guidance_scale=3.5, height=32, width=32,
-                      other_encoders=other)
+    dl.Lens(pipe).run(
+        PROMPT,
+        layers=[1],
+        seeds=0,
+        num_inference_steps=1,
+        guidance_scale=3.5,
+        height=32,
+        width=32,
+        other_encoders=other,
+    )
     fed = transformer.calls[0][1]["pooled_projections"]
     _, expected, _ = pipe.encode_prompt(pooled_text, prompt_2=pooled_text)
     assert torch.allclose(fed, expected, atol=1e-6)
@@ -112,8 +136,13 @@ def test_per_token_puts_one_prompt_token_into_the_empty_prompts_context(count_ca
     lens = dl.Lens(pipe)
     empty = lens.adapter.encode([""])
     results = lens.run(PROMPT, layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0, per_token=True)
-    assert [r.params["token"] for r in results] == ["<|startoftext|>", "a</w>", "red</w>", "circle</w>",
-                                                    "<|endoftext|>"]
+    assert [r.params["token"] for r in results] == [
+        "<|startoftext|>",
+        "a</w>",
+        "red</w>",
+        "circle</w>",
+        "<|endoftext|>",
+    ]
     counter = count_calls(pipe.unet)
     red = lens.run(PROMPT, layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0, per_token=True)[2]
     assert len(counter) == 5  # one UNet call per token (one step, no guidance)
@@ -124,8 +153,9 @@ def test_per_token_puts_one_prompt_token_into_the_empty_prompts_context(count_ca
     others = [p for p in range(seen.shape[0]) if p != 2]
     assert torch.allclose(seen[others], neutral[others], atol=1e-6)  # everything else: the empty prompt, layer 2
     # the start token is prompt-independent in a causal encoder, so its per-token image does not depend on the prompt
-    other_prompt = lens.run("a blue square", layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0,
-                            per_token=True)
+    other_prompt = lens.run(
+        "a blue square", layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0, per_token=True
+    )
     assert np.array_equal(pixels(results[0].image(2)), pixels(other_prompt[0].image(2)))
     assert not np.array_equal(pixels(results[2].image(2)), pixels(other_prompt[2].image(2)))
 
@@ -178,8 +208,9 @@ def test_skipped_block_passes_its_input_through(count_calls):
 def test_cross_model_lens_feeds_one_encoders_lens_to_another_denoiser(count_calls):
     text_model, image_model = tiny_stable_diffusion(seed=0), tiny_stable_diffusion(seed=1)
     counter = count_calls(image_model.unet)
-    res = dl.Lens(image_model).run(PROMPT, layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0,
-                                   text_from=text_model)
+    res = dl.Lens(image_model).run(
+        PROMPT, layers=[2], seeds=0, num_inference_steps=1, guidance_scale=1.0, text_from=text_model
+    )
     source = dl.Lens(text_model).embed(PROMPT, [2])[0][2]
     assert np.allclose(res.embeddings[2], source)
     assert torch.allclose(unet_conditioning(counter)[0], torch.from_numpy(source), atol=1e-6)
@@ -211,8 +242,14 @@ def test_skip_layers_knock_out_the_prompt_only(count_calls):
         assert torch.allclose(both.hidden_states[layer][0], knocked.hidden[layer][0], atol=1e-6)
         assert torch.allclose(both.hidden_states[layer][1:], normal.hidden[layer], atol=1e-6)
     plain = lens.run(PROMPT, layers=[1, 2, 4], seeds=[0, 1], num_inference_steps=2, negative_prompt="a blue square")
-    skipped = lens.run(PROMPT, layers=[1, 2, 4], seeds=[0, 1], num_inference_steps=2, negative_prompt="a blue square",
-                       skip_layers=[3, 4])
+    skipped = lens.run(
+        PROMPT,
+        layers=[1, 2, 4],
+        seeds=[0, 1],
+        num_inference_steps=2,
+        negative_prompt="a blue square",
+        skip_layers=[3, 4],
+    )
     for seed in (0, 1):
         for layer in (1, 2):
             assert np.array_equal(pixels(skipped.image(layer, seed)), pixels(plain.image(layer, seed)))
@@ -241,7 +278,8 @@ def test_similarity_and_dashboard_work_on_other_families():
     with pytest.raises(ValueError, match="whose tokens are: a red circle </s>"):
         similarity.token_similarity(pixart, "a red circle", "dog", "a dog", "dog")
     dash = dl.LensDashboard(tiny_sdxl())
-    assert dash.final_norm is False and dash.model_info["family"] == "stable-diffusion-xl"
+    assert dash.final_norm is None and dash.model_info["family"] == "stable-diffusion-xl"
+    assert dash.request().main.final_norm is False  # the family's own choice, decided by the engine
     dash.prompt, dash.num_inference_steps, dash.layers = PROMPT, 2, "3:6"
     dash.run()
     assert dash.wait(60) and dash.status == "done", dash.message

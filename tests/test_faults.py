@@ -11,18 +11,27 @@ from difflens_widgets import testing
 from difflens_widgets.adapters import adapter_for
 
 PROMPT = "a red circle left of a blue square"
-FAMILIES = [testing.tiny_stable_diffusion, testing.tiny_sdxl, testing.tiny_sd3, testing.tiny_flux,
-            testing.tiny_pixart, testing.tiny_deepfloyd_if]
+FAMILIES = [
+    testing.tiny_stable_diffusion,
+    testing.tiny_sdxl,
+    testing.tiny_sd3,
+    testing.tiny_flux,
+    testing.tiny_pixart,
+    testing.tiny_deepfloyd_if,
+]
 STAGES = ["encode", "second chunk", "decode", "preview", "callback", "keyboard interrupt"]
-RUN = dict(layers=[0, 1], seeds=[0], num_inference_steps=2, max_batch=1, snapshot_every=1, use_cache=False,
-           skip_layers=[1])
+RUN = dict(
+    layers=[0, 1], seeds=[0], num_inference_steps=2, max_batch=1, snapshot_every=1, use_cache=False, skip_layers=[1]
+)
 
 
 def pipeline_state(pipe) -> dict:
     """Everything a run may touch and must put back."""
-    state = {"interrupt": getattr(pipe, "_interrupt", None),
-             "progress bar": dict(getattr(pipe, "_progress_bar_config", {})),
-             "scheduler attributes": sorted(k for k, v in vars(pipe.scheduler).items() if callable(v))}
+    state = {
+        "interrupt": getattr(pipe, "_interrupt", None),
+        "progress bar": dict(getattr(pipe, "_progress_bar_config", {})),
+        "scheduler attributes": sorted(k for k, v in vars(pipe.scheduler).items() if callable(v)),
+    }
     for name, module in pipe.components.items():
         if not isinstance(module, torch.nn.Module):
             continue
@@ -60,9 +69,11 @@ def inject(stage, pipe, lens, monkeypatch):
             pytest.skip("pixel-space family: no VAE decode")
         monkeypatch.setattr(pipe.vae, "decode", lambda *a, **k: (_ for _ in ()).throw(error("decode failed")))
     elif stage == "preview":
-        monkeypatch.setattr(lens.adapter, "decode_preview",
-                            lambda *a, **k: (_ for _ in ()).throw(error("preview failed")))
+        monkeypatch.setattr(
+            lens.adapter, "decode_preview", lambda *a, **k: (_ for _ in ()).throw(error("preview failed"))
+        )
     else:
+
         def progress(done, total, preview):
             if done == 3:
                 raise error("callback failed")
@@ -98,11 +109,28 @@ def test_progress_previews_and_cancel_reach_every_family(build):
     lens = dl.Lens(pipe)
     guidance = 3.0 if adapter_for(pipe).family == "flux" else 7.5
     calls = []
-    res = lens.run(PROMPT, layers=[0, 1], seeds=[0], num_inference_steps=2, max_batch=1, snapshot_every=1,
-                   guidance_scale=guidance, use_cache=False, progress=lambda d, t, p: calls.append((d, t, p)))
-    assert [(d, t) for d, t, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert all(p is not None and len(p.images) == 1 for _, _, p in calls)
+    res = lens.run(
+        PROMPT,
+        layers=[0, 1],
+        seeds=[0],
+        num_inference_steps=2,
+        max_batch=1,
+        snapshot_every=1,
+        guidance_scale=guidance,
+        use_cache=False,
+        progress=lambda d, t, p: calls.append((d, t, p)),
+    )
+    assert [(d, t) for d, t, _ in calls] == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]  # 0: before the first call
+    assert calls[0][2] is None and all(p is not None and len(p.images) == 1 for _, _, p in calls[1:])
     assert [step for step, _ in res.snapshots[(0, 0)]] == [1, 2]
-    stopped = lens.run(PROMPT, layers=[0, 1], seeds=[0], num_inference_steps=3, max_batch=1, guidance_scale=guidance,
-                       use_cache=False, progress=lambda d, t, p: d == 1)
+    stopped = lens.run(
+        PROMPT,
+        layers=[0, 1],
+        seeds=[0],
+        num_inference_steps=3,
+        max_batch=1,
+        guidance_scale=guidance,
+        use_cache=False,
+        progress=lambda d, t, p: d == 1,
+    )
     assert not stopped.complete and stopped.images == {}

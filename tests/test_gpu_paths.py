@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import difflens_widgets as dl
-from difflens_widgets import memory, models, testing
+from difflens_widgets import testing
 from difflens_widgets.adapters import adapter_class_for, adapter_for
+from difflens_widgets.core import memory, models
 
 PROMPT = "a red circle left of a blue square"
 FAMILY_PRECISION = {
@@ -23,8 +24,11 @@ FAMILY_PRECISION = {
 
 
 def max_pixel_difference(a, b) -> int:
-    return max(int(np.abs(np.asarray(a.image(l, s), dtype=int) - np.asarray(b.image(l, s), dtype=int)).max())
-               for l in a.layers for s in a.seeds)
+    return max(
+        int(np.abs(np.asarray(a.image(l, s), dtype=int) - np.asarray(b.image(l, s), dtype=int)).max())
+        for l in a.layers
+        for s in a.seeds
+    )
 
 
 @pytest.fixture
@@ -44,10 +48,10 @@ def test_each_family_runs_in_its_own_precision_on_a_gpu(build):
     assert models.default_dtype(torch.device("cuda"), "SomeNewPipeline") == torch.float16
 
 
-@pytest.mark.parametrize("build, folder_dtype", [(testing.tiny_flux, torch.bfloat16),
-                                                 (testing.tiny_stable_diffusion, torch.float16)])
-def test_load_pipeline_picks_the_family_precision_before_reading_weights(build, folder_dtype, tmp_path,
-                                                                           monkeypatch):
+@pytest.mark.parametrize(
+    "build, folder_dtype", [(testing.tiny_flux, torch.bfloat16), (testing.tiny_stable_diffusion, torch.float16)]
+)
+def test_load_pipeline_picks_the_family_precision_before_reading_weights(build, folder_dtype, tmp_path, monkeypatch):
     build().save_pretrained(tmp_path)
     assert models.pipeline_class_of(str(tmp_path), {}) == type(build()).__name__
     placed = []
@@ -80,11 +84,19 @@ def test_out_of_memory_halves_the_chunk_and_loses_nothing(tiny_pipe, reference, 
 
     monkeypatch.setattr(tiny_pipe.unet, "forward", forward)
     seen = []
-    res = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, max_batch=8, use_cache=False,
-                                 progress=lambda done, total, _: seen.append((done, total)))
+    res = dl.Lens(tiny_pipe).run(
+        PROMPT,
+        seeds=[0, 1],
+        num_inference_steps=3,
+        max_batch=8,
+        use_cache=False,
+        progress=lambda done, total, _: seen.append((done, total)),
+    )
     assert res.complete and max_pixel_difference(res, reference) == 0
-    assert res.params["memory_events"] == ["out of memory at 8 images per call; retried at 4",
-                                           "out of memory at 4 images per call; retried at 2"]
+    assert res.params["memory_events"] == [
+        "out of memory at 8 images per call; retried at 4",
+        "out of memory at 4 images per call; retried at 2",
+    ]
     assert res.params["images_per_call"] == [2] * 5
     assert all(done <= total for done, total in seen) and seen[-1] == (15, 15)
     assert "step" not in vars(tiny_pipe.scheduler)  # the scheduler wrapper is gone
@@ -140,16 +152,60 @@ def test_chunk_size_is_measured_from_the_first_chunk(tiny_pipe, reference, monke
         return original(sample, *args, **kwargs)
 
     monkeypatch.setattr(tiny_pipe.unet, "forward", forward)
-    monkeypatch.setattr(memory.ChunkPlan, "for_run",
-                        functools.partial(memory.ChunkPlan.for_run.__func__, memory.ChunkPlan, memory=gpu))
+    monkeypatch.setattr(
+        memory.ChunkPlan, "for_run", functools.partial(memory.ChunkPlan.for_run.__func__, memory.ChunkPlan, memory=gpu)
+    )
     res = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, use_cache=False)
     assert res.params["images_per_call"] == [2, 8]  # probe of 2, then 0.85 × 100 MiB / 10 MiB = 8
     assert res.params["memory_events"] == ["measured 10 MiB per image; 8 images per call"]
     assert max_pixel_difference(res, reference) == 0
 
 
-def test_cpu_chunk_estimate_and_oom_detection():
-    assert 1 <= memory.cpu_chunk_size(64, 64, torch.float32) <= memory.MAX_CHUNK
+def test_cpu_refuses_an_image_that_cannot_fit_before_any_denoiser_call(tiny_pipe, monkeypatch):
+    monkeypatch.setattr(memory.CpuMemory, "available", lambda self: 50 * 2**20)  # a machine with 50 MiB free
+    calls = []
+    original = tiny_pipe.unet.forward
+    monkeypatch.setattr(tiny_pipe.unet, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    seen = []
+    with pytest.raises(MemoryError, match=r"one 256×256 image needs about 0.3 GiB on the CPU.*lower height/width"):
+        dl.Lens(tiny_pipe).run(
+            PROMPT, height=256, width=256, num_inference_steps=1, use_cache=False, progress=lambda *a: seen.append(a)
+        )
+    assert calls == [] and seen == []  # refused before the first denoiser call, before any progress
+
+
+def test_cpu_chunks_shrink_to_the_free_memory(tiny_pipe, reference, monkeypatch):
+    per_image = memory.cpu_image_bytes(32, 32, torch.float32)
+    monkeypatch.setattr(memory.CpuMemory, "available", lambda self: int(3.5 * per_image / memory.HEADROOM))
+    res = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, use_cache=False)
+    assert res.params["images_per_call"] == [3, 3, 3, 1]
+    assert "3 images per call to fit" in res.params["memory_events"][0]
+    assert max_pixel_difference(res, reference) <= 1  # another batching: the lens's batched == sequential bound
+
+
+def test_a_progress_event_comes_before_the_first_denoiser_call_returns(tiny_pipe, monkeypatch):
+    """A slowed denoiser: the caller hears "step 0 of N" before its first call is done."""
+    events, in_denoiser = [], []
+    original = tiny_pipe.unet.forward
+
+    def slow(*args, **kwargs):
+        in_denoiser.append(len(events))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe.unet, "forward", slow)
+    dl.Lens(tiny_pipe).run(
+        PROMPT,
+        layers=[4],
+        num_inference_steps=2,
+        use_cache=False,
+        progress=lambda done, total, preview: events.append((done, total)),
+    )
+    assert events[0] == (0, 2) and in_denoiser[0] == 1  # the event was there when the first call began
+
+
+def test_cpu_estimate_and_oom_detection():
+    assert memory.cpu_image_bytes(64, 64, torch.float32) == 2 * memory.cpu_image_bytes(64, 64, torch.bfloat16)
+    assert memory.CpuMemory().available() > 0
     assert memory.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
     assert memory.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert not memory.is_out_of_memory(RuntimeError("expected scalar type Half but found Float"))
@@ -204,8 +260,9 @@ def test_compile_compiles_once_and_keeps_every_chunk_the_same_shape(reference, m
 def test_attention_runs_through_pytorch_sdpa(tiny_pipe, monkeypatch):
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
     dl.Lens(tiny_pipe).run(PROMPT, layers=[4], num_inference_steps=1, use_cache=False)
     assert calls
 
@@ -226,8 +283,24 @@ def test_cli_prints_memory_events_and_one_line_memory_errors(tmp_path, capsys, m
         return original(self, sample, *args, **kwargs)
 
     monkeypatch.setattr(diffusers.UNet2DConditionModel, "forward", forward)
-    args = ["run", PROMPT, "--model", str(folder), "--layers", "0:5:2", "--steps", "1", "--device", "cpu",
-            "--dtype", "float32", "--max-batch", "3", "--out", str(tmp_path / "g.png")]
+    args = [
+        "run",
+        PROMPT,
+        "--model",
+        str(folder),
+        "--layers",
+        "0:5:2",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--max-batch",
+        "3",
+        "--out",
+        str(tmp_path / "g.png"),
+    ]
     assert main(args) == 0
     assert "difflens: out of memory at 3 images per call; retried at 1" in capsys.readouterr().err
     limit["rows"] = 0
@@ -251,5 +324,7 @@ def test_dashboard_says_when_memory_ran_out(monkeypatch):
     dash.run()
     assert dash.wait(60)
     assert dash.status == "done" and len(dash.frames) == 10
-    assert dash.message == ("GPU memory: out of memory at 10 images per call; retried at 5; "
-                            "out of memory at 5 images per call; retried at 2")
+    assert dash.message == (
+        "GPU memory: out of memory at 10 images per call; retried at 5; "
+        "out of memory at 5 images per call; retried at 2"
+    )

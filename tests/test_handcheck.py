@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from difflens_widgets.toy import handcheck
+from difflens_widgets.toy.studies import handcheck
 
 FOLDER = handcheck.DEFAULT_FOLDER
 
@@ -36,20 +36,26 @@ def test_agreement_re_measured_on_a_subset(records):
 
 
 def test_seen_labels_answer_the_questions_like_the_annotator():
-    record = {"image": "x.png", "prompt": "a red square above a blue circle", "seen": ["blue circle", "red square"],
-              "relation": False}
+    record = {
+        "image": "x.png",
+        "prompt": "a red square above a blue circle",
+        "seen": ["blue circle", "red square"],
+        "relation": False,
+    }
     assert handcheck.seen_verdicts(record) == {"objects": True, "colors": True, "both": True, "relation": False}
     record.update(seen=["red circle", "blue square"], relation=None)  # colours swapped: no binding
     assert handcheck.seen_verdicts(record) == {"objects": True, "colors": True, "both": False, "relation": False}
 
 
 def test_bad_labels_are_refused(tmp_path):
-    (tmp_path / "labels.jsonl").write_text(json.dumps({"image": "000.png", "prompt": "a red circle",
-                                                        "seen": ["red ball"], "relation": None}) + "\n")
+    (tmp_path / "labels.jsonl").write_text(
+        json.dumps({"image": "000.png", "prompt": "a red circle", "seen": ["red ball"], "relation": None}) + "\n"
+    )
     with pytest.raises(ValueError, match="000.png: 'red ball' is not '<colour> <shape>'"):
         handcheck.load_labels(tmp_path)
-    (tmp_path / "labels.jsonl").write_text(json.dumps({"image": "001.png", "prompt": "a red circle",
-                                                        "seen": ["red circle"], "relation": True}) + "\n")
+    (tmp_path / "labels.jsonl").write_text(
+        json.dumps({"image": "001.png", "prompt": "a red circle", "seen": ["red circle"], "relation": True}) + "\n"
+    )
     with pytest.raises(ValueError, match="a relation label on a prompt without a relation"):
         handcheck.load_labels(tmp_path)
 
@@ -60,5 +66,7 @@ def test_contact_sheets_number_every_image(tmp_path):
     per_sheet = handcheck.SHEET_COLUMNS * handcheck.SHEET_ROWS
     assert len(paths) == -(-len(items) // per_sheet)
     first = Image.open(paths[0])
-    assert first.size == (handcheck.SHEET_COLUMNS * (64 * handcheck.SHEET_SCALE + 16),
-                          handcheck.SHEET_ROWS * (64 * handcheck.SHEET_SCALE + 58))
+    assert first.size == (
+        handcheck.SHEET_COLUMNS * (64 * handcheck.SHEET_SCALE + 16),
+        handcheck.SHEET_ROWS * (64 * handcheck.SHEET_SCALE + 58),
+    )

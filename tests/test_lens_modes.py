@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import difflens_widgets as dl
-from difflens_widgets import lens_options
 from difflens_widgets.cli import _parser
+from difflens_widgets.core import options as lens_options
 from difflens_widgets.magics import magic_parser
 from difflens_widgets.testing import tiny_sdxl, tiny_stable_diffusion
 from difflens_widgets.toy.annotate import judge
@@ -22,8 +22,9 @@ COMMON_FLAGS = "--layers 2:5 --seeds 0,1 --num-inference-steps 2"
 
 def same(a: dl.LensResult, b: dl.LensResult) -> bool:
     assert sorted(a.images) == sorted(b.images)
-    return all(np.abs(np.asarray(a.images[k], np.int16) - np.asarray(b.images[k], np.int16)).max() <= 1
-               for k in a.images)
+    return all(
+        np.abs(np.asarray(a.images[k], np.int16) - np.asarray(b.images[k], np.int16)).max() <= 1 for k in a.images
+    )
 
 
 def reference(lens: dl.Lens, **options) -> dict:
@@ -48,13 +49,17 @@ MODES = {
     "tokens=padding": ({"tokens": "padding"}, "--tokens padding", {"tokens": "padding"}),
     "skip_layers": ({"skip_layers": "2,3"}, "--skip-layers 2,3", {"skip_layers": [2, 3]}),
     "no final norm": ({"final_norm": False}, "--no-final-norm", {"final_norm": False}),
-    "lensed negative": ({"lens_negative": True, "negative_prompt": "a green star"},
-                        "--lens-negative --negative-prompt 'a green star'",
-                        {"lens_negative": True, "negative_prompt": "a green star"}),
+    "lensed negative": (
+        {"lens_negative": True, "negative_prompt": "a green star"},
+        "--lens-negative --negative-prompt 'a green star'",
+        {"lens_negative": True, "negative_prompt": "a green star"},
+    ),
     "compare final norm": ({"compare": "final_norm"}, "--compare final_norm", {"compare": "final_norm"}),
-    "compare lensed negative": ({"compare": "lens_negative", "negative_prompt": "a green star"},
-                                "--compare lens_negative --negative 'a green star'",
-                                {"compare": "lens_negative", "negative_prompt": "a green star"}),
+    "compare lensed negative": (
+        {"compare": "lens_negative", "negative_prompt": "a green star"},
+        "--compare lens_negative --negative 'a green star'",
+        {"compare": "lens_negative", "negative_prompt": "a green star"},
+    ),
 }
 
 
@@ -65,8 +70,9 @@ def shell():
     ip = globalipapp.get_ipython()
     ip.run_line_magic("load_ext", "difflens")
     magics = ip.magics_manager.registry["DiffLensMagics"]
-    magics._pipelines.update({"tiny": tiny_stable_diffusion(seed=0), "tiny-other": tiny_stable_diffusion(seed=3),
-                              "tiny-sdxl": tiny_sdxl()})  # as if loaded by --model NAME
+    magics._pipelines.update(
+        {"tiny": tiny_stable_diffusion(seed=0), "tiny-other": tiny_stable_diffusion(seed=3), "tiny-sdxl": tiny_sdxl()}
+    )  # as if loaded by --model NAME
     yield ip, magics._pipelines
     ip.run_line_magic("unload_ext", "difflens")
 
@@ -105,8 +111,10 @@ def test_encoder_picker_other_encoders_and_pooled_lens(shell):
     dash.run()
     check_dashboard(dash, expected)
     assert dash.run_info["encoder"] == "text_encoder_2"
-    ip.run_line_magic("difflens", f'"{PROMPT}" --model tiny-sdxl {COMMON_FLAGS} --encoder text_encoder_2 '
-                                  "--other-encoders normal --lens-pooled")
+    ip.run_line_magic(
+        "difflens",
+        f'"{PROMPT}" --model tiny-sdxl {COMMON_FLAGS} --encoder text_encoder_2 --other-encoders normal --lens-pooled',
+    )
     check_dashboard(ip.user_ns["_difflens"], expected)
     with pytest.raises(ValueError, match="not a text encoder of this stable-diffusion-xl pipeline"):
         dash.encoder = "text_encoder_9"
@@ -114,8 +122,11 @@ def test_encoder_picker_other_encoders_and_pooled_lens(shell):
 
 def test_cross_model_lens(shell):
     ip, pipelines = shell
-    expected = {"lens": dl.Lens(pipelines["tiny"]).run(PROMPT, layers="2:5", seeds=[0, 1], num_inference_steps=2,
-                                                        text_from=pipelines["tiny-other"])}
+    expected = {
+        "lens": dl.Lens(pipelines["tiny"]).run(
+            PROMPT, layers="2:5", seeds=[0, 1], num_inference_steps=2, text_from=pipelines["tiny-other"]
+        )
+    }
     assert not same(expected["lens"], reference(dl.Lens(pipelines["tiny"]))["lens"])  # the text model matters
     dash = LensDashboard(pipelines["tiny"], prompt=PROMPT, text_from=pipelines["tiny-other"], **COMMON)
     dash.run()
@@ -128,8 +139,12 @@ def test_cross_model_lens(shell):
 def test_refusals_name_the_option(shell, capsys):
     ip, pipelines = shell
     dash = LensDashboard(pipelines["tiny"], prompt=PROMPT, **COMMON)
-    for name, value, text in [("skip_layers", "7", "blocks are numbered 1..4"), ("tokens", "some", "tokens must be"),
-                              ("compare", "both", "compare must be one of"), ("layers", "9", "0..4")]:
+    for name, value, text in [
+        ("skip_layers", "7", "blocks are numbered 1..4"),
+        ("tokens", "some", "tokens must be"),
+        ("compare", "both", "compare must be one of"),
+        ("layers", "9", "0..4"),
+    ]:
         setattr(dash, name, value)
         assert text in dash.input_error, (name, dash.input_error)
         dash.run()
@@ -144,10 +159,10 @@ def test_refusals_name_the_option(shell, capsys):
 
 def test_one_definition_feeds_every_surface():
     """The CLI, the magic and the dashboard offer the options of lens_options under the same names, with the same
-    help, and every name that reaches Lens.run is one of its keywords."""
+    help, and every name that reaches Lens.run is a keyword of Lens.resolve (where every option is decided)."""
     import inspect
 
-    run_keywords = set(inspect.signature(dl.Lens.run).parameters)
+    run_keywords = set(inspect.signature(dl.Lens.resolve).parameters)
     for option in lens_options.OPTIONS:
         assert not option.run_keyword or option.name in run_keywords, option.name
     cli = next(a for a in _parser()._subparsers._group_actions[0].choices["run"]._actions if a.dest == "layers")
@@ -160,6 +175,9 @@ def test_one_definition_feeds_every_surface():
     traits = LensDashboard.class_traits(input=True)
     widget = [o for o in lens_options.OPTIONS if "widget" in o.surfaces]
     assert all(o.name in traits for o in widget)
+    magic = {o.name for o in lens_options.OPTIONS if "magic" in o.surfaces}
+    # every option the magic reads is handed to the dashboard (text_from: its own constructor argument)
+    assert magic - {"text_from"} <= set(LensDashboard.inputs())
     assert [s["name"] for s in LensDashboard.default_state()["option_specs"]] == [o.name for o in widget]
     assert all(s["help"] == lens_options.BY_NAME[s["name"]].help for s in LensDashboard.default_state()["option_specs"])
     args = magic_parser().parse_args(shlex.split("a --steps 3 --guidance 2 --negative x"))
@@ -168,8 +186,9 @@ def test_one_definition_feeds_every_surface():
 
 
 def test_toy_verdicts_are_the_annotators_and_the_curve_counts_them():
-    dash = LensDashboard("toy", prompt="a red circle above a blue square", layers="0,4,8", seeds="0,1",
-                         num_inference_steps=8)
+    dash = LensDashboard(
+        "toy", prompt="a red circle above a blue square", layers="0,4,8", seeds="0,1", num_inference_steps=8
+    )
     assert dash.model_info["annotator"]
     dash.run()
     assert dash.wait(120) and dash.status == "done", dash.message

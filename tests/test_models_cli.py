@@ -48,12 +48,29 @@ def test_folder_without_pipeline(tmp_path):
 
 def test_cli_writes_grid_and_folder(pipe_folder, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    code = main(["run", "a red circle left of a blue square", "--model", str(pipe_folder), "--layers", "0:5:2",
-                 "--seeds", "0,1", "--steps", "2", "--out", str(out), "--save-dir", str(tmp_path / "all"),
-                 "--device", "cpu"])
+    code = main(
+        [
+            "run",
+            "a red circle left of a blue square",
+            "--model",
+            str(pipe_folder),
+            "--layers",
+            "0:5:2",
+            "--seeds",
+            "0,1",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--save-dir",
+            str(tmp_path / "all"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     grid = Image.open(out)
-    assert grid.size == (62 + 3 * 128, 18 + 2 * 128)  # 3 layers × 2 seeds of 32 px images shown at 128 px
+    assert grid.size == (80 + 3 * 128, 26 + 22 + 2 * 128)  # 3 layers × 2 seeds of 32 px images at 128 px
     assert len(list((tmp_path / "all").glob("layer*_seed*.png"))) == 6
     assert "layers [0, 2, 4]" in capsys.readouterr().out
 
@@ -71,10 +88,10 @@ def test_magics(pipe_folder, capsys):
     ip.run_line_magic("load_ext", "difflens")
     ip.run_line_magic("difflens", f'"a red circle" --model {pipe_folder} --layers 0,4 --steps 2 --seeds 0,1')
     dash = ip.user_ns["_difflens"]
-    assert isinstance(dash, dl.LensDashboard) and dash.status in ("running", "done")
+    assert isinstance(dash, dl.LensDashboard) and dash.status in ("loading", "running", "done")  # on screen at once
     assert dash.wait(60) and dash.status == "done"
     assert dash.result.layers == [0, 4] and dash.result.seeds == [0, 1] and len(dash.frames) == 4
-    assert dash.final_norm is True and dash.result.params["final_norm"] is True
+    assert dash.final_norm is None and dash.result.params["final_norm"] is True  # None: the family's own choice
     ip.run_line_magic("difflens", f'"a red circle" --model {pipe_folder} --layers 4 --steps 1 --no-final-norm')
     ablated = ip.user_ns["_difflens"]
     assert ablated.wait(60) and ablated.final_norm is False and ablated.result.params["final_norm"] is False
@@ -100,7 +117,7 @@ def test_magics(pipe_folder, capsys):
 def test_half_precision_pipeline_keeps_vae_in_fp32():
     import torch
 
-    from difflens_widgets.models import keep_vae_in_fp32
+    from difflens_widgets.core.models import keep_vae_in_fp32
     from difflens_widgets.testing import tiny_stable_diffusion
 
     pipe = tiny_stable_diffusion().to(torch.bfloat16)
@@ -111,13 +128,16 @@ def test_half_precision_pipeline_keeps_vae_in_fp32():
     assert np.asarray(res.image(4)).std() > 0  # not a flat (NaN → black) image
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--device", "cuda"], "device 'cuda' was asked for but CUDA is not available"),
-    (["--out", "grid.xyz"], "--out 'grid.xyz' must end in an image extension"),
-    (["--seeds", "0,0"], "repeat a seed"),
-    (["--steps", "0"], "num_inference_steps must be in 1..1000"),
-    (["--guidance", "inf"], "finite number"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "cuda"], "device 'cuda' was asked for but CUDA is not available"),
+        (["--out", "grid.xyz"], "--out 'grid.xyz' must end in an image extension"),
+        (["--seeds", "0,0"], "repeat a seed"),
+        (["--steps", "0"], "num_inference_steps must be in 1..1000"),
+        (["--guidance", "inf"], "finite number"),
+    ],
+)
 def test_cli_refuses_bad_arguments_in_one_line_before_loading_a_model(argv, message, capfd, monkeypatch):
     import torch
 
@@ -143,13 +163,15 @@ def test_package_import_is_light_and_submodules_are_attributes():
     import subprocess
     import sys
 
-    code = ("import sys, difflens_widgets as dl, difflens_widgets.cli as cli; cli._parser(); "
-            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'; "
-            "assert dl.similarity.token_similarity and dl.memory.ChunkPlan and dl.Lens; print('ok')")
+    code = (
+        "import sys, difflens_widgets as dl, difflens_widgets.cli as cli; cli._parser(); "
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'; "
+        "assert dl.similarity.token_similarity and dl.memory.ChunkPlan and dl.Lens; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-        dl.nope
+        dl.nope  # noqa: B018 (the attribute access is what is tested)
 
 
 def test_uncached_hub_id_with_downloading_off_never_touches_the_network(monkeypatch):
@@ -164,3 +186,38 @@ def test_uncached_hub_id_with_downloading_off_never_touches_the_network(monkeypa
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache and downloading is off"):
         dl.load_pipeline("someone/not-cached-model", device="cpu")
     assert lookups == []
+
+
+def test_cli_attention_writes_the_words_map_and_every_map(pipe_folder, tmp_path, capsys):
+    out, saved = tmp_path / "grid.png", tmp_path / "all"
+    argv = ["run", "a red circle", "--model", str(pipe_folder), "--layers", "0,4", "--steps", "2", "--device", "cpu"]
+    assert main(argv + ["--attention", "circle", "--out", str(out), "--save-dir", str(saved)]) == 0
+    written = tmp_path / "grid_attention_circle.png"
+    assert f"wrote {written}" in capsys.readouterr().out
+    expected = dl.Lens(pipe_folder).run("a red circle", layers=[0, 4], num_inference_steps=2,
+                                                      attention=True)  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(written)), np.asarray(expected.attention_grid("circle")))
+    with np.load(saved / "attention.npz") as arrays:
+        assert sorted(arrays.files) == ["maps_0,0", "maps_4,0", "mass_0,0", "mass_4,0"]
+        assert np.allclose(arrays["maps_4,0"], expected.attention_maps[(4, 0)])
+        assert arrays["mass_0,0"].shape == (2, expected.attention_maps[(0, 0)].shape[0])  # steps × tokens
+
+
+def test_cli_attention_refuses_a_word_not_in_the_prompt_before_denoising(pipe_folder, tmp_path, capsys, monkeypatch):
+    import difflens_widgets.analyses.panels as panels
+
+    monkeypatch.setattr(panels, "execute_panels", lambda *a, **k: pytest.fail("denoised before checking the word"))
+    argv = [
+        "run",
+        "a red circle",
+        "--model",
+        str(pipe_folder),
+        "--attention",
+        "square",
+        "--out",
+        str(tmp_path / "g.png"),
+    ]
+    assert main(argv + ["--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "'square' is not a word of this prompt" in err and "circle" in err and err.count("\n") == 1
+    assert not (tmp_path / "g.png").exists()

@@ -8,20 +8,28 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # the quick loop (pytest -m "not slow") leaves these out
+
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
 def outputs_of(book, kind: str) -> list:
-    return [o for cell in book.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
-            if kind in o.get("data", {})]
+    return [
+        o
+        for cell in book.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if kind in o.get("data", {})
+    ]
 
 
 def test_notebooks_are_stored_without_outputs():
     assert len(NOTEBOOKS) == 6
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
-        assert all(not c.get("outputs") and c.get("execution_count") is None
-                   for c in book.cells if c.cell_type == "code"), f"{path.name} holds outputs: strip them"
+        assert all(
+            not c.get("outputs") and c.get("execution_count") is None for c in book.cells if c.cell_type == "code"
+        ), f"{path.name} holds outputs: strip them"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

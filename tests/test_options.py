@@ -1,35 +1,41 @@
 import pytest
 
-from difflens_widgets import options
+from difflens_widgets.core import validate as options
 
 
-@pytest.mark.parametrize("spec, expected", [
-    (None, [0, 1, 2, 3, 4, 5, 6]),
-    (3, [3]),
-    (-1, [6]),
-    ([5, 1, 1], [1, 5]),
-    (range(0, 7, 3), [0, 3, 6]),
-    ("0:12:2", [0, 2, 4, 6]),
-    ("::3", [0, 3, 6]),
-    ("-2:", [5, 6]),
-    ("1,4", [1, 4]),
-    ("2", [2]),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (None, [0, 1, 2, 3, 4, 5, 6]),
+        (3, [3]),
+        (-1, [6]),
+        ([5, 1, 1], [1, 5]),
+        (range(0, 7, 3), [0, 3, 6]),
+        ("0:12:2", [0, 2, 4, 6]),
+        ("::3", [0, 3, 6]),
+        ("-2:", [5, 6]),
+        ("1,4", [1, 4]),
+        ("2", [2]),
+    ],
+)
 def test_parse_layers(spec, expected):
     assert options.parse_layers(spec, 6) == expected
 
 
-@pytest.mark.parametrize("spec, error, text", [
-    (7, ValueError, "0..6"),
-    ([0, 99], ValueError, "layer 99 is out of range"),
-    (-8, ValueError, "0..6"),
-    ("10:20", ValueError, "selects no layer"),
-    ("a:b", ValueError, "integers"),
-    ("0:6:0", ValueError, "step 0"),
-    ([], ValueError, "no layers"),
-    ([1.5], TypeError, "not an integer"),
-    (2.0, TypeError, "layers must be"),
-])
+@pytest.mark.parametrize(
+    "spec, error, text",
+    [
+        (7, ValueError, "0..6"),
+        ([0, 99], ValueError, "layer 99 is out of range"),
+        (-8, ValueError, "0..6"),
+        ("10:20", ValueError, "selects no layer"),
+        ("a:b", ValueError, "integers"),
+        ("0:6:0", ValueError, "step 0"),
+        ([], ValueError, "no layers"),
+        ([1.5], TypeError, "not an integer"),
+        (2.0, TypeError, "layers must be"),
+    ],
+)
 def test_parse_layers_rejects(spec, error, text):
     with pytest.raises(error, match=text):
         options.parse_layers(spec, 6)
@@ -39,8 +45,15 @@ def test_parse_seeds():
     assert options.parse_seeds(3) == [3]
     assert options.parse_seeds("0, 1,2") == [0, 1, 2]
     assert options.parse_seeds((4, 5)) == [4, 5]
-    for bad, error in [("x", TypeError), ([1.5], TypeError), ([True], TypeError), ([-1], ValueError),
-                       ([], ValueError), ([1, 1], ValueError), (None, TypeError)]:
+    for bad, error in [
+        ("x", TypeError),
+        ([1.5], TypeError),
+        ([True], TypeError),
+        ([-1], ValueError),
+        ([], ValueError),
+        ([1, 1], ValueError),
+        (None, TypeError),
+    ]:
         with pytest.raises(error):
             options.parse_seeds(bad)
 
@@ -64,12 +77,15 @@ def test_scalar_checks():
         options.parse_prompts(5)
 
 
-@pytest.mark.parametrize("prompt, text", [
-    ("a red \x00circle", "control characters \\(U\\+0000\\)"),
-    ("\x1b[31ma red circle", "U\\+001B"),
-    ("\u200b\u200b", "only spaces / invisible characters"),
-    ("\u202e \u2060", "only spaces / invisible characters"),
-])
+@pytest.mark.parametrize(
+    "prompt, text",
+    [
+        ("a red \x00circle", "control characters \\(U\\+0000\\)"),
+        ("\x1b[31ma red circle", "U\\+001B"),
+        ("\u200b\u200b", "only spaces / invisible characters"),
+        ("\u202e \u2060", "only spaces / invisible characters"),
+    ],
+)
 def test_prompts_with_control_or_only_invisible_characters_are_refused(prompt, text):
     with pytest.raises(ValueError, match=text):
         options.parse_prompts(prompt)

@@ -20,8 +20,14 @@ PROMPT = "a red circle left of a blue square"
 BASELINE = dict(layers=[0, 4], seeds=[0], num_inference_steps=1)
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
-ANYTHING = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
-                     TEXT, st.lists(st.integers(-3, 9), max_size=4))
+ANYTHING = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True),
+    TEXT,
+    st.lists(st.integers(-3, 9), max_size=4),
+)
 
 # parameter → values to try: valid cheap ones and every kind of wrong one
 OPTIONS = {
@@ -40,8 +46,9 @@ OPTIONS = {
     "snapshot_every": ANYTHING,
     "max_batch": ANYTHING,
     "progress": st.one_of(st.none(), st.integers(), TEXT),
-    "prompt": st.one_of(TEXT, st.sampled_from(["\x00", "\u200b", "a\x1b[0m", "  ", "赤い円"]),
-                        st.lists(TEXT, max_size=2), st.integers()),
+    "prompt": st.one_of(
+        TEXT, st.sampled_from(["\x00", "\u200b", "a\x1b[0m", "  ", "赤い円"]), st.lists(TEXT, max_size=2), st.integers()
+    ),
 }
 # words a refusal of each parameter must contain
 NAMES = {"layers": "layer", "seeds": "seed", "prompt": "prompt"}
@@ -116,7 +123,8 @@ CLI_VALUES = {
     "--bogus": ["1"],
 }
 CLI_PAIRS = st.sampled_from(sorted(CLI_VALUES)).flatmap(
-    lambda flag: st.tuples(st.just(flag), st.one_of(st.sampled_from(CLI_VALUES[flag]), TEXT)))
+    lambda flag: st.tuples(st.just(flag), st.one_of(st.sampled_from(CLI_VALUES[flag]), TEXT))
+)
 
 
 def test_command_line_exits_0_or_2_with_one_line(pipe, tmp_path_factory, capfd):
@@ -148,6 +156,7 @@ def test_command_line_exits_0_or_2_with_one_line(pipe, tmp_path_factory, capfd):
     assert len(cases) >= 100 and cases.count(0) >= 15 and cases.count(2) >= 40
 
 
+@pytest.mark.slow
 def test_magic_lines_never_raise(pipe, tmp_path_factory, capsys):
     from IPython.testing.globalipapp import get_ipython
 
@@ -156,8 +165,28 @@ def test_magic_lines_never_raise(pipe, tmp_path_factory, capsys):
     ip = get_ipython()
     ip.run_line_magic("load_ext", "difflens")
     cases = []
-    pieces = st.sampled_from(['"a red circle"', "it's", '"', "'", "--layers", "40", "0", "--steps", "x", "1",
-                              "--seeds", "0,0", "--guidance", "nan", "--bogus", "--no-final-norm", "\\", "--"])
+    pieces = st.sampled_from(
+        [
+            '"a red circle"',
+            "it's",
+            '"',
+            "'",
+            "--layers",
+            "40",
+            "0",
+            "--steps",
+            "x",
+            "1",
+            "--seeds",
+            "0,0",
+            "--guidance",
+            "nan",
+            "--bogus",
+            "--no-final-norm",
+            "\\",
+            "--",
+        ]
+    )
 
     @settings(max_examples=120, **SETTINGS)
     @given(st.lists(st.one_of(pieces, TEXT.filter(lambda s: "\n" not in s)), max_size=5))
@@ -201,8 +230,9 @@ def test_dashboard_inputs_are_refused_when_set_or_at_run(pipe, reference):
     cases = []
 
     @settings(max_examples=150, **SETTINGS)
-    @given(st.sampled_from(sorted(DASHBOARD_INPUTS)).flatmap(
-        lambda name: st.tuples(st.just(name), DASHBOARD_INPUTS[name])))
+    @given(
+        st.sampled_from(sorted(DASHBOARD_INPUTS)).flatmap(lambda name: st.tuples(st.just(name), DASHBOARD_INPUTS[name]))
+    )
     def check(change):
         name, value = change
         before = getattr(dash, name)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import difflens_widgets as dl
-from difflens_widgets import sweeps
-from difflens_widgets.sweep_report import curves, wilson, write_report
+from difflens_widgets.sweeps import dataset as sweeps
+from difflens_widgets.sweeps.report import curves, wilson, write_report
 from difflens_widgets.testing import tiny_clip_scorer
 
 OPTIONS = dict(layers="0,4,8", seeds="0,1", num_inference_steps=3)
@@ -29,7 +29,8 @@ def prompts_file(tmp_path, count: int, name: str = "prompts.jsonl"):
     colours, shapes = ["red", "green", "blue"], ["circle", "square", "triangle", "star"]
     rows = []
     for i in range(count):
-        a, b = f"{colours[i % 3]} {shapes[i % 4]}", f"{colours[(i + 1) % 3]} {shapes[(i + 2) % 4]}"
+        turn = i + i // 12  # past 12 rows the shapes shift, so no prompt repeats (a sweep refuses a repeated prompt)
+        a, b = f"{colours[i % 3]} {shapes[turn % 4]}", f"{colours[(i + 1) % 3]} {shapes[(turn + 2) % 4]}"
         if i % 2:
             rows.append({"prompt": f"a {a} above a {b}", "family": "relation", "objects": [f"a {a}", f"a {b}"]})
         else:
@@ -49,7 +50,7 @@ def check_dataset(out, prompts, lens, tolerance=0, layers=(0, 4, 8), seeds=(0, 1
     keys = list(zip(rows.prompt_id, rows.layer, rows.seed))
     assert len(keys) == len(set(keys)), "a (prompt, layer, seed) was written twice"
     assert set(keys) == {(p, l, s) for p in range(len(prompts)) for l in layers for s in seeds}, "rows missing"
-    for prompt_id in (sample if sample is not None else range(len(prompts))):
+    for prompt_id in sample if sample is not None else range(len(prompts)):
         images = expected_images(lens, prompts[prompt_id]["prompt"], layers, seeds, steps)
         for row in rows[rows.prompt_id == prompt_id].itertuples():
             stored = np.asarray(Image.open(out / row.image), np.int16)
@@ -60,8 +61,10 @@ def check_dataset(out, prompts, lens, tolerance=0, layers=(0, 4, 8), seeds=(0, 1
 def test_prompt_files(tmp_path):
     (tmp_path / "p.txt").write_text("a red circle\n\n  a blue square  \n")
     assert [p["prompt"] for p in sweeps.read_prompts(tmp_path / "p.txt")] == ["a red circle", "a blue square"]
-    (tmp_path / "p.csv").write_text('prompt,family,objects\n"a red circle and a blue star",and,a red circle;a blue star\n')
-    row, = sweeps.read_prompts(tmp_path / "p.csv")
+    (tmp_path / "p.csv").write_text(
+        'prompt,family,objects\n"a red circle and a blue star",and,a red circle;a blue star\n'
+    )
+    (row,) = sweeps.read_prompts(tmp_path / "p.csv")
     assert row["family"] == "and" and row["objects"] == ["a red circle", "a blue star"] and row["id"] == 0
     assert sweeps.read_prompts(prompts_file(tmp_path, 3))[1]["family"] == "relation"
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
@@ -86,7 +89,7 @@ def test_local_sweep_equals_lens_run_resumes_and_refuses_other_options(tmp_path,
     assert json.loads(rows.options[0])["num_inference_steps"] == 3
     manifest = sweeps.load_manifest(out)
     assert manifest["spec"]["seeds"] == [0, 1] and "torch" in manifest["versions"]
-    monkeypatch.setattr(dl.Lens, "run", lambda *a, **k: pytest.fail("a done prompt was run again"))
+    monkeypatch.setattr(dl.Lens, "execute", lambda *a, **k: pytest.fail("a done prompt was run again"))
     again = dl.sweep(path, out, log=lambda *_: None, **OPTIONS)
     assert again.processed == 0 and again.done_before == 3
     with pytest.raises(ValueError, match="other spec.*num_inference_steps"):
@@ -95,6 +98,7 @@ def test_local_sweep_equals_lens_run_resumes_and_refuses_other_options(tmp_path,
         dl.sweep(path, tmp_path / "x", log=lambda *_: None, snapshot_every=2, **OPTIONS)
 
 
+@pytest.mark.slow
 def test_killed_driver_loses_nothing_and_duplicates_nothing(tmp_path, toy_lens):
     path, out = prompts_file(tmp_path, 8), tmp_path / "sweep"
     command = [sys.executable, "-m", "difflens_widgets.cli", "sweep", str(path), "--out", str(out), *FLAGS]
@@ -111,18 +115,34 @@ def test_killed_driver_loses_nothing_and_duplicates_nothing(tmp_path, toy_lens):
     check_dataset(out, sweeps.read_prompts(path), toy_lens)
 
 
+@pytest.mark.slow
 def test_ray_sweep_survives_a_killed_worker(tmp_path, toy_lens):
     pytest.importorskip("ray")
     path, out = prompts_file(tmp_path, 20), tmp_path / "sweep"
-    command = [sys.executable, "-m", "difflens_widgets.cli", "sweep", str(path), "--out", str(out), "--seeds", "0,1",
-               "--num-inference-steps", "2", "--ray", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "difflens_widgets.cli",
+        "sweep",
+        str(path),
+        "--out",
+        str(out),
+        "--seeds",
+        "0,1",
+        "--num-inference-steps",
+        "2",
+        "--ray",
+        "--workers",
+        "2",
+    ]
     log = open(tmp_path / "ray.log", "w")
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline, killed = time.time() + 240, None
     while child.poll() is None and time.time() < deadline:
         if killed is None and len(list((out / "rows").glob("*.parquet"))) >= 3:
-            workers = subprocess.run(["pgrep", "-f", r"MapBatches\(PromptWorker\)"], capture_output=True,
-                                     text=True).stdout.split()
+            workers = subprocess.run(
+                ["pgrep", "-f", r"MapBatches\(PromptWorker\)"], capture_output=True, text=True
+            ).stdout.split()
             if workers:
                 killed = int(workers[0])
                 os.kill(killed, signal.SIGKILL)  # a worker dies mid-sweep
@@ -152,8 +172,15 @@ def test_clip_scorer_and_missing_weights(tmp_path):
     assert set(scorer(image, {"prompt": "a red circle"})) == {"clip_prompt"}
     lines = []
     path, out = prompts_file(tmp_path, 2), tmp_path / "sweep"
-    dl.sweep(path, out, scorers=["clip:/no/such/clip", scorer, lambda image, row: {"width": image.width}],
-             log=lines.append, layers="8", seeds="0", num_inference_steps=2)
+    dl.sweep(
+        path,
+        out,
+        scorers=["clip:/no/such/clip", scorer, lambda image, row: {"width": image.width}],
+        log=lines.append,
+        layers="8",
+        seeds="0",
+        num_inference_steps=2,
+    )
     assert any("CLIP scorer '/no/such/clip' unavailable" in line and "goes on" in line for line in lines), lines
     rows = sweeps.load_rows(out)
     assert len(rows) == 2 and rows["width"].tolist() == [64, 64] and rows["clip_prompt"].between(-1, 1).all()
@@ -213,12 +240,41 @@ def test_a_missing_extra_is_one_line_before_any_work(tmp_path, monkeypatch, caps
         return real_import(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", without_pyarrow)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real_find(name, *a))
-    monkeypatch.setattr(dl, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real_find(name, *a)
+    )
+    for module in (dl, dl.models):  # the facade (the CLI's probe) and where the engine loads from (sweeps)
+        monkeypatch.setattr(module, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
     path = prompts_file(tmp_path, 1)
     assert main(["sweep", str(path), "--out", str(tmp_path / "s")]) == 2
     assert main(["probe", "--images", "12", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == ["difflens: error: sweeps need pyarrow: pip install 'difflens-widgets[scale]' (Ray, pyarrow, pandas)",
-                   "difflens: error: probes need scikit-learn: pip install 'difflens-widgets[probe]'"]
+    assert err == [
+        "difflens: error: sweeps need pyarrow: pip install 'difflens-widgets[scale]' (Ray, pyarrow, pandas)",
+        "difflens: error: probes need scikit-learn: pip install 'difflens-widgets[probe]'",
+    ]
     assert not (tmp_path / "s").exists()
+
+
+def test_attention_sweep_stores_each_words_map_numbers(tmp_path, toy_lens):
+    from difflens_widgets.core.attention_stats import word_stats
+    from difflens_widgets.toy.annotate import word_regions
+
+    path, out = prompts_file(tmp_path, 2), tmp_path / "sweep"
+    dl.sweep(path, out, log=lambda *_: None, attention=True, **OPTIONS)
+    rows = sweeps.load_rows(out)
+    stats = [json.loads(text) for text in rows.attention]
+    assert len(stats) == 12 and set(stats[0]) == {"a", "red", "circle"}
+    assert set(stats[6]) == {"a", "green", "square", "above", "blue", "star"}  # a relation caption, words once
+    for words in stats:
+        assert all(0 <= w["centroid"][0] <= 1 and 0 <= w["share"] <= 1 for w in words.values())
+    last = rows[(rows.prompt_id == 1) & (rows.layer == 8) & (rows.seed == 0)].iloc[0]
+    result = toy_lens.run(last.prompt, layers=[8], seeds=[0], num_inference_steps=3, attention=True)
+    image = Image.open(out / last.image)
+    assert json.loads(last.attention) == json.loads(
+        json.dumps(word_stats(result, 8, 0, word_regions(image, last.prompt)))
+    )
+    for row, words in zip(rows.itertuples(), stats):  # inside: exactly the words the annotator found a blob for
+        found = word_regions(Image.open(out / row.image), row.prompt)
+        assert {w for w, v in words.items() if "inside" in v} == set(found)
+    assert any("inside" in v for words in stats for v in words.values())

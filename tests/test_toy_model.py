@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import difflens_widgets as dl
-from difflens_widgets.models import TOY_MODEL_DIR
-from difflens_widgets.toy import train
+from difflens_widgets.core.models import TOY_MODEL_DIR
 from difflens_widgets.toy.annotate import judge
-from difflens_widgets.toy.report import FAMILIES, TIER_FAMILIES, evaluation_prompts, run_report, summary
-from difflens_widgets.toy.report import balance as report_balance
+from difflens_widgets.toy.studies import train
+from difflens_widgets.toy.studies.report import FAMILIES, TIER_FAMILIES, evaluation_prompts, run_report, summary
+from difflens_widgets.toy.studies.report import balance as report_balance
 from difflens_widgets.toy.world import World
 
 
@@ -37,20 +37,21 @@ def test_toy_loads_and_generates(toy):
 def test_lens_over_toy(toy):
     res = dl.Lens(toy).run("a red circle left of a blue square", seeds=[0], num_inference_steps=8)
     assert res.layers == list(range(9))
-    own = toy("a red circle left of a blue square", num_inference_steps=8,
-              generator=torch.Generator().manual_seed(0)).images[0]
+    own = toy(
+        "a red circle left of a blue square", num_inference_steps=8, generator=torch.Generator().manual_seed(0)
+    ).images[0]
     assert np.abs(np.asarray(own, dtype=int) - np.asarray(res.image(8), dtype=int)).max() <= 2
     assert np.abs(np.asarray(res.image(0), dtype=int) - np.asarray(res.image(8), dtype=int)).mean() > 5
 
 
 def test_toy_draws_single_coloured_objects(toy):
-    res = dl.Lens(toy).run(["a red circle", "a blue square"], layers=[8], seeds=[0, 1, 2, 3],
-                           num_inference_steps=20)
+    res = dl.Lens(toy).run(["a red circle", "a blue square"], layers=[8], seeds=[0, 1, 2, 3], num_inference_steps=20)
     for result in res:
         hits = [judge(result.image(8, s), result.prompt)["both"] for s in result.seeds]
         assert sum(hits) >= 3, (result.prompt, hits)
 
 
+@pytest.mark.slow
 def test_report_on_a_tiny_subset(tmp_path):
     logs = []
     table = run_report("toy", seeds=1, steps=2, per_family=2, ablation_per_family=1, out=tmp_path, log=logs.append)
@@ -78,8 +79,17 @@ def test_report_on_a_tiny_subset(tmp_path):
 def test_evaluation_prompts_are_balanced():
     prompts = evaluation_prompts()
     assert {f: len(p) for f, p in prompts.items()} == {
-        "object": 6, "colored": 30, "and": 44, "and (held out)": 44, "relation": 44, "relation (held out)": 44,
-        "common colour": 18, "uncommon colour": 12, "rare colour": 12, "very rare colour": 12}
+        "object": 6,
+        "colored": 30,
+        "and": 44,
+        "and (held out)": 44,
+        "relation": 44,
+        "relation (held out)": 44,
+        "common colour": 18,
+        "uncommon colour": 12,
+        "rare colour": 12,
+        "very rare colour": 12,
+    }
     from difflens_widgets.toy.annotate import parse_caption
     from difflens_widgets.toy.world import held_out_pairs, pair_key
 
@@ -90,8 +100,14 @@ def test_evaluation_prompts_are_balanced():
         counts = report_balance(prompts[family][:10])
         assert max(counts["colors"].values()) - min(counts["colors"].values()) <= 2, (family, counts)
     assert len(set(prompts["common colour"])) == 18 and prompts["very rare colour"][0] == "a pink circle"
-    assert set(report_balance(prompts["rare colour"][:6])["shapes"]) == {"circle", "square", "triangle", "star",
-                                                                          "cross", "diamond"}
+    assert set(report_balance(prompts["rare colour"][:6])["shapes"]) == {
+        "circle",
+        "square",
+        "triangle",
+        "star",
+        "cross",
+        "diamond",
+    }
 
 
 def test_loader_workers_render_the_same_batches_in_order():
@@ -105,9 +121,24 @@ def test_loader_workers_render_the_same_batches_in_order():
     assert plain[2][2] == reference[1] and torch.equal(plain[2][1], reference[0])
 
 
+@pytest.mark.slow
 def test_time_budget_stops_with_a_checkpoint_and_an_export(tmp_path):
-    common = ["--out", str(tmp_path), "--vae-steps", "2", "--vae-batch", "2", "--batch", "2",
-              "--checkpoint-every", "100", "--export-every", "100", "--unet-channels", "32,32,64"]
+    common = [
+        "--out",
+        str(tmp_path),
+        "--vae-steps",
+        "2",
+        "--vae-batch",
+        "2",
+        "--batch",
+        "2",
+        "--checkpoint-every",
+        "100",
+        "--export-every",
+        "100",
+        "--unet-channels",
+        "32,32,64",
+    ]
     train.main(common + ["--steps", "50", "--max-minutes", "0"])
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["stopped_at"] for r in log if "stopped_at" in r] == [1]
@@ -116,13 +147,26 @@ def test_time_budget_stops_with_a_checkpoint_and_an_export(tmp_path):
     assert tuple(pipe.unet.config.block_out_channels) == (32, 32, 64)
 
 
+@pytest.mark.slow
 def test_training_is_seeded_and_resumable(tmp_path):
     world = World(0)
     a = train.batch_for_step(world, 0, 7, 4)
     b = train.batch_for_step(World(0), 0, 7, 4)
     assert a[1] == b[1] and torch.equal(a[0], b[0])
-    common = ["--out", str(tmp_path), "--vae-steps", "2", "--vae-batch", "2", "--batch", "2",
-              "--checkpoint-every", "1", "--export-every", "100"]
+    common = [
+        "--out",
+        str(tmp_path),
+        "--vae-steps",
+        "2",
+        "--vae-batch",
+        "2",
+        "--batch",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--export-every",
+        "100",
+    ]
     train.main(common + ["--steps", "1"])
     train.main(common + ["--steps", "2"])
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -135,7 +179,7 @@ def test_training_is_seeded_and_resumable(tmp_path):
 def test_report_without_matplotlib_writes_numbers_and_says_what_to_install(tmp_path, monkeypatch, capsys):
     import builtins
 
-    from difflens_widgets.toy import report
+    from difflens_widgets.toy.studies import report
 
     real_import = builtins.__import__
 
@@ -151,24 +195,33 @@ def test_report_without_matplotlib_writes_numbers_and_says_what_to_install(tmp_p
 
 
 def _curve(mean, n=40, emergence=None, interval=(None, None)):
-    from difflens_widgets.sweep_report import wilson
+    from difflens_widgets.sweeps.report import wilson
 
     bounds = [wilson(round(m * n), n) for m in mean]
-    return {"layers": list(range(len(mean))), "mean": mean, "low": [b[0] for b in bounds],
-            "high": [b[1] for b in bounds], "n": [n] * len(mean), "prompts": 10, "emergence_layer": emergence,
-            "emergence_interval": list(interval)}
+    return {
+        "layers": list(range(len(mean))),
+        "mean": mean,
+        "low": [b[0] for b in bounds],
+        "high": [b[1] for b in bounds],
+        "n": [n] * len(mean),
+        "prompts": 10,
+        "emergence_layer": emergence,
+        "emergence_interval": list(interval),
+    }
 
 
 def test_findings_say_when_a_concept_is_not_learned():
-    from difflens_widgets.toy.report import RELATION_CHANCE, findings, findings_text
+    from difflens_widgets.toy.studies.report import RELATION_CHANCE, findings, findings_text
 
     rising = _curve([0.0, 0.2, 0.5, 0.9, 0.9], emergence=3, interval=(2, 3))
     early = _curve([0.0, 0.9, 0.9, 0.9, 0.9], emergence=1, interval=(1, 1))
     flat = _curve([0.3, 0.3, 0.3, 0.3, 0.3], emergence=0, interval=(0, 0))
-    curves = {"colors": {"and": early}, "both": {"and": rising, "relation": early, "common colour": early,
-                                                  "very rare colour": flat},
-              "relation": {"relation": rising},
-              "relation_given_both": {"relation": _curve([0.2, 0.25, 0.3, 0.26, RELATION_CHANCE])}}
+    curves = {
+        "colors": {"and": early},
+        "both": {"and": rising, "relation": early, "common colour": early, "very rare colour": flat},
+        "relation": {"relation": rising},
+        "relation_given_both": {"relation": _curve([0.2, 0.25, 0.3, 0.26, RELATION_CHANCE])},
+    }
     result = {f["finding"]: f for f in findings(curves, {})}
     assert result["colours before binding (and)"]["holds"] is True  # L1 before L3
     assert result["colours before binding (and)"]["clearly"] is True  # intervals (1, 1) and (2, 3) apart
@@ -180,3 +233,35 @@ def test_findings_say_when_a_concept_is_not_learned():
     assert relation["relations_learned"] and relation["holds"] is True  # binding at L1, the arrangement at L3
     text = findings_text({"findings": findings(curves, {})})
     assert "- binding before relations (relation): holds clearly — both L1 [1–1], relation L3 [2–3]" in text
+
+
+def test_curriculum_brings_in_pairs_then_relations():
+    from difflens_widgets.toy.annotate import parse_caption
+    from difflens_widgets.toy.world import FAMILY_WEIGHTS
+
+    curriculum = train.Curriculum(pairs_at=10, relations_at=20)
+    assert curriculum.weights_at(0)["relation"] == curriculum.weights_at(0)["and"] == 0
+    assert curriculum.weights_at(15) == dict(FAMILY_WEIGHTS, relation=FAMILY_WEIGHTS["relation"] / 2)
+    assert curriculum.weights_at(20) == curriculum.weights_at(5000) == FAMILY_WEIGHTS
+    _, captions = train.batch_for_step(World(0), 0, 3, 32, curriculum=curriculum)
+    assert all(len(parse_caption(c).objects) == 1 for c in captions if c)  # single objects only
+    with pytest.raises(ValueError, match="pairs_at <= relations_at"):
+        train.Curriculum(20, 10)
+
+
+def test_paired_batches_say_each_relation_scene_both_ways():
+    from difflens_widgets.toy.annotate import parse_caption
+    from difflens_widgets.toy.world import INVERSE_RELATION
+
+    images, captions = train.batch_for_step(World(0), 0, 5, 48, paired=True)
+    assert images.shape[0] == len(captions) == 48
+    pairs = 0
+    for k in range(len(captions) - 1):
+        first, second = captions[k], captions[k + 1]
+        if not first or parse_caption(first).relation is None or not second:
+            continue
+        a, b = parse_caption(first), parse_caption(second)
+        if b.relation == INVERSE_RELATION[a.relation] and b.objects == a.objects[::-1]:
+            assert torch.equal(images[k], images[k + 1])  # one scene, said the other way round
+            pairs += 1
+    assert pairs >= 8

@@ -6,11 +6,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from difflens_widgets.toy import language
 from difflens_widgets.toy.annotate import annotate, ask, explain_color, judge, parse_caption
-from difflens_widgets.toy.tokenizer import build_tokenizer
-from difflens_widgets.toy.world import (BACKGROUND, COLOR_FREQUENCY, COLOR_TIERS, COLORS, RELATION_MARGIN, Scene,
-                                        ShapeObject, World, held_out_pairs, pair_key, render, satisfies,
-                                        vocabulary)
+from difflens_widgets.toy.tokenizer import MAX_LENGTH, build_tokenizer, learn_merges
+from difflens_widgets.toy.world import (
+    BACKGROUND,
+    COLOR_FREQUENCY,
+    COLOR_TIERS,
+    COLORS,
+    RELATION_MARGIN,
+    Scene,
+    ShapeObject,
+    World,
+    clearly,
+    held_out_pairs,
+    pair_key,
+    render,
+    satisfies,
+    vocabulary,
+)
 
 
 def test_world_is_deterministic():
@@ -23,7 +37,7 @@ def test_world_is_deterministic():
 
 def test_captions_agree_with_drawn_objects():
     world = World(11)
-    orders = collections.Counter()
+    orders, phrases = collections.Counter(), collections.Counter()
     for _ in range(400):
         scene = world.sample()
         assert scene.image_size == 64 and render(scene).size == (64, 64)
@@ -38,8 +52,13 @@ def test_captions_agree_with_drawn_objects():
         if scene.family == "relation":
             assert parsed.relation == scene.relation
             assert satisfies(scene.objects[0], scene.objects[1], scene.relation, margin=RELATION_MARGIN)
+            assert clearly(*scene.objects, scene.relation)  # a visible gap along the axis, little skew across it
             orders[scene.relation] += 1
+            a, b = (language.noun_phrase(o.color, o.shape) for o in scene.objects)
+            (phrase,) = [p for p in language.RELATION_PHRASES[scene.relation] if scene.caption == f"{a} {p} {b}"]
+            phrases[phrase] += 1
     assert set(orders) == {"left of", "right of", "above", "below"}  # both word orders of both axes
+    assert set(phrases) == {p for ps in language.RELATION_PHRASES.values() for p in ps}  # every synonym
 
 
 def test_held_out_pairs_never_in_training():
@@ -68,12 +87,33 @@ def test_colour_tiers_have_their_frequencies():
     assert abs(sum(COLOR_FREQUENCY.values()) - 1) < 1e-9 and set(COLOR_FREQUENCY) == set(COLORS)
 
 
-def test_tokenizer_keeps_every_word_whole():
+def test_tokenizer_splits_every_word_as_designed():
+    """Single-piece and multi-piece names in every colour tier (and among the equally frequent shapes), split
+    exactly where the design says by merges the BPE learned; every letter is known, so a new word splits into
+    real pieces instead of turning into the end token."""
     tokenizer = build_tokenizer()
     for word in vocabulary():
-        assert tokenizer.convert_ids_to_tokens(tokenizer(word, add_special_tokens=False).input_ids) == [word + "</w>"]
-    ids = tokenizer("a red circle left of a blue square", padding="max_length").input_ids
-    assert len(ids) == 16 and ids[0] == tokenizer.bos_token_id and ids[9:] == [tokenizer.eos_token_id] * 7
+        pieces = list(language.pieces(word))
+        pieces[-1] += "</w>"
+        assert tokenizer.convert_ids_to_tokens(tokenizer(word, add_special_tokens=False).input_ids) == pieces, word
+    for tier, (colors, _) in COLOR_TIERS.items():
+        counts = sorted(len(language.pieces(c)) for c in colors)
+        assert counts[0] == 1 and counts[-1] > 1, (tier, counts)  # "rare" and "split" are separable
+    ids = tokenizer("a green triangle to the left of a yellow diamond", padding="max_length").input_ids
+    assert (
+        len(ids) == MAX_LENGTH == 24 and ids[0] == tokenizer.bos_token_id and ids[17:] == [tokenizer.eos_token_id] * 7
+    )
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a xon triangle").input_ids)[1:4] == ["a</w>", "x", "on</w>"]
+
+
+def test_learned_merges_never_cross_a_piece_boundary():
+    merges = learn_merges({"abab": 5, "ab": 1}, {"abab": ("ab", "ab")})
+    # most frequent first (a+b</w>: 6, a+b: 5); the pair across the boundary (b+a, 5 times) is never merged
+    assert merges == [("a", "b</w>"), ("a", "b")]
+    # a design BPE cannot produce is refused, not shipped: the word "an" needs the merge a + n</w>, which would
+    # also join the last two of cyan's designed pieces c|y|a|n
+    with pytest.raises(RuntimeError, match="designed"):
+        build_tokenizer(["an", "cyan"], design={"cyan": ("c", "y", "a", "n")})
 
 
 @pytest.mark.parametrize("family", ["object", "colored", "and", "relation"])
@@ -138,3 +178,25 @@ def test_washes_of_colour_are_not_shapes():
     scene = Scene("", "colored", (ShapeObject("square", "blue", "large", 40, 30, 11),))
     tinted = np.clip(np.asarray(render(scene), np.float32) + faint, 0, 255).astype(np.uint8)
     assert [d.phrase for d in annotate(Image.fromarray(tinted))] == ["blue square"]
+
+
+def test_placement_reads_a_relation_from_colours_alone():
+    """The shape-blind relation check training tracks: right on renders, wrong for the opposite relation."""
+    from difflens_widgets.toy.annotate import placement
+    from difflens_widgets.toy.world import INVERSE_RELATION
+
+    world = World(4)
+    checked = 0
+    for _ in range(60):
+        scene = world.sample("relation")
+        a, b = scene.objects
+        if a.color == b.color:
+            continue
+        caption = f"a {a.color} {a.shape} {scene.relation} a {b.color} {b.shape}"
+        opposite = f"a {a.color} {a.shape} {INVERSE_RELATION[scene.relation]} a {b.color} {b.shape}"
+        assert placement(render(scene), caption) == {"colours": True, "placement": True}, caption
+        assert placement(render(scene), opposite)["placement"] is False
+        checked += 1
+    assert checked > 30
+    with pytest.raises(ValueError, match="two different colours"):
+        placement(render(scene), "a red circle left of a red square")

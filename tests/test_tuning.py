@@ -10,8 +10,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 import difflens_widgets as dl
 from difflens_widgets import similarity
+from difflens_widgets.analyses.tracker import LensTracker
 from difflens_widgets.testing import tiny_stable_diffusion
-from difflens_widgets.tracker import LensTracker
 
 RUN = dict(layers=None, seeds=(0, 1), num_inference_steps=3)
 
@@ -27,14 +27,20 @@ def lora_dir(tmp_path_factory):
     diffusers' training scripts save one."""
     work = tiny_stable_diffusion(seed=0)
     torch.manual_seed(1)
-    work.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    work.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                             target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    work.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
+    work.text_encoder.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=4, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]
+        )
+    )
     folder = tmp_path_factory.mktemp("lora")
     StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=get_peft_model_state_dict(work.unet),
-        text_encoder_lora_layers=get_peft_model_state_dict(work.text_encoder))
+        folder,
+        unet_lora_layers=get_peft_model_state_dict(work.unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(work.text_encoder),
+    )
     return folder
 
 
@@ -58,7 +64,7 @@ def test_comparison_difference_grid_and_token_shift(base, lora_dir):
     raw, tuned = both.pair(2, seed=1)
     assert diff.shape == (32, 32, 3)
     assert np.allclose(diff, np.abs(np.asarray(raw, np.float32) - np.asarray(tuned, np.float32)))
-    assert both.grid().size == (100 + 5 * 128, 18 + 6 * 128)  # raw, tuned and their difference per seed
+    assert both.grid().size == (130 + 5 * 128, 26 + 22 + 6 * 128)  # raw, tuned and their difference per seed
     shift = both.token_shift()
     assert shift.values.shape == (5, 5)  # <start> a red circle <end> × layers 0..4
     assert np.allclose(shift.values[:, 0], 1.0, atol=1e-5)  # the LoRA leaves the token embeddings alone
@@ -74,7 +80,9 @@ def test_component_folders_and_pipeline_folders(base, tmp_path):
     shift = similarity.token_shift(base, tuned, "a red circle")
     assert shift.values.shape == (5, 5) and shift.values.min() < 0.9
     single = dl.load_tuned(base, tmp_path / "parts" / "text_encoder")  # a bare text-encoder folder
-    assert torch.equal(single.text_encoder.get_input_embeddings().weight, other.text_encoder.get_input_embeddings().weight)
+    assert torch.equal(
+        single.text_encoder.get_input_embeddings().weight, other.text_encoder.get_input_embeddings().weight
+    )
     other.save_pretrained(tmp_path / "full")
     full = dl.load_tuned(base, tmp_path / "full")
     assert type(full).__name__ == "StableDiffusionPipeline" and full is not base
@@ -96,8 +104,16 @@ def test_mismatched_architectures_are_refused_before_any_run(base, count_calls, 
     unet_calls = count_calls(base.unet)
     with pytest.raises(ValueError, match="text-encoder layers: base 4, tuned 3"):
         dl.load_tuned(base, tiny_stable_diffusion(num_layers=3))
-    wide = CLIPTextModel(CLIPTextConfig(vocab_size=len(base.tokenizer), hidden_size=48, intermediate_size=64,
-                                        num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=16))
+    wide = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(base.tokenizer),
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=16,
+        )
+    )
     wide.save_pretrained(tmp_path / "text_encoder")
     with pytest.raises(ValueError, match="text-encoder width: base 32, tuned 48"):
         dl.load_tuned(base, tmp_path)
@@ -126,8 +142,11 @@ def test_token_similarity_per_layer(base):
 
 
 def test_token_not_in_prompt_names_the_prompts_tokens(base):
-    with pytest.raises(ValueError, match=r"'dog' .* is not in the prompt 'a red circle', whose tokens are: "
-                                         r"<\|startoftext\|> a red circle <\|endoftext\|>"):
+    with pytest.raises(
+        ValueError,
+        match=r"'dog' .* is not in the prompt 'a red circle', whose tokens are: "
+        r"<\|startoftext\|> a red circle <\|endoftext\|>",
+    ):
         similarity.token_similarity(base, "a red circle", "dog", "a dog", "dog")
     with pytest.raises(ValueError, match="non-empty string"):
         similarity.token_similarity(base, "a red circle", " ", "a dog", "dog")
@@ -151,8 +170,13 @@ def test_layer_similarity_matches_the_lens_run(base):
 
 # ---- tracker and its view -------------------------------------------------------------------------------------
 def test_tracker_records_every_n_steps_and_restores_training_mode(base):
-    tracker = LensTracker("a red circle", layers="0:5:2", every=2, num_inference_steps=2,
-                          pairs=[("a red circle", "red", "a red circle", "circle")])
+    tracker = LensTracker(
+        "a red circle",
+        layers="0:5:2",
+        every=2,
+        num_inference_steps=2,
+        pairs=[("a red circle", "red", "a red circle", "circle")],
+    )
     base.unet.train()
     recorded = [tracker(base, step) for step in range(5)]
     assert recorded == [True, False, True, False, True]
@@ -161,7 +185,7 @@ def test_tracker_records_every_n_steps_and_restores_training_mode(base):
     assert tracker.steps == [0, 2, 4] and tracker.layers == [0, 2, 4]
     table = tracker.similarity_table()
     assert table.shape == (3, 3) and np.allclose(table, table[0])  # weights never changed → same numbers
-    assert tracker.grid().size == (40 + 3 * 96, 18 + 3 * 96)
+    assert tracker.grid().size == (40 + 3 * 96, 26 + 22 + 3 * 96)
     with pytest.raises(ValueError, match="four strings"):
         LensTracker("a red circle", pairs=[("a red circle", "red")])
     with pytest.raises(ValueError, match="every must be"):
@@ -169,8 +193,13 @@ def test_tracker_records_every_n_steps_and_restores_training_mode(base):
 
 
 def test_training_view_shows_records_live(base):
-    tracker = LensTracker("a red circle", layers=[0, 4], every=1, num_inference_steps=1,
-                          pairs=[("a red circle", "red", "a blue circle", "blue")])
+    tracker = LensTracker(
+        "a red circle",
+        layers=[0, 4],
+        every=1,
+        num_inference_steps=1,
+        pairs=[("a red circle", "red", "a blue circle", "blue")],
+    )
     tracker(base, 0)
     view = dl.TrainingView(tracker)
     assert view.steps == [0] and view.layers == [0, 4] and len(view.frames) == 2
@@ -200,8 +229,9 @@ def test_lora_on_a_transformer_family(tmp_path):
 
     base, work = tiny_flux(), tiny_flux()
     torch.manual_seed(1)
-    work.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                            target_modules=["to_q", "to_k", "to_v"]))
+    work.transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v"])
+    )
     FluxPipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(work.transformer))
     options = dict(seeds=0, num_inference_steps=2, guidance_scale=3.5, height=32, width=32)
     on = dl.compare(base, dl.load_tuned(base, tmp_path), "a red circle", **options)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from .base import LensAdapter, Part
 from .encoders import TextEncoderSpec
+from .family import FamilyAdapter
+from .lens import Part
 
 
-class DeepFloydIFAdapter(LensAdapter):
+class DeepFloydIFAdapter(FamilyAdapter):
     family = "deepfloyd-if"
     description = "DeepFloyd IF stage I (T5-XXL, pixel space)"
 
@@ -26,6 +27,11 @@ class DeepFloydIFAdapter(LensAdapter):
 
     def assemble(self, parts: dict[str, Part]) -> dict:
         return {"prompt_embeds": parts["text_encoder"].seq}
+
+    def attention_sites(self) -> list:
+        # its UNet's attention adds the text as extra keys: [text; image] keys, image queries
+        return [(n, m, "added_kv") for n, m in self.denoiser.named_modules()
+                if getattr(m, "added_kv_proj_dim", None) is not None]  # fmt: skip
 
     def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         images = (latents.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()

@@ -13,6 +13,7 @@ import threading
 import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,14 +21,13 @@ import torch
 # its blocks, and a fast tokenizer's padding/truncation state is mutable ("Already borrowed" when two threads call
 # it). So two passes over the same encoder or tokenizer (two dashboards, a notebook cell beside a background run, a
 # base and a tuned pipeline sharing them) take turns. Order, everywhere: the tokenizer's lock, then the encoder's.
-_LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
 def object_lock(obj) -> threading.RLock:
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(obj, threading.RLock())
-
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class EncoderRun:
     tokens: list[list[str]]
 
 
-def inner_model(encoder) -> torch.nn.Module:
+def inner_model(encoder) -> Any:
     """The module holding ``encoder`` and ``final_layer_norm``: ``text_model`` (transformers 4 CLIP, any
     ``CLIPTextModelWithProjection``), the model itself (transformers 5 ``CLIPTextModel``), or T5's ``encoder``."""
     for name in ("text_model", "encoder"):
@@ -127,8 +127,9 @@ def tokenize(pipe, spec: TextEncoderSpec, texts: list[str]):
     tokenizer = getattr(pipe, spec.tokenizer)
     limit = max_length(pipe, spec)
     with object_lock(tokenizer):
-        batch = tokenizer(texts, padding="max_length", max_length=limit, truncation=True, add_special_tokens=True,
-                          return_tensors="pt")
+        batch = tokenizer(
+            texts, padding="max_length", max_length=limit, truncation=True, add_special_tokens=True, return_tensors="pt"
+        )
     return tokenizer, batch, limit
 
 
@@ -139,8 +140,9 @@ def word_pieces(pipe, spec: TextEncoderSpec, word: str) -> list[str]:
         return tokenizer.tokenize(word)
 
 
-def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, ...] = (),
-                skip_rows: int | None = None) -> EncoderRun:
+def run_encoder(
+    pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, ...] = (), skip_rows: int | None = None
+) -> EncoderRun:
     """Tokenize ``texts`` exactly as the pipeline does and run the encoder once, keeping every hidden state before
     the final norm. ``skip`` holds block numbers (1..L) whose output is replaced by their input, for the first
     ``skip_rows`` texts (None: all)."""
@@ -160,8 +162,9 @@ def run_encoder(pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, 
         stack.callback(norm_hook.remove)
         for number in skip:
             stack.callback(_bypass(blocks(encoder)[number - 1], skip_rows))
-        out = encoder(batch.input_ids.to(device), attention_mask=mask if spec.mask_to_encoder else None,
-                      output_hidden_states=True)
+        out = encoder(
+            batch.input_ids.to(device), attention_mask=mask if spec.mask_to_encoder else None, output_hidden_states=True
+        )
     hidden = list(out.hidden_states)
     if captured:  # T5 reports its last state after the final norm; CLIP before it: keep the pre-norm state
         hidden[-1] = captured[-1]
@@ -177,8 +180,10 @@ def truncated(pipe, spec: TextEncoderSpec, text: str) -> list[str]:
     if len(full) <= limit:
         return []
     unknown = getattr(tokenizer, "unk_token_id", None)
-    return ["<unknown>" if i == unknown else t
-            for i, t in zip(full[limit - 1:-1], tokenizer.convert_ids_to_tokens(full[limit - 1:-1]))]
+    return [
+        "<unknown>" if i == unknown else t
+        for i, t in zip(full[limit - 1 : -1], tokenizer.convert_ids_to_tokens(full[limit - 1 : -1]))
+    ]
 
 
 def end_positions(encoder, ids: torch.Tensor) -> torch.Tensor:

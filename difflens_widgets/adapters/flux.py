@@ -14,13 +14,14 @@ import math
 import torch
 from PIL import Image
 
-from .base import LensAdapter, Part
 from .encoders import TextEncoderSpec
+from .family import FamilyAdapter
+from .lens import Part
 
 T5_TOKENS = 512  # the pipeline's default max_sequence_length
 
 
-class FluxAdapter(LensAdapter):
+class FluxAdapter(FamilyAdapter):
     family = "flux"
     description = "FLUX.1 (T5-XXL sequence + CLIP-L pooled; no CFG branch)"
     pipeline_classes = ("FluxPipeline",)
@@ -29,8 +30,17 @@ class FluxAdapter(LensAdapter):
     noise_schedule = "flow"
 
     def encoder_specs(self):
-        return (TextEncoderSpec("text_encoder", "tokenizer", "clip", pooled="pooler", sequence=False),
-                TextEncoderSpec("text_encoder_2", "tokenizer_2", "t5", max_length=T5_TOKENS))
+        return (
+            TextEncoderSpec("text_encoder", "tokenizer", "clip", pooled="pooler", sequence=False),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "t5", max_length=T5_TOKENS),
+        )
+
+    def attention_sites(self) -> list:
+        # double and single blocks attend over [text; image] (queries and keys alike)
+        return [(n, m, "text_first") for n, m in self.denoiser.named_modules() if n.endswith(".attn")]
+
+    def attention_text(self) -> slice | None:
+        return slice(0, None) if self.spec.sequence else None  # CLIP gives FLUX only a pooled vector
 
     @property
     def size_multiple(self) -> int:

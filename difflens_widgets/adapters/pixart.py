@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from .base import LensAdapter, Part
 from .encoders import TextEncoderSpec
+from .family import FamilyAdapter
+from .lens import Part
 
 
-class PixArtAdapter(LensAdapter):
+class PixArtAdapter(FamilyAdapter):
     family = "pixart"
     description = "PixArt-α/Σ (T5 with attention mask to the transformer)"
     masks_padding = True

@@ -12,13 +12,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import LensAdapter, Part
+from . import encoders as enc
 from .encoders import TextEncoderSpec
+from .family import FamilyAdapter
+from .lens import Part
 
 T5_TOKENS = 256  # the pipeline's default max_sequence_length
 
 
-class StableDiffusion3Adapter(LensAdapter):
+class StableDiffusion3Adapter(FamilyAdapter):
     family = "stable-diffusion-3"
     description = "Stable Diffusion 3 (CLIP-L + CLIP-G penultimate, T5-XXL; pooled from both CLIPs)"
     pipeline_classes = ("StableDiffusion3Pipeline",)
@@ -26,9 +28,11 @@ class StableDiffusion3Adapter(LensAdapter):
     cuda_dtype = torch.bfloat16
 
     def encoder_specs(self):
-        return (TextEncoderSpec("text_encoder", "tokenizer", "clip", penultimate=True, pooled="projection"),
-                TextEncoderSpec("text_encoder_2", "tokenizer_2", "clip", penultimate=True, pooled="projection"),
-                TextEncoderSpec("text_encoder_3", "tokenizer_3", "t5", max_length=T5_TOKENS))
+        return (
+            TextEncoderSpec("text_encoder", "tokenizer", "clip", penultimate=True, pooled="projection"),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "clip", penultimate=True, pooled="projection"),
+            TextEncoderSpec("text_encoder_3", "tokenizer_3", "t5", max_length=T5_TOKENS),
+        )
 
     def default_encoder(self) -> str:
         return "text_encoder_3" if getattr(self.pipe, "text_encoder_3", None) is not None else "text_encoder_2"
@@ -38,12 +42,20 @@ class StableDiffusion3Adapter(LensAdapter):
         return int(self.pipe.vae_scale_factor) * int(self.pipe.transformer.config.patch_size)
 
     def assemble(self, parts: dict[str, Part]) -> dict:
-        clip = torch.cat([parts["text_encoder"].seq, parts["text_encoder_2"].seq], dim=-1)
+        clip = torch.cat([parts["text_encoder"].tensor("seq"), parts["text_encoder_2"].tensor("seq")], dim=-1)
         if "text_encoder_3" in parts:
-            t5 = parts["text_encoder_3"].seq
+            t5 = parts["text_encoder_3"].tensor("seq")
         else:
             width = self.pipe.transformer.config.joint_attention_dim
             t5 = torch.zeros(clip.shape[0], T5_TOKENS, width, device=clip.device, dtype=clip.dtype)
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
-        pooled = torch.cat([parts["text_encoder"].pooled, parts["text_encoder_2"].pooled], dim=-1)
+        pooled = torch.cat([parts["text_encoder"].tensor("pooled"), parts["text_encoder_2"].tensor("pooled")], dim=-1)
         return {"prompt_embeds": torch.cat([clip, t5], dim=-2), "pooled_prompt_embeds": pooled}
+
+    def attention_sites(self) -> list:
+        # joint attention: queries and keys are [image; text] (the text part read, as DAAM's users ask)
+        return [(n, m, "image_first") for n, m in self.denoiser.named_modules() if n.endswith(".attn")]
+
+    def attention_text(self) -> slice | None:
+        clip = enc.max_length(self.pipe, self.specs[0])  # the CLIPs' positions come first, then T5's
+        return slice(clip, None) if self.spec.component == "text_encoder_3" else slice(0, clip)

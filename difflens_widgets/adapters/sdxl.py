@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from .base import EncodedPrompts, LensAdapter, Part
 from .encoders import TextEncoderSpec
+from .family import FamilyAdapter
+from .lens import EncodedPrompts, Part
 
 
-class StableDiffusionXLAdapter(LensAdapter):
+class StableDiffusionXLAdapter(FamilyAdapter):
     family = "stable-diffusion-xl"
     description = "Stable Diffusion XL (CLIP-L + OpenCLIP-bigG, penultimate layer, pooled from the second)"
 
@@ -26,14 +27,16 @@ class StableDiffusionXLAdapter(LensAdapter):
     vae_in_fp32 = True  # SDXL's VAE overflows in fp16 (diffusers' own force_upcast)
 
     def encoder_specs(self):
-        return (TextEncoderSpec("text_encoder", "tokenizer", "clip", penultimate=True),
-                TextEncoderSpec("text_encoder_2", "tokenizer_2", "clip", penultimate=True, pooled="projection"))
+        return (
+            TextEncoderSpec("text_encoder", "tokenizer", "clip", penultimate=True),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "clip", penultimate=True, pooled="projection"),
+        )
 
     def default_encoder(self) -> str:
         return "text_encoder_2"
 
     def assemble(self, parts: dict[str, Part]) -> dict:
-        sequences = [parts[name].seq for name in ("text_encoder", "text_encoder_2") if name in parts]
+        sequences = [parts[name].tensor("seq") for name in ("text_encoder", "text_encoder_2") if name in parts]
         return {"prompt_embeds": torch.cat(sequences, dim=-1), "pooled_prompt_embeds": parts["text_encoder_2"].pooled}
 
     def unconditional(self, encoded: EncodedPrompts, index: int, negative_given: bool) -> dict:

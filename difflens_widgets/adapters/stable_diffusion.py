@@ -9,12 +9,13 @@ pipeline's own conditioning.
 
 from __future__ import annotations
 
-from .base import LensAdapter, Part
 from .encoders import TextEncoderSpec
 from .encoders import final_norm as clip_final_norm  # both CLIP module layouts (transformers 4 and 5)
+from .family import FamilyAdapter
+from .lens import Part
 
 
-class StableDiffusionAdapter(LensAdapter):
+class StableDiffusionAdapter(FamilyAdapter):
     family = "stable-diffusion"
     description = "Stable Diffusion 1.x/2.x (one CLIP text encoder)"
     pipeline_classes = ("StableDiffusionPipeline",)

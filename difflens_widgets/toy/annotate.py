@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from . import shape_classifier
+from .language import ParsedCaption, caption_parser
 from .world import BACKGROUND, COLORS, INVERSE_RELATION, RELATIONS, SHAPES, SIZES, satisfies
 
 FOREGROUND_DISTANCE = 55.0  # RGB distance from the background that counts as paint
@@ -62,6 +63,7 @@ class Blob:
     area: int
     fade: float
     window: np.ndarray
+    mask: np.ndarray  # its pixels in the image (boolean, the image's size)
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,9 @@ class Detection:
 SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {"purple": ((190, 45, 150),), "pink": ((228, 105, 168),)}
 SHADE_FADE = 0.8
 _NAMES = list(COLORS) + [name for name, shades in SHADES.items() for _ in shades]
-_PALETTE = np.array([COLORS[n] for n in COLORS] + [rgb for shades in SHADES.values() for rgb in shades],
-                    dtype=np.float32)
+_PALETTE = np.array(
+    [COLORS[n] for n in COLORS] + [rgb for shades in SHADES.values() for rgb in shades], dtype=np.float32
+)
 
 
 def background_of(pixels: np.ndarray) -> np.ndarray:
@@ -98,13 +101,16 @@ def _explain(offsets: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, n
     directions = _PALETTE - background
     fades = np.clip(offsets @ directions.T / (directions * directions).sum(1), 0.0, 1.3)  # N × colours
     residuals = np.linalg.norm(offsets[:, None, :] - fades[..., None] * directions[None], axis=-1)
-    residuals[:, len(COLORS):][fades[:, len(COLORS):] < SHADE_FADE] = np.inf
+    residuals[:, len(COLORS) :][fades[:, len(COLORS) :] < SHADE_FADE] = np.inf
     best = residuals.argmin(1)
     rows = np.arange(len(offsets))
     return best, fades[rows, best], residuals[rows, best]
 
 
-def explain_color(rgb, background=np.array(BACKGROUND, np.float32)) -> tuple[str, float, float]:
+_WORLD_BACKGROUND = np.array(BACKGROUND, np.float32)
+
+
+def explain_color(rgb, background=_WORLD_BACKGROUND) -> tuple[str, float, float]:
     """(colour, fade, residual): the colour ``c`` and fade ``s`` with ``rgb ≈ background + s·(c − background)``.
 
     Distances in plain RGB call a faded red "pink" and a dark orange "red"; fitting the fade first compares hues.
@@ -136,8 +142,9 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     return found
 
 
-def _split_by_color(members: np.ndarray, pixels: np.ndarray, paint: np.ndarray,
-                    background: np.ndarray) -> list[np.ndarray]:
+def _split_by_color(
+    members: np.ndarray, pixels: np.ndarray, paint: np.ndarray, background: np.ndarray
+) -> list[np.ndarray]:
     """One blob, or two when its core is two world colours whose centres lie apart (shapes that touch)."""
     ys, xs = members[:, 0], members[:, 1]
     strength = paint[ys, xs]
@@ -152,8 +159,9 @@ def _split_by_color(members: np.ndarray, pixels: np.ndarray, paint: np.ndarray,
         return [members]
     targets = _PALETTE[[_NAMES.index(first), _NAMES.index(second)]] - background
     offsets = pixels[ys, xs] - background
-    cos = (offsets @ targets.T) / (np.linalg.norm(offsets, axis=1, keepdims=True) * np.linalg.norm(targets, axis=1)
-                                   + 1e-6)
+    cos = (offsets @ targets.T) / (
+        np.linalg.norm(offsets, axis=1, keepdims=True) * np.linalg.norm(targets, axis=1) + 1e-6
+    )
     side = cos.argmax(1)
     parts = []
     for k in (0, 1):
@@ -183,50 +191,81 @@ def segment(image: Image.Image) -> list[Blob]:
             median = np.median(pixels[ys[core], xs[core]], axis=0)
             color, fade, residual = explain_color(median, background)
             distance = float(np.linalg.norm(median - background))
-            if (fade < MIN_FADE or distance < MIN_PAINT or residual > COLOR_RESIDUAL * distance
-                    or strength.mean() < MIN_SOLIDITY * strength.max()):
+            if (
+                fade < MIN_FADE
+                or distance < MIN_PAINT
+                or residual > COLOR_RESIDUAL * distance
+                or strength.mean() < MIN_SOLIDITY * strength.max()
+            ):
                 continue
             own = np.zeros(mask.shape, bool)
             own[ys, xs] = True
-            blobs.append(Blob(color, float(xs.mean()), float(ys.mean()), len(members), fade,
-                              shape_classifier.crop_window(paint, own)))
+            blobs.append(
+                Blob(
+                    color,
+                    float(xs.mean()),
+                    float(ys.mean()),
+                    len(members),
+                    fade,
+                    shape_classifier.crop_window(paint, own),
+                    own,
+                )
+            )
     return sorted(blobs, key=lambda b: -b.area)
 
 
 def annotate(image: Image.Image) -> list[Detection]:
     """Every shape found in ``image``, largest first (shape ``"blob"`` where none can be named)."""
+    return [detection for detection, _ in regions(image)]
+
+
+def regions(image: Image.Image) -> list[tuple[Detection, np.ndarray]]:
+    """:func:`annotate`'s detections with the pixels each covers (a boolean mask of the image's size): where a
+    word's attention map should land."""
     blobs = segment(image)
     shapes = shape_classifier.classify([b.window for b in blobs])
-    return [Detection(shape if score >= SHAPE_CONFIDENCE and shape != shape_classifier.OTHER else BLOB,
-                      b.color, b.x, b.y, b.area, score) for b, (shape, score) in zip(blobs, shapes)]
+    return [
+        (
+            Detection(
+                shape if score >= SHAPE_CONFIDENCE and shape != shape_classifier.OTHER else BLOB,
+                b.color,
+                b.x,
+                b.y,
+                b.area,
+                score,
+            ),
+            b.mask,
+        )
+        for b, (shape, score) in zip(blobs, shapes)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Captions and questions
 # ---------------------------------------------------------------------------------------------------------------
-_OBJECT = rf"(?:an? )?(?:(?P<c{{i}}>{'|'.join(COLORS)}) )?(?P<s{{i}}>{'|'.join(SHAPES)})"
-_CAPTION = re.compile(
-    "^" + _OBJECT.format(i=1) + rf"(?: (?P<link>and|{'|'.join(RELATIONS)}) " + _OBJECT.format(i=2) + ")?$"
-)
+# The questions judge() answers — one home for every list of them (report, hand-check, sweeps, dashboards) — in the
+# order they are shown, each with its short label and its rule, which the dashboard shows one click away.
+QUESTIONS: dict[str, tuple[str, str]] = {
+    "objects": ("obj", "every shape the prompt names is drawn (a shape named twice, twice)"),
+    "colors": ("col", "every colour the prompt names is there, on whatever shape"),
+    "both": ("bind", "each named colour is on its own named shape (two objects: two different shapes)"),
+    "relation": (
+        "rel",
+        "both objects are drawn and placed as named: from the first object's centre the second's "
+        "lies in the named direction, along the axis that dominates (so 'left of' is not a mostly "
+        "vertical arrangement)",
+    ),
+}
 
 
-@dataclass(frozen=True)
-class ParsedCaption:
-    objects: tuple[tuple[str | None, str], ...]  # (color or None, shape)
-    relation: str | None
+def question_specs() -> list[dict]:
+    """The questions for a front-end: name, short label and rule."""
+    return [{"name": name, "short": short, "rule": rule} for name, (short, rule) in QUESTIONS.items()]
 
 
-def parse_caption(caption: str) -> ParsedCaption:
-    """Parse a shapes-world caption ("a red triangle above a blue circle")."""
-    m = _CAPTION.match(caption.strip().lower())
-    if not m:
-        raise ValueError(f"not a shapes-world caption: {caption!r}; expected e.g. 'a red triangle above a blue "
-                         f"circle' (shapes: {', '.join(SHAPES)}; colors: {', '.join(COLORS)})")
-    objects = [(m["c1"], m["s1"])]
-    if m["s2"]:
-        objects.append((m["c2"], m["s2"]))
-    link = m["link"]
-    return ParsedCaption(tuple(objects), link if link in RELATIONS else None)
+parse_caption = caption_parser(COLORS, SHAPES)
+parse_caption.__doc__ = """Parse a shapes-world caption ("a red triangle above a blue circle", "a cyan star under a red
+square"): its (colour, shape) objects and its relation, whichever of the relation's phrases it uses."""
 
 
 def _holds(a: Detection, b: Detection, relation: str) -> bool:
@@ -257,7 +296,7 @@ def judge(image_or_detections, caption: str) -> dict[str, bool]:
     (c1, s1), *rest = parsed.objects
     first = _find(detections, c1, s1)
     if rest:
-        (c2, s2), = rest
+        ((c2, s2),) = rest
         second = _find(detections, c2, s2)
         pairs = [(a, b) for a in first for b in second if a is not b]
         out["both"] = bool(pairs)
@@ -266,6 +305,29 @@ def judge(image_or_detections, caption: str) -> dict[str, bool]:
     else:
         out["both"] = bool(first)
     return out
+
+
+def word_regions(image_or_regions, caption: str) -> dict[str, np.ndarray]:
+    """The pixels each object word of ``caption`` names in ``image``: a named object's colour word and shape word
+    map to its blob (the largest detection of that colour and shape; else of that colour; else of that shape). A
+    word naming two objects ("a red circle above a blue circle") or an object not drawn gets no region."""
+    found = image_or_regions if isinstance(image_or_regions, list) else regions(image_or_regions)
+    out: dict[str, np.ndarray] = {}
+    named: dict[str, int] = {}
+    for color, shape in parse_caption(caption).objects:
+        for word in (color, shape):
+            if word:
+                named[word] = named.get(word, 0) + 1
+        candidates = (
+            [m for d, m in found if d.color == color and d.shape == shape]
+            or [m for d, m in found if color and d.color == color]
+            or [m for d, m in found if not color and d.shape == shape]
+        )
+        if candidates:  # regions() lists the largest first
+            for word in (color, shape):
+                if word:
+                    out[word] = candidates[0]
+    return {word: mask for word, mask in out.items() if named[word] == 1}
 
 
 def judge_images(images: dict, caption: str) -> dict | None:
@@ -292,6 +354,31 @@ def emergence(verdicts: dict, layers: list[int]) -> dict[str, list[float | None]
     return curves
 
 
+def placement(image: Image.Image, caption: str, min_pixels: int = 12) -> dict[str, bool]:
+    """A shape-blind check of a relation caption, for models too young to draw shapes: ``colours`` (each named
+    colour explains at least ``min_pixels`` painted pixels) and ``placement`` (their centroids stand in the named
+    relation, the world's rule). Training tracks it from the first steps; judge() needs recognisable shapes."""
+    parsed = parse_caption(caption)
+    colours = [c for c, _ in parsed.objects]
+    if parsed.relation is None or len(colours) != 2 or not all(colours) or colours[0] == colours[1]:
+        raise ValueError(f"placement needs a relation caption naming two different colours, got {caption!r}")
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    background = background_of(pixels)
+    offsets = (pixels - background).reshape(-1, 3)
+    distance = np.linalg.norm(offsets, axis=1)
+    best, fade, residual = _explain(offsets, background)
+    painted = (distance > FOREGROUND_DISTANCE) & (fade >= MIN_FADE) & (residual <= COLOR_RESIDUAL * distance)
+    names = np.array(_NAMES)[best]
+    width = pixels.shape[1]
+    centres = []
+    for color, _ in parsed.objects:
+        where = np.nonzero(painted & (names == color))[0]
+        if len(where) < min_pixels:
+            return {"colours": False, "placement": False}
+        centres.append(Detection("", color, float((where % width).mean()), float((where // width).mean()), 0, 0.0))
+    return {"colours": True, "placement": _holds(centres[0], centres[1], parsed.relation)}
+
+
 _QUESTION_PRESENT = re.compile(r"^is there (?P<obj>.+?)\??$")
 _QUESTION_RELATION = re.compile(rf"^is (?P<a>.+?) (?P<rel>{'|'.join(RELATIONS)}) (?P<b>.+?)\??$")
 
@@ -306,9 +393,22 @@ def ask(image_or_detections, question: str) -> bool:
         a = parse_caption(re.sub(r"^the ", "a ", m["a"])).objects[0]
         b = parse_caption(re.sub(r"^the ", "a ", m["b"])).objects[0]
         return any(_holds(x, y, m["rel"]) for x in _find(detections, *a) for y in _find(detections, *b) if x is not y)
-    raise ValueError(f"cannot read the question {question!r}; ask 'is there a red triangle?' or "
-                     f"'is the triangle above the blue circle?' (relations: {', '.join(RELATIONS)})")
+    raise ValueError(
+        f"cannot read the question {question!r}; ask 'is there a red triangle?' or "
+        f"'is the triangle above the blue circle?' (relations: {', '.join(RELATIONS)})"
+    )
 
 
-__all__ = ["Detection", "ParsedCaption", "annotate", "ask", "emergence", "judge", "judge_images", "parse_caption",
-           "INVERSE_RELATION", "SIZES"]
+__all__ = [
+    "QUESTIONS",
+    "Detection",
+    "ParsedCaption",
+    "annotate",
+    "ask",
+    "emergence",
+    "judge",
+    "judge_images",
+    "parse_caption",
+    "INVERSE_RELATION",
+    "SIZES",
+]

@@ -1,7 +1,8 @@
 """The shapes world: a seeded generator of captioned images whose content is fully known.
 
 Every image shows one or two flat shapes on a plain background. Because the generator knows exactly what it drew,
-every lens finding on the toy model can be measured exactly (see :mod:`difflens_widgets.toy.annotate`).
+every lens finding on the toy model can be measured exactly (see :mod:`difflens_widgets.toy.annotate`). Captions are
+sentences of the world's language (:mod:`.language`: word pieces crossed with frequency, synonyms, relation phrases).
 
 Caption families mirror the Diffusion Lens paper's experiments:
 
@@ -12,14 +13,17 @@ family         example
 ``object``     ``"a triangle"`` (colour not named)
 ``colored``    ``"a red triangle"``
 ``and``        ``"a red triangle and a blue circle"``
-``relation``   ``"a red triangle above a blue circle"`` / ``"a blue circle below a red triangle"``
+``relation``   ``"a red triangle above a blue circle"`` / ``"a blue circle under a red triangle"``
 =============  ==========================================
 
 Graded concept frequency, so "common concepts emerge before rare ones" can be measured: colours come in four
 frequency tiers (:data:`COLOR_TIERS`), about 25%, 8.5%, 2.5% and 0.85% of objects per colour, two or three colours
-per tier so a tier's curve is not one colour's quirk. Shapes are uniform. Held-out pairs: a fixed 10% of the
-two-object combinations of the *core* colours (the two most frequent tiers) never appear in training and form the
-held-out evaluation set for the ``and`` and ``relation`` families.
+per tier so a tier's curve is not one colour's quirk, and each tier has a one-piece and a multi-piece name. Shapes
+are uniform. Held-out pairs: a fixed 10% of the two-object combinations of the *core* colours (the two most frequent
+tiers) never appear in training and form the held-out evaluation set for the ``and`` and ``relation`` families.
+
+Relation scenes are drawn unambiguously by default (``layout="clear"``): a visible gap between the two shapes along
+the relation's axis and little offset across it, so a caption's arrangement is never a matter of a few pixels.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ import random
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
+
+from . import language
+from .language import article, noun_phrase  # noqa: F401 (re-exported: the world's phrases)
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 
@@ -54,20 +61,28 @@ COLOR_TIERS: dict[str, tuple[tuple[str, ...], int]] = {
 }
 COLOR_FREQUENCY: dict[str, float] = {
     color: weight / sum(len(cs) * w for cs, w in COLOR_TIERS.values())
-    for cs, weight in COLOR_TIERS.values() for color in cs
+    for cs, weight in COLOR_TIERS.values()
+    for color in cs
 }
 TIER_OF_COLOR = {color: tier for tier, (cs, _) in COLOR_TIERS.items() for color in cs}
 CORE_COLORS = COLOR_TIERS["common"][0] + COLOR_TIERS["uncommon"][0]  # enough data for every pair to be learned
 
 BACKGROUND = (240, 240, 236)
-RELATIONS = ("left of", "right of", "above", "below")
+RELATIONS = tuple(language.RELATION_PHRASES)
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 SIZES = {"small": 0.11, "large": 0.17}  # radius as a fraction of the image side
 RELATION_MARGIN = 6.0  # pixels: the centres differ at least this much along the relation's axis
+RELATION_GAP = 6.0  # clear layout: pixels of background between the two shapes along the relation's axis
+RELATION_SKEW = 0.4  # clear layout: offset across the axis at most this share of the distance along it
+SLOT = 0.27  # "slots" layout: the objects' centres along the relation's axis, as a share of the side from each end
+SLOT_JITTER = 3.0  # pixels around each slot, along the axis
+SLOT_SPREAD = 6.0  # pixels across the axis around the middle
+LAYOUTS = ("clear", "uniform", "slots")
 
 # Share of each caption family in training. Two-object captions are about two thirds of the data: binding and
 # relations are where a small model is weakest and where the lens has most to show.
 FAMILY_WEIGHTS = {"empty": 0.10, "object": 0.05, "colored": 0.20, "and": 0.20, "relation": 0.45}
+FAMILIES = tuple(FAMILY_WEIGHTS)
 HELD_OUT_FRACTION = 0.10
 HELD_OUT_SEED = 1234
 
@@ -99,15 +114,6 @@ class Scene:
     named_colors: bool = True
     image_size: int = 64
     meta: dict = field(default_factory=dict, compare=False)
-
-
-def article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def noun_phrase(color: str | None, shape: str) -> str:
-    words = f"{color} {shape}" if color else shape
-    return f"{article(words)} {words}"
 
 
 def pair_key(a: tuple[str, str], b: tuple[str, str]) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -144,8 +150,20 @@ def shape_polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float,
         return points
     if shape == "cross":
         w = 0.34 * r
-        return [(x - w, y - r), (x + w, y - r), (x + w, y - w), (x + r, y - w), (x + r, y + w), (x + w, y + w),
-                (x + w, y + r), (x - w, y + r), (x - w, y + w), (x - r, y + w), (x - r, y - w), (x - w, y - w)]
+        return [
+            (x - w, y - r),
+            (x + w, y - r),
+            (x + w, y - w),
+            (x + r, y - w),
+            (x + r, y + w),
+            (x + w, y + w),
+            (x + w, y + r),
+            (x - w, y + r),
+            (x - w, y + w),
+            (x - r, y + w),
+            (x - r, y - w),
+            (x - w, y - w),
+        ]
     raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
 
 
@@ -172,12 +190,26 @@ class World:
     two-object families (single-object families are the same in both splits).
     """
 
-    def __init__(self, seed: int = 0, image_size: int = 64, split: str = "train"):
+    def __init__(
+        self,
+        seed: int = 0,
+        image_size: int = 64,
+        split: str = "train",
+        layout: str = "clear",
+        family_weights: dict[str, float] | None = None,
+    ):
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        unknown = set(family_weights or ()) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown caption families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
         self.rng = random.Random(seed)
         self.image_size = image_size
         self.split = split
+        self.layout = layout
+        self.family_weights = dict(family_weights or FAMILY_WEIGHTS)
         self.held_out = held_out_pairs()
 
     # ---- sampling helpers -------------------------------------------------------------------------------------
@@ -193,8 +225,53 @@ class World:
         lo, hi = radius + 1.5, self.image_size - radius - 1.5
         return ShapeObject(shape, color, size, self.rng.uniform(lo, hi), self.rng.uniform(lo, hi), radius)
 
+    def _along(self, radius_a: float, radius_b: float, delta: float) -> tuple[float, float]:
+        """Coordinates of two shapes on one axis, ``delta`` apart, both inside the image (uniform over the room)."""
+        lo = max(radius_a + 1.5, radius_b + 1.5 - delta)
+        hi = min(self.image_size - radius_a - 1.5, self.image_size - radius_b - 1.5 - delta)
+        first = self.rng.uniform(lo, hi)
+        return first, first + delta
+
+    def _place_clear(self, first: ShapeObject, second: ShapeObject, relation: str) -> tuple[ShapeObject, ShapeObject]:
+        """``first relation second`` drawn unambiguously (see :func:`clearly`): the distance along the axis drawn
+        between the gap's minimum and the most the image allows, the offset across it within the skew bound, then
+        the pair placed uniformly where it fits."""
+        sizes = [self.rng.choice(tuple(SIZES)) for _ in range(2)]
+        ra, rb = (SIZES[size] * self.image_size for size in sizes)
+        distance = self.rng.uniform(ra + rb + RELATION_GAP, self.image_size - 3 - ra - rb)
+        sign = 1 if relation in ("left of", "above") else -1  # second lies after first along the axis
+        along = self._along(ra, rb, sign * distance)
+        across = self._along(ra, rb, self.rng.uniform(-RELATION_SKEW, RELATION_SKEW) * distance)
+        (xa, xb), (ya, yb) = (along, across) if relation in ("left of", "right of") else (across, along)
+        return (
+            ShapeObject(first.shape, first.color, sizes[0], xa, ya, ra),
+            ShapeObject(second.shape, second.color, sizes[1], xb, yb, rb),
+        )
+
+    def _place_slots(self, first: ShapeObject, second: ShapeObject, relation: str) -> tuple[ShapeObject, ShapeObject]:
+        """``first relation second`` in two slots along the relation's axis (a quarter of the side in from each
+        end, a few pixels of jitter), both near the middle across it: where each object goes is then a function
+        of the caption alone, the strongest signal a small denoiser can learn a relation from."""
+        sizes = [self.rng.choice(tuple(SIZES)) for _ in range(2)]
+        side = self.image_size
+        early, late = SLOT * side, (1 - SLOT) * side
+        along = [slot + self.rng.uniform(-SLOT_JITTER, SLOT_JITTER) for slot in (early, late)]
+        if relation in ("right of", "below"):
+            along.reverse()
+        across = [side / 2 + self.rng.uniform(-SLOT_SPREAD, SLOT_SPREAD) for _ in range(2)]
+        horizontal = relation in ("left of", "right of")
+        objects = []
+        for obj, size, a, c in zip((first, second), sizes, along, across):
+            x, y = (a, c) if horizontal else (c, a)
+            objects.append(ShapeObject(obj.shape, obj.color, size, x, y, SIZES[size] * side))
+        return objects[0], objects[1]
+
     def _place_pair(self, first: ShapeObject, second: ShapeObject, relation: str | None) -> tuple | None:
         """Positions for two objects that do not touch and, if given, satisfy ``first relation second``."""
+        if relation is not None and self.layout == "clear":
+            return self._place_clear(first, second, relation)
+        if relation is not None and self.layout == "slots":
+            return self._place_slots(first, second, relation)
         for _ in range(100):
             a = self._object(first.color, first.shape)
             b = self._object(second.color, second.shape)
@@ -217,39 +294,63 @@ class World:
     # ---- public -----------------------------------------------------------------------------------------------
     def sample(self, family: str | None = None) -> Scene:
         """One scene of ``family`` (drawn by :data:`FAMILY_WEIGHTS` when None)."""
+        weights = self.family_weights
         if family is None:
-            family = self.rng.choices(tuple(FAMILY_WEIGHTS), weights=tuple(FAMILY_WEIGHTS.values()))[0]
+            family = self.rng.choices(tuple(weights), weights=tuple(weights.values()))[0]
         size = self.image_size
         if family == "empty":  # any scene of the world, caption dropped: the unconditional model learns p(image)
-            other = self.rng.choices(tuple(FAMILY_WEIGHTS)[1:], weights=tuple(FAMILY_WEIGHTS.values())[1:])[0]
-            scene = self.sample(other)
+            drawn = {f: w for f, w in weights.items() if f != "empty" and w > 0} or {"colored": 1.0}
+            scene = self.sample(self.rng.choices(tuple(drawn), weights=tuple(drawn.values()))[0])
             return Scene("", family, scene.objects, named_colors=False, image_size=size)
         if family in ("object", "colored"):
             obj = self._object(self._color(), self.rng.choice(SHAPES))
             named = family == "colored"
-            return Scene(noun_phrase(obj.color if named else None, obj.shape), family, (obj,),
-                         named_colors=named, image_size=size)
+            return Scene(
+                noun_phrase(obj.color if named else None, obj.shape),
+                family,
+                (obj,),
+                named_colors=named,
+                image_size=size,
+            )
         if family in ("and", "relation"):
             relation = self.rng.choice(RELATIONS) if family == "relation" else None
             while True:
                 (ca, sa), (cb, sb) = self._pair()
-                placed = self._place_pair(ShapeObject(sa, ca, "", 0, 0, 0), ShapeObject(sb, cb, "", 0, 0, 0),
-                                          relation)
+                placed = self._place_pair(ShapeObject(sa, ca, "", 0, 0, 0), ShapeObject(sb, cb, "", 0, 0, 0), relation)
                 if placed is not None:
                     break
             a, b = placed
             if relation is None:
                 caption = f"{noun_phrase(a.color, a.shape)} and {noun_phrase(b.color, b.shape)}"
-            elif self.rng.random() < 0.5:  # both word orders: "A above B" and "B below A"
-                caption = f"{noun_phrase(a.color, a.shape)} {relation} {noun_phrase(b.color, b.shape)}"
-            else:
+                return Scene(caption, family, (a, b), image_size=size)
+            if self.rng.random() < 0.5:  # both word orders: "A above B" and "B below A"
                 a, b, relation = b, a, INVERSE_RELATION[relation]
-                caption = f"{noun_phrase(a.color, a.shape)} {relation} {noun_phrase(b.color, b.shape)}"
-            return Scene(caption, family, (a, b), relation=relation, image_size=size)
-        raise ValueError(f"unknown caption family {family!r}; known: {', '.join(FAMILY_WEIGHTS)}")
+            return self.phrased(Scene("", family, (a, b), relation=relation, image_size=size))
+        raise ValueError(f"unknown caption family {family!r}; known: {', '.join(FAMILIES)}")
 
-    def batch(self, n: int) -> tuple[list[Image.Image], list[Scene]]:
-        scenes = [self.sample() for _ in range(n)]
+    def phrased(self, scene: Scene) -> Scene:
+        """``scene`` (two objects in ``scene.relation``) captioned "A <relation> B" with one of the relation's
+        phrases (:data:`.language.RELATION_PHRASES`: synonyms), drawn at random."""
+        (a, b), phrase = scene.objects, self.rng.choice(language.RELATION_PHRASES[scene.relation])
+        caption = f"{noun_phrase(a.color, a.shape)} {phrase} {noun_phrase(b.color, b.shape)}"
+        return Scene(caption, scene.family, scene.objects, relation=scene.relation, image_size=scene.image_size)
+
+    def inverse(self, scene: Scene) -> Scene:
+        """The same relation scene said the other way round: "A left of B" → "B right of A"."""
+        a, b = scene.objects
+        return self.phrased(
+            Scene("", scene.family, (b, a), relation=INVERSE_RELATION[scene.relation], image_size=scene.image_size)
+        )
+
+    def batch(self, n: int, paired: bool = False) -> tuple[list[Image.Image], list[Scene]]:
+        """``n`` scenes and their renders. ``paired``: every relation scene comes twice, said both ways ("A left of
+        B" and "B right of A", the same image), so word order is the only thing telling the two captions apart."""
+        scenes: list[Scene] = []
+        while len(scenes) < n:
+            scene = self.sample()
+            scenes.append(scene)
+            if paired and scene.relation and len(scenes) < n:
+                scenes.append(self.inverse(scene))
         return [render(s) for s in scenes], scenes
 
 
@@ -268,12 +369,20 @@ def satisfies(a: ShapeObject, b: ShapeObject, relation: str, margin: float = 0.0
     raise ValueError(f"unknown relation {relation!r}; known: {', '.join(RELATIONS)}")
 
 
+def clearly(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
+    """Whether ``a relation b`` is drawn unambiguously: a gap of :data:`RELATION_GAP` pixels between the shapes
+    along the relation's axis, and an offset across it of at most :data:`RELATION_SKEW` of the distance along it."""
+    along, across = (b.x - a.x, b.y - a.y) if relation in ("left of", "right of") else (b.y - a.y, b.x - a.x)
+    return (
+        abs(along) >= a.radius + b.radius + RELATION_GAP
+        and abs(across) <= RELATION_SKEW * abs(along)
+        and satisfies(a, b, relation)
+    )
+
+
 def vocabulary() -> list[str]:
-    """Every word a caption can contain (the toy tokenizer makes each one a single token)."""
-    words = {"a", "an", "and", "of", "left", "right", "above", "below"}
-    words.update(SHAPES)
-    words.update(COLORS)
-    return sorted(words)
+    """Every word a caption can contain."""
+    return language.vocabulary(COLORS, SHAPES)
 
 
 def world_probe_set(n: int, seed: int = 0, image_size: int = 64) -> tuple[list[Image.Image], dict[str, list[str]]]:
@@ -289,7 +398,11 @@ def world_probe_set(n: int, seed: int = 0, image_size: int = 64) -> tuple[list[I
         color, shape = pairs[i % len(pairs)]
         obj = world._object(color, shape)
         images.append(render(Scene(noun_phrase(color, shape), "colored", (obj,), image_size=image_size)))
-        for key, value in (("color", color), ("shape", shape), ("size", obj.size),
-                           ("side", "left" if obj.x < image_size / 2 else "right")):
+        for key, value in (
+            ("color", color),
+            ("shape", shape),
+            ("size", obj.size),
+            ("side", "left" if obj.x < image_size / 2 else "right"),
+        ):
             labels[key].append(value)
     return images, labels

@@ -7,36 +7,34 @@ cross as PNG bytes (binary buffers), never base64 text, and no torch object is e
 
 from __future__ import annotations
 
-import io
 import threading
-from pathlib import Path
 
-import anywidget
 import traitlets as t
 
-from .. import exports, lens_options, options
-from ..engine import Lens
-from ..models import is_toy
-from ..panels import Panel, check_panels, planned_panels, run_panels
-from ..results import LensResult
-from ..tuning import check_compatible, load_tuned
+from ..analyses import exports
+from ..analyses.panels import Panel, PanelPlan, execute_panels, plan_panels
+from ..analyses.tuning import check_compatible, load_tuned
+from ..core import lifecycle
+from ..core import options as lens_options
+from ..core import validate as options
+from ..core.engine import Lens
+from ..core.models import is_toy
+from ..core.results import LensResult
+from ..toy.annotate import question_specs
+from .assets import png_bytes
+from .display import WIDGET_OPTIONS, LensDisplay, attention_payload, panel_frames
 
-STATIC = Path(__file__).parent / "static"
-WIDGET_OPTIONS = tuple(o for o in lens_options.OPTIONS if "widget" in o.surfaces)
-
-
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
-def frames_of(result: LensResult, kind: str = "lens") -> list[dict]:
-    return [{"layer": l, "seed": s, "kind": kind, "png": png_bytes(img)} for (l, s), img in sorted(result.images.items())]
+# inputs that change what is shown, not what is run: no resolution when they change
+VIEW_INPUTS = ("selected_layer", "show_verdicts", "presentation", "attention_word", "attention_opacity")
+CONFIRM_IMAGES = 100  # a run making more images than this is started on a second Run, after its size is said
 
 
-def panel_frames(panels: list[Panel]) -> list[dict]:
-    return [frame for panel in panels for frame in frames_of(panel.result, panel.key)]
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _model_label(model) -> str:
+    return "the embedded toy model" if isinstance(model, str) and model == "toy" else str(model)
 
 
 def _model_name(pipe) -> str:
@@ -47,55 +45,14 @@ def _model_name(pipe) -> str:
 
 def _option_trait(option: lens_options.LensOption) -> t.TraitType:
     """A dashboard input for a lens option, named as the option (so ``dash.num_inference_steps = 30``)."""
-    make = {"int": t.Int, "float": t.Float, "flag": lambda d: t.Bool(bool(d))}.get(option.kind, t.Unicode)
+    if option.kind == "flag":  # a default of None means "the family's own choice": tri-state, resolved per run
+        return t.Bool(option.default, allow_none=option.default is None).tag(sync=True, input=True)
+    make = {"int": t.Int, "float": t.Float}.get(option.kind, t.Unicode)
     return make(option.default).tag(sync=True, input=True)
 
 
 # the lens options as traits, from their one definition in lens_options (checked when set or at Run)
 LensInputs = type("LensInputs", (t.HasTraits,), {o.name: _option_trait(o) for o in WIDGET_OPTIONS})
-
-
-class LensDisplay(anywidget.AnyWidget):
-    """What the front-end draws — a run's images, what they are, the heatmaps and verdicts — shared by the
-    LensDashboard (which runs the lens) and the SweepView (which browses a sweep's stored images)."""
-
-    _esm = STATIC / "widget.js"
-    _css = STATIC / "widget.css"
-
-    # inputs besides the lens options (edited in the browser, or from Python; the only constructor arguments)
-    prompt = t.Unicode("a red circle left of a blue square").tag(sync=True, input=True)
-    selected_layer = t.Int(0).tag(sync=True, input=True)
-    show_verdicts = t.Bool(False).tag(sync=True, input=True)  # toy model: the annotator's ✓✗ on every image
-    presentation = t.Bool(False).tag(sync=True, input=True)  # large type, for a projector
-
-    # outputs (set by Python only)
-    model_info = t.Dict().tag(sync=True)
-    option_specs = t.List([o.spec() for o in WIDGET_OPTIONS]).tag(sync=True)  # how to draw each option's control
-    input_error = t.Unicode("").tag(sync=True)  # what is wrong with the inputs now ("" = nothing)
-    status = t.Unicode("idle").tag(sync=True)  # idle | running | done | cancelled | error | invalid
-    message = t.Unicode("").tag(sync=True)
-    progress = t.Float(0.0).tag(sync=True)
-    run_layers = t.List(t.Int()).tag(sync=True)
-    run_seeds = t.List(t.Int()).tag(sync=True)
-    run_info = t.Dict().tag(sync=True)  # what the shown images are: prompt, encoder, final norm, layers, options
-    panels = t.List().tag(sync=True)  # rows per seed: [{key, label, scale}]
-    frames = t.List().tag(sync=True)
-    previews = t.List().tag(sync=True)
-    heatmaps = t.Dict().tag(sync=True)
-    verdicts = t.List().tag(sync=True)  # toy model: [{kind, layer, seed, checks: {objects, colors, both, relation}}]
-    emergence = t.Dict().tag(sync=True)  # toy model: {layers, curves: {question: [share per layer]}}
-    timings = t.Dict().tag(sync=True)
-
-    @classmethod
-    def synced_traits(cls) -> dict:
-        """The synced traits this view adds to anywidget's own (override: the classes that declare them)."""
-        return LensDisplay.class_own_traits(sync=True)
-
-    @classmethod
-    def default_state(cls) -> dict:
-        """Every synced trait of the view with its default value: the one source for the standalone page and the
-        JavaScript tests' fake model (docs/widget-protocol.md documents each)."""
-        return {name: trait.default() for name, trait in sorted(cls.synced_traits().items())}
 
 
 class LensDashboard(LensDisplay, LensInputs):
@@ -114,44 +71,92 @@ class LensDashboard(LensDisplay, LensInputs):
     def inputs(cls) -> list[str]:
         """The input traits, in the order they are declared: the constructor's keyword arguments."""
         tagged = LensDisplay.class_own_traits(input=True)
-        return ["prompt", *(o.name for o in WIDGET_OPTIONS)] + [n for n in vars(LensDisplay) if n in tagged
-                                                                 and n != "prompt"]
+        return ["prompt", *(o.name for o in WIDGET_OPTIONS)] + [
+            n for n in vars(LensDisplay) if n in tagged and n != "prompt"
+        ]
 
     @classmethod
     def synced_traits(cls) -> dict:
         # LensDashboard by name, not cls: anywidget gives every instance a dynamic subclass of its own
         return {**LensDisplay.class_own_traits(sync=True), **LensInputs.class_own_traits(sync=True)}
 
-    def __init__(self, pipe_or_model="toy", *, tuned=None, text_from=None, annotator: bool | None = None, **kwargs):
+    def __init__(
+        self,
+        pipe_or_model="toy",
+        *,
+        tuned=None,
+        text_from=None,
+        annotator: bool | None = None,
+        background_load: bool = False,
+        on_loaded=None,
+        **kwargs,
+    ):
+        """``background_load=True``: the widget is there at once ("loading the model…") and the pipeline (and
+        ``tuned`` / ``text_from``) loads in the background; a Run pressed meanwhile starts when it has loaded.
+        ``on_loaded(pipe)`` is called with the loaded pipeline (the magic keeps it for the next cell)."""
         unknown = sorted(set(kwargs) - set(self.inputs()))
         if unknown:
-            raise TypeError(f"LensDashboard got unknown argument(s) {', '.join(unknown)}; its inputs are "
-                            f"{', '.join(self.inputs())}")
+            raise TypeError(
+                f"LensDashboard got unknown argument(s) {', '.join(unknown)}; its inputs are {', '.join(self.inputs())}"
+            )
         super().__init__(**{k: v for k, v in kwargs.items() if k != "encoder"})
-        base = Lens.of(pipe_or_model)
-        if isinstance(tuned, Lens):
-            check_compatible(base.pipe, tuned.pipe)
-        elif tuned is not None:
-            tuned = Lens(load_tuned(base.pipe, tuned))  # load_tuned checks compatibility
-        self._lenses = {base.adapter.encoder_name: (base, tuned)}
-        self._text_from = None if text_from is None else Lens.of(text_from)
-        self._annotator = is_toy(base.pipe) if annotator is None else options.check_flag("annotator", annotator)
+        self._lenses: dict[str, tuple[Lens, Lens | None]] = {}  # filled when the model has loaded
+        self._run_when_loaded = False
+        self._confirmed: PanelPlan | None = None  # a large run the user has been told about
+        self._seconds_per_image: float | None = None  # the last complete run's pace
         self.result: LensResult | None = None
         self.tuned_result: LensResult | None = None
         self.panels_result: list[Panel] = []
         self._previous: tuple[list[Panel], dict] | None = None  # the last complete run's panels and run_info
         self._thread: threading.Thread | None = None
-        self._pending: dict | None = None
+        self._pending: PanelPlan | None = None
+        self._plan: PanelPlan | None = None  # the inputs, resolved: what Run runs (None while they are invalid)
         self._lock = threading.Lock()
         self.max_batch: int | None = None  # images per pipeline call (None: from free memory)
-        self.encoder = kwargs.get("encoder", "")  # its validator picks the Lens (a set always validates)
-        if "final_norm" not in kwargs:  # default: the pipeline's own convention (False for SDXL)
-            self.final_norm = self._lens.adapter.own_final_norm
-        self.observe(self._check_inputs, names=[n for n in self.inputs() if n not in ("selected_layer",
-                                                                                       "show_verdicts",
-                                                                                       "presentation")])
-        self._check_inputs()
         self.on_msg(self._on_message)
+        load = (pipe_or_model, tuned, text_from, annotator, kwargs.get("encoder", ""), on_loaded)
+        if background_load:
+            self.status, self.message = "loading", f"loading the model ({_model_label(pipe_or_model)})…"
+            self._thread = threading.Thread(target=self._load_in_background, args=load, daemon=True,
+                                            name="difflens-load")  # fmt: skip
+            lifecycle.track_worker(self._thread)
+            self._thread.start()
+        else:
+            self._load(*load)
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._lenses)
+
+    def _load(self, pipe_or_model, tuned, text_from, annotator, encoder, on_loaded) -> None:
+        base = Lens.of(pipe_or_model)
+        if isinstance(tuned, Lens):
+            check_compatible(base.pipe, tuned.pipe)
+        elif tuned is not None:
+            tuned = Lens(load_tuned(base.pipe, tuned))  # load_tuned checks compatibility
+        self._text_from = None if text_from is None else Lens.of(text_from)
+        self._annotator = is_toy(base.pipe) if annotator is None else options.check_flag("annotator", annotator)
+        self._lenses = {base.adapter.encoder_name: (base, tuned)}
+        self.encoder = encoder  # its validator picks the Lens (a set always validates)
+        self.observe(
+            self._check_inputs,
+            names=[n for n in self.inputs() if n not in VIEW_INPUTS],
+        )
+        self._check_inputs()
+        if on_loaded is not None:
+            on_loaded(base.pipe)
+
+    def _load_in_background(self, *load) -> None:
+        try:
+            self._load(*load)
+        except Exception as err:  # shown in the widget: the cell has long returned
+            self.status, self.message = "error", f"the model could not be loaded: {type(err).__name__}: {err}"
+            return
+        self.status, self.message = "idle", ""
+        with self._lock:
+            self._thread = None
+        if self._run_when_loaded:
+            self.run()
 
     # ---- the lensed encoder (several for SDXL, SD3, FLUX): one Lens per encoder -------------------------------
     @property
@@ -166,23 +171,31 @@ class LensDashboard(LensDisplay, LensInputs):
         base, tuned = next(iter(self._lenses.values()))
         name = name.strip() or base.adapter.default_encoder()
         if name not in self._lenses:  # Lens() refuses an encoder the model lacks, naming the ones it has
-            self._lenses[name] = (Lens(base.pipe, encoder=name), None if tuned is None else Lens(tuned.pipe,
-                                                                                            encoder=name))
+            self._lenses[name] = (
+                Lens(base.pipe, encoder=name),
+                None if tuned is None else Lens(tuned.pipe, encoder=name),
+            )
         self._encoder = name
         adapter = self._lens.adapter
         self.model_info = {
-            "family": adapter.family, "num_layers": adapter.num_layers, "own_layer": adapter.own_layer,
+            "family": adapter.family,
+            "num_layers": adapter.num_layers,
+            "own_layer": adapter.own_layer,
             "own_final_norm": adapter.own_final_norm,
             "name": _model_name(base.pipe),
-            "tuned": tuned is not None, "encoder": name, "encoders": [s.component for s in adapter.specs],
-            "several_encoders": len(adapter.specs) > 1, "pooled": bool(adapter.spec.pooled),
+            "tuned": tuned is not None,
+            "encoder": name,
+            "encoders": [s.component for s in adapter.specs],
+            "several_encoders": len(adapter.specs) > 1,
+            "pooled": bool(adapter.spec.pooled),
             "text_from": None if self._text_from is None else _model_name(self._text_from.pipe),
             "annotator": self._annotator,
+            "questions": question_specs() if self._annotator else [],
         }
 
     @t.validate("encoder")
     def _valid_encoder(self, proposal):
-        if hasattr(self, "_lenses"):
+        if getattr(self, "_lenses", None):
             self._use_encoder(proposal["value"])
         return proposal["value"]
 
@@ -198,20 +211,23 @@ class LensDashboard(LensDisplay, LensInputs):
     @t.validate("selected_layer")
     def _valid_selected_layer(self, proposal):
         layer = proposal["value"]
-        last = self._lens.num_layers if hasattr(self, "_lenses") else None
+        last = self._lens.num_layers if getattr(self, "_lenses", None) else None
         if layer < 0 or (last is not None and layer > last):
             raise ValueError(f"selected_layer must be a layer of this model, 0..{last}, got {layer}")
         return layer
 
     def _check_inputs(self, _change=None) -> None:
-        """Say at once what is wrong with the inputs (the browser shows it and Run stays harmless): the Python
-        checks are the only ones, so the browser cannot disagree with ``Lens.run``."""
+        """Resolve the inputs as they are now, once per change: the plan Run will run, or what is wrong with them
+        (the browser shows it at once and Run stays harmless). The engine's checks are the only ones, so the
+        browser cannot disagree with ``Lens.run``."""
         try:
-            self.request()
+            self._plan = self.request()
         except (ValueError, TypeError) as err:
-            self.input_error = str(err)
+            self._plan, self.input_error = None, str(err)
         else:
             self.input_error = ""
+            if self.status in ("invalid", "confirm"):  # the refusal (or the question) was about other inputs
+                self.status, self.message = "idle", ""
 
     # ---- commands ----------------------------------------------------------------------------------------------
     def _on_message(self, _widget, content, _buffers) -> None:
@@ -223,35 +239,52 @@ class LensDashboard(LensDisplay, LensInputs):
         elif action == "export":
             self._send_export(content.get("kind", ""))
 
-    def request(self) -> dict:
-        """The current inputs as :func:`~difflens_widgets.panels.run_panels` arguments; raises ValueError/TypeError
-        with a message to show."""
+    def request(self) -> PanelPlan:
+        """The current inputs resolved (:func:`~difflens_widgets.analyses.panels.plan_panels`): what Run would run;
+        raises ValueError/TypeError with a message to show."""
         if not self.prompt.strip():
             raise ValueError("the prompt is empty: type what the model should draw")
         values = {o.name: getattr(self, o.name) for o in WIDGET_OPTIONS if o.name != "encoder"}
         run_options = lens_options.run_arguments(values)
         if self._text_from is not None:
             run_options["text_from"] = self._text_from
-        prompt = options.parse_prompts(self.prompt.strip())[0]
-        params = check_panels(self._lens, prompt, compare=self.compare, tuned=self._tuned, **run_options)
-        return dict(prompt=prompt, compare=self.compare, run_options=run_options, params=params)
+        return plan_panels(self._lens, self.prompt.strip(), compare=self.compare, tuned=self._tuned, **run_options)
 
     def run(self) -> None:
-        """Validate the inputs and start a run in the background; a run already going is cancelled and this one
-        starts when it has stopped (never two at once)."""
-        try:
-            request = self.request()
-        except (ValueError, TypeError) as err:
-            self.status, self.message = "invalid", str(err)
+        """Start the inputs' resolved plan in the background (resolved when the inputs last changed, not again);
+        a run already going is cancelled and this one starts when it has stopped (never two at once). Pressed while
+        the model loads, it starts when the model is there."""
+        if not self.loaded:
+            self._run_when_loaded = True
+            if self.status == "loading":
+                self.message = self.message.split(" — ")[0] + " — the run starts when it has loaded"
+            return
+        plan = self._plan
+        if plan is None:
+            self.status, self.message = "invalid", self.input_error
+            return
+        if plan.images > CONFIRM_IMAGES and self._confirmed is not plan:  # say how much, let the user decide
+            self._confirmed = plan
+            pace = self._seconds_per_image
+            estimate = f", about {_duration(pace * plan.images)} at the last run's pace" if pace else ""
+            self.status = "confirm"
+            self.message = f"this run makes {plan.images} images{estimate}: press Run again to go on"
             return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
-                self._pending = request
-                self.cancel()
+                self._pending = plan  # the newest Run wins: it starts when the current one has stopped
+                self._stop_runs()
                 return
-            self._start(request)
+            self._start(plan)
 
     def cancel(self) -> None:
+        """Stop the run going, and forget a run queued behind it (a Cancel cancels what the user asked for)."""
+        with self._lock:
+            self._pending = None
+            self._run_when_loaded = False
+        self._stop_runs()
+
+    def _stop_runs(self) -> None:
         for lens, tuned in self._lenses.values():
             lens.cancel()
             if tuned is not None:
@@ -271,61 +304,86 @@ class LensDashboard(LensDisplay, LensInputs):
                     return True
 
     # ---- the worker --------------------------------------------------------------------------------------------
-    def _start(self, request: dict) -> None:
+    def _start(self, plan: PanelPlan) -> None:
         """Lay out the new run at once (one cell per panel, layer and seed, filled by previews as they come) and
         forget the previous prompt's images, heatmaps and verdicts on screen; the previous complete run is kept
         aside so a Cancel can bring it back."""
         if self.panels_result and all(p.result.complete for p in self.panels_result):
             self._previous = (self.panels_result, self.run_info)
-        params = request["params"]
-        lens, tuned = self._lens, self._tuned
-        self.previews, self.frames, self.heatmaps, self.verdicts, self.emergence = [], [], {}, [], {}
-        self.panels = planned_panels(lens, request["prompt"], params, compare=request["compare"], tuned=tuned,
-                                     text_from=self._text_from)
-        self.run_layers, self.run_seeds = list(params["layers"]), list(params["seeds"])
-        self.run_info = self._info(request["prompt"], params, request["compare"])
-        if self.result is None or self.selected_layer not in params["layers"]:
-            self.selected_layer = params["layers"][-1]  # the model's normal image first
+        run = plan.main
+        with self.hold_sync():  # one update: the new run's line and layout, the old images gone (no flash)
+            self.run_info = self._info(plan)
+            self.panels = plan.specs()
+            self.run_layers, self.run_seeds = list(run.layers), list(run.seeds)
+            self.previews, self.frames, self.heatmaps, self.verdicts, self.emergence = [], [], {}, [], {}
+            self.attention_maps = {}
+        if self.result is None or self.selected_layer not in run.layers:
+            self.selected_layer = run.layers[-1]  # the model's normal image first
         self.status, self.message, self.progress = "running", "", 0.0  # last: the new layout is already there
-        self._thread = threading.Thread(target=self._work, args=(request, lens, tuned), daemon=True,
-                                        name="difflens-run")
+        self._thread = threading.Thread(target=self._work, args=(plan,), daemon=True, name="difflens-run")
+        lifecycle.track_worker(self._thread)  # joined, its run cancelled, if the interpreter exits meanwhile
         self._thread.start()
 
-    def _info(self, prompt: str, params: dict, compare: str) -> dict:
+    def _info(self, plan: PanelPlan) -> dict:
         """The line above the images: what they are, so a screenshot explains itself."""
-        changed = {o.name: params[o.name] for o in WIDGET_OPTIONS
-                   if o.name in params and o.name not in ("layers", "seeds", "final_norm", "num_inference_steps",
-                                                           "guidance_scale", "encoder")
-                   and params[o.name] not in (o.default, None, (), "")}
-        return {"prompt": prompt, "model": self.model_info["name"], "family": self.model_info["family"],
-                "encoder": params["encoder"], "num_layers": params["num_layers"],
-                "own_layer": self._lens.adapter.own_layer if params["text_from"] is None else params["num_layers"],
-                "final_norm": params["final_norm"], "steps": params["num_inference_steps"],
-                "guidance": params["guidance_scale"], "compare": compare, "text_from": params["text_from"],
-                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()}}
+        run = plan.main
+        params = run.params()
+        changed = {
+            o.name: params[o.name]
+            for o in WIDGET_OPTIONS
+            if o.name in params
+            and o.name not in ("layers", "seeds", "final_norm", "num_inference_steps", "guidance_scale", "encoder")
+            and params[o.name] not in (o.default, None, (), "")
+        }
+        if run.attention is not None:
+            changed["attention"] = run.attention.summary()
+        return {
+            "prompt": plan.prompt,
+            "model": self.model_info["name"],
+            "family": self.model_info["family"],
+            "encoder": run.encoder,
+            "num_layers": run.num_layers,
+            "normal_layer": run.normal_layer,
+            "final_norm": run.final_norm,
+            "steps": run.num_inference_steps,
+            "guidance": run.guidance_scale,
+            "compare": plan.compare,
+            "text_from": run.text_from,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()},
+        }
 
-    def _work(self, request: dict, lens: Lens, tuned: Lens | None) -> None:
+    def _work(self, plan: PanelPlan) -> None:
         import time
 
         started = time.perf_counter()
         first_preview: list[float] = []
-        steps = request["params"]["num_inference_steps"]
+        steps = plan.main.num_inference_steps
         latest: dict[tuple, dict] = {}  # newest preview per (panel, layer, seed), every chunk's kept
+
+        said = [0.0]
 
         def progress(done, total, preview, key):
             self.progress = done / total
+            now = time.perf_counter()
+            if done and now - said[0] > 1.0:  # an estimate from the steps measured so far, once a second
+                said[0] = now
+                self.message = f"about {_duration((now - started) / done * (total - done))} left"
             if preview is not None:
                 if not first_preview:
                     first_preview.append(time.perf_counter() - started)
                 for (layer, seed), img in zip(preview.items, preview.images):
-                    latest[(key, layer, seed)] = {"layer": layer, "seed": seed, "png": png_bytes(img), "kind": key,
-                                                  "step": preview.step, "steps": steps}
+                    latest[(key, layer, seed)] = {
+                        "layer": layer,
+                        "seed": seed,
+                        "png": png_bytes(img),
+                        "kind": key,
+                        "step": preview.step,
+                        "steps": steps,
+                    }
                 self.previews = list(latest.values())
 
         try:
-            panels = run_panels(lens, request["prompt"], compare=request["compare"], tuned=tuned,
-                                snapshot_every=max(1, steps // 5), max_batch=self.max_batch, progress=progress,
-                                **request["run_options"])
+            panels = execute_panels(plan, progress, snapshot_every=max(1, steps // 5), max_batch=self.max_batch)
             if all(p.result.complete for p in panels):
                 self._show(panels, self.run_info)
                 self.status, self.message = "done", ""
@@ -340,8 +398,12 @@ class LensDashboard(LensDisplay, LensInputs):
                 self._show(*self._previous)
             self.status, self.message = "error", f"{type(err).__name__}: {err}"
         finally:
-            self.timings = {"first_preview_s": first_preview[0] if first_preview else None,
-                            "total_s": time.perf_counter() - started}
+            self.timings = {
+                "first_preview_s": first_preview[0] if first_preview else None,
+                "total_s": time.perf_counter() - started,
+            }
+            if self.status == "done":
+                self._seconds_per_image = self.timings["total_s"] / max(1, plan.images)
             self.previews = []
             with self._lock:
                 pending, self._pending = self._pending, None
@@ -369,7 +431,7 @@ class LensDashboard(LensDisplay, LensInputs):
         return f"cancelled: showing previews (denoising step {step} of {previews[0]['steps']}), not final images"
 
     def _show(self, panels: list[Panel], info: dict) -> None:
-        from ..similarity import heatmap_specs
+        from ..analyses.similarity import heatmap_specs
 
         self.panels_result = panels
         by_key = {p.key: p.result for p in panels}
@@ -379,6 +441,7 @@ class LensDashboard(LensDisplay, LensInputs):
         self.run_layers, self.run_seeds = result.layers, result.seeds
         self.run_info = info
         self.frames = panel_frames(panels)
+        self.attention_maps = attention_payload(panels)
         complete = all(p.result.complete for p in panels)
         self.heatmaps = heatmap_specs(result, tuned) if complete else {}
         self._judge(panels)
@@ -395,13 +458,15 @@ class LensDashboard(LensDisplay, LensInputs):
 
         verdicts = []
         for panel in panels:
-            if panel.key == "difference":
-                continue
+            if panel.key == "difference" or panel.key.startswith("token"):
+                continue  # a difference map, or one token's image, is not a drawing of the whole prompt
             judged = judge_images(panel.result.images, panel.result.prompt)
             if judged is None:  # not a shapes-world caption: nothing to judge
                 return
-            verdicts += [{"kind": panel.key, "layer": l, "seed": s, "checks": checks}
-                         for (l, s), checks in sorted(judged.items())]
+            verdicts += [
+                {"kind": panel.key, "layer": l, "seed": s, "checks": checks}
+                for (l, s), checks in sorted(judged.items())
+            ]
             if panel is panels[0]:
                 layers = panel.result.layers
                 self.emergence = {"layers": layers, "curves": emergence(judged, layers)}
@@ -414,6 +479,11 @@ class LensDashboard(LensDisplay, LensInputs):
         dashboard, interactive, in one file that needs no kernel and no network)."""
         if self.result is None:
             raise ValueError("nothing to export yet: run the lens first")
+        if self.status in ("running", "loading"):
+            raise ValueError(
+                "a run is going: export when it has finished (or after Cancel), so the file holds "
+                "what the dashboard shows"
+            )
         stem = exports.file_stem(self.result.prompt)
         if kind == "grid":
             return f"{stem}.png", exports.grid_png(self.panels_result)

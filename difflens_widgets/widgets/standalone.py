@@ -10,7 +10,7 @@ import base64
 import json
 from pathlib import Path
 
-from .dashboard import STATIC
+from .assets import STATIC
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Diffusion Lens: {title}</title>
 <style>{css}
@@ -28,7 +28,8 @@ const state = JSON.parse(document.getElementById("dl-state").textContent,
   (key, value) => (value && typeof value === "object" && "$bytes" in value ? toView(value.$bytes) : value));
 const listeners = {{}};
 window.sent = [];
-window.model = {{ get: (k) => state[k], set: (k, v) => {{ state[k] = v; (listeners["change:" + k] || []).forEach((f) => f()); }},
+window.model = {{ get: (k) => state[k],
+  set: (k, v) => {{ state[k] = v; (listeners["change:" + k] || []).forEach((f) => f()); }},
   save_changes() {{}}, send: (m) => window.sent.push(m), on: (e, f) => (listeners[e] ||= []).push(f), off() {{}} }};
 const url = URL.createObjectURL(new Blob([bundle], {{ type: "text/javascript" }}));
 const widget = (await import(url)).default;
@@ -40,10 +41,15 @@ window.rendered = true;
 def standalone_html(state: dict) -> str:
     """One HTML page showing a dashboard ``state`` (trait name → value, PNG bytes as bytes)."""
     frozen = dict(state, model_info=dict(state.get("model_info") or {}, frozen=True))
-    text = json.dumps(_encode_bytes(frozen)).replace("</", "<\\/")  # no "</script>" inside the script element
+    # every "<" as \u003c: neither "</script>" nor "<!--" (which would swallow the module script) can appear in it
+    text = json.dumps(_encode_bytes(frozen)).replace("<", "\\u003c")
     title = str(frozen.get("prompt", "")).replace("&", "&amp;").replace("<", "&lt;")
-    return PAGE.format(title=title, css=(STATIC / "widget.css").read_text(), state=text,
-                       bundle=base64.b64encode((STATIC / "widget.js").read_bytes()).decode())
+    return PAGE.format(
+        title=title,
+        css=(STATIC / "widget.css").read_text(),
+        state=text,
+        bundle=base64.b64encode((STATIC / "widget.js").read_bytes()).decode(),
+    )
 
 
 def _encode_bytes(value):

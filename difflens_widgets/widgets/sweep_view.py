@@ -9,11 +9,10 @@ from pathlib import Path
 
 import traitlets as t
 
-from ..sweep_report import NO_FAMILY, curves
-from ..sweeps import load_manifest, load_rows
-from .dashboard import LensDisplay
-
-QUESTIONS = ("objects", "colors", "both", "relation")
+from ..sweeps import store
+from ..sweeps.dataset import load_manifest, run_description
+from ..toy.annotate import QUESTIONS, emergence, question_specs
+from .display import LensDisplay
 
 
 class SweepView(LensDisplay):
@@ -31,17 +30,24 @@ class SweepView(LensDisplay):
         super().__init__(**kwargs)
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
-        self.rows = load_rows(self.folder)
-        self._curves: dict | None = None
+        self.rows, self.problems = store.load(self.folder)
         spec = self.manifest["spec"]
         firsts = self.rows.drop_duplicates("prompt_id").sort_values("prompt_id")
-        self.sweep_entries = [{"id": int(r.prompt_id), "prompt": r.prompt, "family": r.family}
-                              for r in firsts.itertuples()]
+        self.sweep_entries = [
+            {"id": int(r.prompt_id), "prompt": r.prompt, "family": r.family} for r in firsts.itertuples()
+        ]
         layers = sorted(int(l) for l in self.rows["layer"].unique())
-        self.model_info = {"name": spec["model"], "num_layers": max(layers), "own_layer": max(layers),
-                           "tuned": False, "frozen": True, "browse": True,
-                           "annotator": "both" in self.rows.columns}
+        self.model_info = {
+            "name": spec["model"],
+            "num_layers": max(layers),
+            "tuned": False,
+            "frozen": True,
+            "browse": True,
+            "annotator": "both" in self.rows.columns,
+            "questions": question_specs(),
+        }
         self.status = "done"
+        self.selected_layer = max(layers)  # open on the last layer, as the dashboard does
         self.observe(self._show, names="sweep_selected")
         self.sweep_selected = self.sweep_entries[0]["id"]
 
@@ -51,22 +57,35 @@ class SweepView(LensDisplay):
         if rows.empty:
             ids = [e["id"] for e in self.sweep_entries]
             raise ValueError(f"prompt id {prompt_id} has no rows in this sweep; ids with rows: {ids[:20]}")
-        spec, first = self.manifest["spec"], rows.iloc[0]
+        spec, run, first = self.manifest["spec"], run_description(self.manifest), rows.iloc[0]
         self.prompt = str(first["prompt"])
         self.panels = [{"key": "lens", "label": "lens", "scale": None}]
         self.run_layers = sorted(int(l) for l in rows["layer"].unique())
         self.run_seeds = sorted(int(s) for s in rows["seed"].unique())
-        options = spec["lens_options"]
-        self.run_info = {"prompt": self.prompt, "model": spec["model"], "encoder": spec.get("encoder") or "default",
-                         "num_layers": self.model_info["num_layers"], "own_layer": self.model_info["own_layer"],
-                         "final_norm": options.get("final_norm", True) is not False,
-                         "steps": options.get("num_inference_steps", 20),
-                         "guidance": options.get("guidance_scale", 7.5),
-                         "compare": "none", "options": {"family": first["family"]} if first["family"] else {}}
-        self.frames = [{"layer": int(r.layer), "seed": int(r.seed), "kind": "lens",
-                        "png": (self.folder / r.image).read_bytes()} for r in rows.itertuples()]
+        self.run_info = {
+            "prompt": self.prompt,
+            "model": spec["model"],
+            "encoder": run.get("encoder") or "default",
+            "num_layers": run.get("num_layers", self.model_info["num_layers"]),
+            "normal_layer": run.get("normal_layer"),
+            "final_norm": run.get("final_norm", True),
+            "steps": run.get("num_inference_steps", 20),
+            "guidance": run.get("guidance_scale", 7.5),
+            "compare": "none",
+            "options": {"family": first["family"]} if first["family"] else {},
+        }
+        self.frames = [  # checked again as they are read: only PNGs inside the folder, as written
+            {"layer": int(r.layer), "seed": int(r.seed), "kind": "lens", "png": store.read_image(self.folder, r.image)}
+            for r in rows.itertuples()
+        ]
+        if self.problems:
+            self.message = (
+                f"{len(self.problems)} prompt(s) left out, their stored data damaged: "
+                + "; ".join(str(p) for p in self.problems[:3])
+                + (" …" if len(self.problems) > 3 else "")
+            )
         self.verdicts = self._verdicts(rows)
-        self.emergence = self._family_curve(first["family"])
+        self.emergence = self._prompt_curve(self.verdicts)
         if self.selected_layer not in self.run_layers:
             self.selected_layer = self.run_layers[-1]
 
@@ -80,17 +99,12 @@ class SweepView(LensDisplay):
                 out.append({"kind": "lens", "layer": int(r["layer"]), "seed": int(r["seed"]), "checks": checks})
         return out
 
-    def _family_curve(self, family: str) -> dict:
-        """The family's emergence curve over all its prompts and seeds: the annotator's shares from the curves
-        `difflens report` plots (computed once per view)."""
-        if self._curves is None:
-            self._curves = curves(self.rows)
-        name = family or NO_FAMILY
-        found = {q: self._curves[q]["families"][name] for q in QUESTIONS
-                 if q in self._curves and name in self._curves[q]["families"]}
-        if not found:
+    def _prompt_curve(self, verdicts: list[dict]) -> dict:
+        """The shown prompt's own emergence curve: the share of its seeds judged right per layer (the family's
+        curves, over every prompt, are what ``difflens report`` draws)."""
+        if not verdicts:
             return {}
-        layers = sorted({l for c in found.values() for l in c["layers"]})
-        shares = {q: dict(zip(c["layers"], c["mean"])) for q, c in found.items()}
-        curve = {q: [round(share[l], 4) if l in share else None for l in layers] for q, share in shares.items()}
-        return {"layers": layers, "curves": curve, "title": f"family {family or '(none)'}"}
+        judged = {(v["layer"], v["seed"]): v["checks"] for v in verdicts}
+        layers = sorted({layer for layer, _ in judged})
+        seeds = len({seed for _, seed in judged})
+        return {"layers": layers, "curves": emergence(judged, layers), "title": f"this prompt, {seeds} seed(s)"}

@@ -4,18 +4,14 @@ when the tracker records from a training loop running in the same kernel."""
 
 from __future__ import annotations
 
-import anywidget
 import traitlets as t
 
-from ..tracker import LensTracker
-from .dashboard import STATIC, png_bytes
+from ..analyses.tracker import LensTracker
+from .assets import BundledWidget, png_bytes
 
 
-class TrainingView(anywidget.AnyWidget):
+class TrainingView(BundledWidget):
     """``TrainingView(tracker)``: shows what ``tracker`` recorded so far, and every later record."""
-
-    _esm = STATIC / "widget.js"
-    _css = STATIC / "widget.css"
 
     view = t.Unicode("training").tag(sync=True)  # tells the shared front-end bundle which view to draw
     prompt = t.Unicode("").tag(sync=True)
@@ -50,8 +46,11 @@ class TrainingView(anywidget.AnyWidget):
         self.steps, self.layers = tracker.steps, list(tracker.layers)
         self.frames = list(self._frames)
         self.similarity = {
-            name: {"steps": tracker.steps, "layers": list(tracker.layers),
-                   "values": tracker.similarity_table(name).T.round(4).tolist()}
+            name: {
+                "steps": tracker.steps,
+                "layers": list(tracker.layers),
+                "values": tracker.similarity_table(name).T.round(4).tolist(),
+            }
             for name in (r for r in (tracker.history[-1].similarities if tracker.history else {}))
         }
         if tracker.steps:

@@ -8,9 +8,8 @@ base pipeline is never modified and both can be lensed side by side.
 
 from __future__ import annotations
 
-import importlib.util
-
 import copy
+import importlib.util
 import inspect
 import os
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .engine import Lens, ProgressCallback, share_progress
-from .results import LensResult
+from ..core.engine import Lens, ProgressCallback, share_progress
+from ..core.models import PICKLE_SUFFIXES, pickle_refusal
+from ..core.results import LensResult
 
 WHAT_WE_LOAD = (
     "a diffusers pipeline folder (model_index.json), a folder with text_encoder/ and/or unet/ (or transformer/) "
@@ -34,7 +34,7 @@ WHAT_WE_LOAD = (
 # Architecture check
 # ---------------------------------------------------------------------------------------------------------------
 def _signature(pipe) -> dict:
-    from .adapters import adapter_for
+    from ..adapters import adapter_for
 
     return adapter_for(pipe).signature()
 
@@ -49,8 +49,10 @@ def check_compatible(base, tuned) -> None:
     ours, theirs = _signature(base), _signature(tuned)
     diffs = [f"{key}: base {ours[key]}, tuned {theirs[key]}" for key in ours if ours[key] != theirs[key]]
     if diffs:
-        raise ValueError("the tuned model does not have the base model's architecture, so raw vs tuned cannot "
-                         "compare them layer by layer (" + "; ".join(diffs) + ")")
+        raise ValueError(
+            "the tuned model does not have the base model's architecture, so raw vs tuned cannot "
+            "compare them layer by layer (" + "; ".join(diffs) + ")"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,9 +84,11 @@ def _is_lora_file(path: Path) -> bool:
 def _kind_of(path: Path) -> tuple[str, Path]:
     """What a path holds: ("pipeline" | "components" | "text_encoder" | "unet" | "lora" | "textual_inversion")."""
     if path.is_file():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise ValueError(f"{path}: {pickle_refusal('a tuned model')}")
         if _is_lora_file(path):
             return "lora", path
-        if path.suffix in (".safetensors", ".bin", ".pt"):
+        if path.suffix == ".safetensors":
             return "textual_inversion", path
     elif path.is_dir():
         if (path / "model_index.json").exists():
@@ -102,12 +106,14 @@ def _kind_of(path: Path) -> tuple[str, Path]:
                 return "transformer", path
             if any("TextModel" in a for a in spec.get("architectures", [])):
                 return "text_encoder", path
-        for name in ("pytorch_lora_weights.safetensors", "learned_embeds.safetensors", "learned_embeds.bin"):
+        for name in ("pytorch_lora_weights.safetensors", "learned_embeds.safetensors"):
             if (path / name).exists():
                 return ("lora" if "lora" in name else "textual_inversion"), path / name
         loras = [f for f in sorted(path.glob("*.safetensors")) if _is_lora_file(f)]
         if loras:
             return "lora", loras[0]
+        if any(f.suffix.lower() in PICKLE_SUFFIXES for f in path.iterdir()):
+            raise ValueError(f"{path}: {pickle_refusal('a tuned model')}")
     raise ValueError(f"{path} holds no tuned model this tool can load; expected {WHAT_WE_LOAD}")
 
 
@@ -116,16 +122,18 @@ TUNABLE = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transfor
 
 def _tunable(pipe) -> list[str]:
     """The components a fine-tune can change that this pipeline has (its adapter knows them)."""
-    from .adapters import adapter_for
+    from ..adapters import adapter_for
 
     return adapter_for(pipe).tunable_components
 
 
 def _load_module(folder: Path, like):
     """A component folder loaded with the class, device and dtype of the base's component ``like``."""
-    from .models import dtype_keyword
+    from ..core.models import dtype_keyword
 
-    module = type(like).from_pretrained(folder, **{dtype_keyword(type(like)): like.dtype})
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(f"{folder}: {pickle_refusal('its weights')}")
+    module = type(like).from_pretrained(folder, use_safetensors=True, **{dtype_keyword(type(like)): like.dtype})
     return module.to(like.device).eval()
 
 
@@ -138,7 +146,7 @@ def load_tuned(base, source, *, lora_scale: float = 1.0, token: str | None = Non
     not). The base is never modified. Raises ValueError when ``source`` holds none of these or has a different
     architecture than the base (checked before any run).
     """
-    from .models import load_pipeline
+    from ..core.models import load_pipeline
 
     if isinstance(base, (str, os.PathLike)):
         base = load_pipeline(base)
@@ -162,14 +170,17 @@ def load_tuned(base, source, *, lora_scale: float = 1.0, token: str | None = Non
         tuned = derived_pipeline(base, **replace)
     elif kind == "lora":
         if importlib.util.find_spec("peft") is None:
-            raise ImportError(f"{target} holds LoRA weights, which diffusers loads through peft: "
-                              "pip install 'difflens-widgets[lora]' (or pip install peft)")
+            raise ImportError(
+                f"{target} holds LoRA weights, which diffusers loads through peft: "
+                "pip install 'difflens-widgets[lora]' (or pip install peft)"
+            )
         tuned = derived_pipeline(base, **{name: copy.deepcopy(getattr(base, name)) for name in _tunable(base)})
         tuned.load_lora_weights(str(target.parent), weight_name=target.name, adapter_name="tuned")
         tuned.set_adapters(["tuned"], adapter_weights=[float(lora_scale)])
     else:
-        tuned = derived_pipeline(base, tokenizer=copy.deepcopy(base.tokenizer),
-                                 text_encoder=copy.deepcopy(base.text_encoder))
+        tuned = derived_pipeline(
+            base, tokenizer=copy.deepcopy(base.tokenizer), text_encoder=copy.deepcopy(base.text_encoder)
+        )
         tuned.load_textual_inversion(str(target), token=token)
     check_compatible(base, tuned)
     return tuned
@@ -202,8 +213,11 @@ class Comparison:
 
     def pairs(self) -> list[tuple[int, int, Image.Image, Image.Image]]:
         """(layer, seed, raw image, tuned image) for every pair both runs finished."""
-        return [(l, s, self.raw.images[(l, s)], self.tuned.images[(l, s)])
-                for (l, s) in sorted(self.raw.images) if (l, s) in self.tuned.images]
+        return [
+            (l, s, self.raw.images[(l, s)], self.tuned.images[(l, s)])
+            for (l, s) in sorted(self.raw.images)
+            if (l, s) in self.tuned.images
+        ]
 
     def difference(self, layer: int, seed: int | None = None) -> np.ndarray:
         """|raw − tuned| per pixel and channel, float32 in 0..255."""
@@ -224,8 +238,9 @@ class Comparison:
 
         sims, _, layers = raw_tuned_similarity(self.raw, self.tuned)
         n = sims.shape[0]
-        return Similarity(sims, layers, _labels(self.raw.tokens[:n]), f"raw vs tuned per token: {self.raw.prompt!r}",
-                          "cos raw↔tuned")
+        return Similarity(
+            sims, layers, _labels(self.raw.tokens[:n]), f"raw vs tuned per token: {self.raw.prompt!r}", "cos raw↔tuned"
+        )
 
     def grid(self) -> Image.Image:
         """Rows per seed: raw, tuned and |raw − tuned| (a viridis heatmap on one scale for the whole comparison, as
@@ -234,8 +249,9 @@ class Comparison:
 
         if not self.pairs():
             raise ValueError("this comparison holds no finished pair of images")
-        return panels_grid([Panel("raw", "raw", self.raw), Panel("tuned", "tuned", self.tuned),
-                            difference_panel(self.raw, self.tuned)])
+        return panels_grid(
+            [Panel("raw", "raw", self.raw), Panel("tuned", "tuned", self.tuned), difference_panel(self.raw, self.tuned)]
+        )
 
 
 def compare(raw, tuned, prompt: str, *, progress: ProgressCallback | None = None, **lens_options) -> Comparison:
@@ -247,9 +263,18 @@ def compare(raw, tuned, prompt: str, *, progress: ProgressCallback | None = None
     raw_lens, tuned_lens = Lens.of(raw), Lens.of(tuned)
     check_compatible(raw_lens.pipe, tuned_lens.pipe)
 
-    raw_result = raw_lens.run(prompt, progress=share_progress(progress, 0, 2), **lens_options)
+    run = raw_lens.resolve(prompt, **lens_options)  # once: the tuned model runs the very same run
+    raw_result = raw_lens.execute(run, share_progress(progress, 0, 2))
     if not raw_result.complete:
-        empty = LensResult(prompt, raw_result.layers, raw_result.seeds, {}, {}, raw_result.tokens,
-                           dict(raw_result.params), complete=False)
+        empty = LensResult(
+            prompt,
+            raw_result.layers,
+            raw_result.seeds,
+            {},
+            {},
+            raw_result.tokens,
+            dict(raw_result.params),
+            complete=False,
+        )
         return Comparison(raw_result, empty)
-    return Comparison(raw_result, tuned_lens.run(prompt, progress=share_progress(progress, 1, 2), **lens_options))
+    return Comparison(raw_result, tuned_lens.execute(run, share_progress(progress, 1, 2)))

@@ -7,18 +7,10 @@ with rows interleaved by seed, as the dashboard shows them. The interactive HTML
 
 from __future__ import annotations
 
-import io
+from PIL import Image, ImageDraw
 
-from PIL import Image, ImageDraw, ImageFont
-
+from ..core.results import LensResult, encoded, label_font, printable
 from .panels import Panel, panels_grid
-from .results import LensResult
-
-
-def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
 
 
 def as_panels(result: LensResult | list[Panel]) -> list[Panel]:
@@ -26,26 +18,26 @@ def as_panels(result: LensResult | list[Panel]) -> list[Panel]:
 
 
 def grid_png(panels: LensResult | list[Panel]) -> bytes:
-    return _encode(panels_grid(as_panels(panels)))
+    return encoded(panels_grid(as_panels(panels)))
 
 
 def layer_frame(panels: list[Panel], layer: int, scale: int) -> Image.Image:
     """One GIF frame: the layer's image for every seed (columns) and panel (rows), captioned with the layer."""
-    font = ImageFont.load_default()
+    font = label_font(14)
     first = panels[0].result
     side = next(iter(first.images.values())).width * scale
     labelled = len(panels) > 1
     left = 100 if labelled else 0
     frame = Image.new("RGB", (left + side * len(first.seeds), 16 + side * len(panels)), "white")
     draw = ImageDraw.Draw(frame)
-    draw.text((4, 2), f"layer {layer}: {first.prompt}", fill="black", font=font)
+    draw.text((4, 2), printable(f"layer {layer}: {first.prompt}"), fill="black", font=font)
     for row, panel in enumerate(panels):
         if labelled:
-            draw.text((4, 16 + row * side + side // 2 - 6), panel.label[:15], fill="black", font=font)
+            draw.text((4, 16 + row * side + side // 2 - 6), printable(panel.label[:15]), fill="black", font=font)
         for col, seed in enumerate(first.seeds):
             image = panel.result.images.get((layer, seed))
             if image is not None:
-                frame.paste(image.resize((side, side), Image.NEAREST), (left + col * side, 16 + row * side))
+                frame.paste(image.resize((side, side), Image.Resampling.NEAREST), (left + col * side, 16 + row * side))
     return frame
 
 
@@ -57,7 +49,7 @@ def gif_bytes(panels: LensResult | list[Panel], ms_per_layer: int = 600) -> byte
         raise ValueError("this result holds no image to animate")
     size = next(iter(panels[0].result.images.values())).width
     frames = [layer_frame(panels, l, max(1, 192 // size)) for l in layers]
-    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=ms_per_layer, loop=0)
+    return encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=ms_per_layer, loop=0)
 
 
 def file_stem(prompt: str) -> str:

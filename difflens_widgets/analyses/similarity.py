@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import options
-from .results import LensResult
+from ..core import validate as options
+from ..core.results import LensResult
 
 END_TOKENS = ("<|endoftext|>", "</s>")
 
@@ -77,10 +77,25 @@ def _token_heatmap(sims, tokens, layers, title: str, hover: str, raw_labels: boo
     import plotly.graph_objects as go
 
     labels = list(tokens) if raw_labels else [f"{i}:{t}" for i, t in enumerate(tokens)]
-    fig = go.Figure(go.Heatmap(z=sims, x=layers, y=labels, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
-                               hovertemplate=f"{row_name} %{{y}}<br>layer %{{x}}<br>{hover} %{{z:.3f}}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title="layer", yaxis=dict(autorange="reversed"),
-                      margin=dict(l=90, r=10, t=40, b=40), height=320)
+    fig = go.Figure(
+        go.Heatmap(
+            z=sims,
+            x=layers,
+            y=labels,
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu",
+            reversescale=True,
+            hovertemplate=f"{row_name} %{{y}}<br>layer %{{x}}<br>{hover} %{{z:.3f}}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="layer",
+        yaxis=dict(autorange="reversed"),
+        margin=dict(l=90, r=10, t=40, b=40),
+        height=320,
+    )
     return fig
 
 
@@ -89,27 +104,42 @@ def heatmap_specs(result: LensResult, tuned: LensResult | None = None) -> dict:
     one prompt live in a narrow band; a fixed −1..1 scale would paint them all one colour). With ``tuned``, a third
     map shows how far tuning moved each token, as 1 − cos(raw, tuned), so the changed token stands out."""
     sims, labels, layers = token_layer_similarity(result)
-    specs = {"tokens": _spec(sims, layers, labels, "token at layer l vs the same token at the last layer",
-                             "cos to last layer", "token")}
+    specs = {
+        "tokens": _spec(
+            sims, layers, labels, "token at layer l vs the same token at the last layer", "cos to last layer", "token"
+        )
+    }
     matrix, layers = layer_layer_similarity(result)
-    specs["layers"] = _spec(matrix, layers, layers, "pooled prompt embedding, layer × layer", "cos", "layer",
-                            y_selectable=True)
+    specs["layers"] = _spec(
+        matrix, layers, layers, "pooled prompt embedding, layer × layer", "cos", "layer", y_selectable=True
+    )
     if tuned is not None:
         sims, labels, layers = raw_tuned_similarity(result, tuned)
-        specs["tuned"] = _spec(1.0 - sims, layers, labels, "raw vs tuned: how far tuning moved each token",
-                               "1 − cos(raw, tuned)", "token")
+        specs["tuned"] = _spec(
+            1.0 - sims, layers, labels, "raw vs tuned: how far tuning moved each token", "1 − cos(raw, tuned)", "token"
+        )
     return specs
 
 
-def _spec(values: np.ndarray, layers: list[int], rows: list, title: str, scale: str, row_name: str,
-          y_selectable: bool = False) -> dict:
+def _spec(
+    values: np.ndarray, layers: list[int], rows: list, title: str, scale: str, row_name: str, y_selectable: bool = False
+) -> dict:
     z = np.round(np.asarray(values, dtype=np.float64), 4)
     low, high = float(z.min()), float(z.max())
     if high - low < 1e-3:  # a flat map: centre a small range on it rather than divide by zero
         low, high = low - 5e-4, high + 5e-4
-    return {"title": title, "x": [int(l) for l in layers], "y": [r if isinstance(r, str) else int(r) for r in rows],
-            "z": z.tolist(), "zmin": low, "zmax": high, "scale": scale, "x_title": "layer", "y_title": row_name,
-            "y_selectable": y_selectable}
+    return {
+        "title": title,
+        "x": [int(l) for l in layers],
+        "y": [r if isinstance(r, str) else int(r) for r in rows],
+        "z": z.tolist(),
+        "zmin": low,
+        "zmax": high,
+        "scale": scale,
+        "x_title": "layer",
+        "y_title": row_name,
+        "y_selectable": y_selectable,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,38 +164,51 @@ class Similarity:
         import plotly.graph_objects as go
 
         if self.values.ndim == 1:
-            fig = go.Figure(go.Scatter(x=self.layers, y=self.values, mode="lines+markers",
-                                       hovertemplate=f"layer %{{x}}<br>{self.hover} %{{y:.4f}}<extra></extra>"))
-            fig.update_layout(title=self.title, xaxis_title="layer", yaxis_title=self.hover, height=320,
-                              margin=dict(l=60, r=10, t=40, b=40))
+            fig = go.Figure(
+                go.Scatter(
+                    x=self.layers,
+                    y=self.values,
+                    mode="lines+markers",
+                    hovertemplate=f"layer %{{x}}<br>{self.hover} %{{y:.4f}}<extra></extra>",
+                )
+            )
+            fig.update_layout(
+                title=self.title,
+                xaxis_title="layer",
+                yaxis_title=self.hover,
+                height=320,
+                margin=dict(l=60, r=10, t=40, b=40),
+            )
             return fig
-        return _token_heatmap(self.values, self.labels, self.layers, self.title, self.hover, raw_labels=True,
-                              row_name=self.row_name)
+        return _token_heatmap(
+            self.values, self.labels, self.layers, self.title, self.hover, raw_labels=True, row_name=self.row_name
+        )
 
 
 def _lens_of(model):
-    from .engine import Lens
+    from ..core.engine import Lens
 
     return Lens.of(model)
 
 
 def word_position(tokens: list[str], pieces: list[str], word: str, prompt: str) -> int:
     """Index of the last piece of the first occurrence of ``pieces`` in ``tokens`` (padding excluded)."""
-    real = tokens[:real_positions(tokens)]
+    real = tokens[: real_positions(tokens)]
     for start in range(len(real) - len(pieces) + 1):
-        if real[start:start + len(pieces)] == pieces:
+        if real[start : start + len(pieces)] == pieces:
             return start + len(pieces) - 1
     shown = " ".join(t.replace("</w>", "") for t in real)
     raise ValueError(f"{word!r} (tokens {pieces}) is not in the prompt {prompt!r}, whose tokens are: {shown}")
 
 
-def word_vectors(model, prompt: str, word: str, layers: options.LayerSpec = None, final_norm: bool | None = None
-                 ) -> tuple[np.ndarray, list[int]]:
+def word_vectors(
+    model, prompt: str, word: str, layers: options.LayerSpec = None, final_norm: bool | None = None
+) -> tuple[np.ndarray, list[int]]:
     """Lens embedding of ``word`` inside ``prompt`` at each layer: array (layers × width), layers."""
     if not isinstance(word, str) or not word.strip():
         raise ValueError(f"the word to find must be a non-empty string, got {word!r}")
     lens = _lens_of(model)
-    from .adapters.encoders import word_pieces
+    from ..adapters.encoders import word_pieces
 
     pieces = word_pieces(lens.pipe, lens.adapter.spec, word.strip())
     vectors, tokens = lens.embed(prompt, layers, final_norm=final_norm)
@@ -174,8 +217,16 @@ def word_vectors(model, prompt: str, word: str, layers: options.LayerSpec = None
     return np.stack([vectors[l][position] for l in chosen]), chosen
 
 
-def token_similarity(model, prompt_a: str, word_a: str, prompt_b: str, word_b: str, *,
-                     layers: options.LayerSpec = None, final_norm: bool | None = None) -> Similarity:
+def token_similarity(
+    model,
+    prompt_a: str,
+    word_a: str,
+    prompt_b: str,
+    word_b: str,
+    *,
+    layers: options.LayerSpec = None,
+    final_norm: bool | None = None,
+) -> Similarity:
     """cos(lens embedding of ``word_a`` in ``prompt_a``, of ``word_b`` in ``prompt_b``) at every layer.
 
     ``token_similarity(pipe, "a photo of xon dog", "xon", "a photo of a dog", "dog")`` is the DreamBooth check
@@ -183,12 +234,14 @@ def token_similarity(model, prompt_a: str, word_a: str, prompt_b: str, word_b: s
     """
     a, chosen = word_vectors(model, prompt_a, word_a, layers, final_norm)
     b, _ = word_vectors(model, prompt_b, word_b, layers, final_norm)
-    return Similarity((_unit(a) * _unit(b)).sum(-1), chosen, None,
-                      f"cos({word_a!r} in {prompt_a!r}, {word_b!r} in {prompt_b!r})")
+    return Similarity(
+        (_unit(a) * _unit(b)).sum(-1), chosen, None, f"cos({word_a!r} in {prompt_a!r}, {word_b!r} in {prompt_b!r})"
+    )
 
 
-def token_shift(raw, tuned, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool | None = None
-                ) -> Similarity:
+def token_shift(
+    raw, tuned, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool | None = None
+) -> Similarity:
     """cos(raw lens embedding, tuned lens embedding) per real token and layer: 1 where tuning left the token's
     representation alone, lower where it moved it. Both models must tokenize ``prompt`` identically."""
     raw_lens, tuned_lens = _lens_of(raw), _lens_of(tuned)
@@ -201,13 +254,19 @@ def token_shift(raw, tuned, prompt: str, *, layers: options.LayerSpec = None, fi
     return Similarity(sims, chosen, _labels(raw_tokens[:n]), f"raw vs tuned per token: {prompt!r}", "cos raw↔tuned")
 
 
-def layer_similarity(model, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool | None = None
-                     ) -> Similarity:
+def layer_similarity(
+    model, prompt: str, *, layers: options.LayerSpec = None, final_norm: bool | None = None
+) -> Similarity:
     """cos(pooled lens embedding at layer i, at layer j): how fast the prompt's representation settles."""
     vectors, tokens = _lens_of(model).embed(prompt, layers, final_norm=final_norm)
     chosen = sorted(vectors)
-    return Similarity(_pooled_cosines(vectors, chosen, real_positions(tokens)), chosen, [str(l) for l in chosen],
-                      f"layer × layer: {prompt!r}", row_name="layer")
+    return Similarity(
+        _pooled_cosines(vectors, chosen, real_positions(tokens)),
+        chosen,
+        [str(l) for l in chosen],
+        f"layer × layer: {prompt!r}",
+        row_name="layer",
+    )
 
 
 def _per_token_cosines(a: dict, b: dict, layers: list[int], n: int) -> np.ndarray:
@@ -227,7 +286,7 @@ def _labels(tokens: list[str]) -> list[str]:
 
 def _check_same_tokens(raw_tokens: list[str], tuned_tokens: list[str]) -> None:
     if raw_tokens != tuned_tokens:
-        raw_real, tuned_real = raw_tokens[:real_positions(raw_tokens)], tuned_tokens[:real_positions(tuned_tokens)]
+        raw_real, tuned_real = raw_tokens[: real_positions(raw_tokens)], tuned_tokens[: real_positions(tuned_tokens)]
         raise ValueError(
             "raw and tuned models tokenize the prompt differently, so tokens cannot be compared position by "
             f"position: raw {raw_real} vs tuned {tuned_real} (textual inversion adds tokens the raw model lacks)"

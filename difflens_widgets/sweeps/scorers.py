@@ -19,23 +19,28 @@ Scorer = Callable[[object, dict], dict]
 
 
 def annotator_scorer(image, row: dict) -> dict:
-    from .toy.annotate import judge, parse_caption
+    from ..toy.annotate import judge, parse_caption
 
     try:
         parse_caption(row["prompt"])
     except ValueError:
         return {}
     checks = judge(image, row["prompt"])
-    return {"objects": checks["objects"], "colors": checks["colors"], "both": checks["both"],
-            "relation": checks.get("relation")}
+    return {
+        "objects": checks["objects"],
+        "colors": checks["colors"],
+        "both": checks["both"],
+        "relation": checks.get("relation"),
+    }
 
 
 class ClipScorer:
     """cos(image, text) with a CLIP model: ``ClipScorer(model_id)``, or ``ClipScorer(model=..., processor=...)``
     for a model already built (tests use a tiny random one)."""
 
-    def __init__(self, name: str = DEFAULT_CLIP, *, model=None, processor=None, download: bool = False,
-                 device: str | None = None):
+    def __init__(
+        self, name: str = DEFAULT_CLIP, *, model=None, processor=None, download: bool = False, device: str | None = None
+    ):
         import torch
 
         if model is None:
@@ -54,8 +59,9 @@ class ClipScorer:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         with torch.no_grad():
             image_features = self.model.get_image_features(pixel_values=inputs["pixel_values"])
-            text_features = self.model.get_text_features(input_ids=inputs["input_ids"],
-                                                         attention_mask=inputs.get("attention_mask"))
+            text_features = self.model.get_text_features(
+                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+            )
         image_features = _features(image_features)
         text_features = _features(text_features)
         image_features = image_features / image_features.norm(dim=-1, keepdim=True)
@@ -76,9 +82,20 @@ def _features(output):
     return output if hasattr(output, "norm") else output.pooler_output
 
 
+SCORER_NAMES = "annotator, clip, clip:<model id or folder>, auto, none"
+
+
+def check_scorer_names(specs: list) -> None:
+    """Refuse an unknown scorer name before anything runs or is written (making a scorer may load a model)."""
+    for spec in specs:
+        name = str(spec)
+        if not callable(spec) and name not in ("auto", "none", "annotator", "clip") and not name.startswith("clip:"):
+            raise ValueError(f"unknown scorer {name!r}: use {SCORER_NAMES}, or a function (image, row) -> dict")
+
+
 def make_scorers(specs: list, pipe, download: bool = False) -> tuple[list[Scorer], list[str]]:
     """Scorers from their names (or callables); the notes say which could not be made and why."""
-    from .models import is_toy
+    from ..core.models import is_toy
 
     scorers, notes = [], []
     for spec in specs:
@@ -97,10 +114,11 @@ def make_scorers(specs: list, pipe, download: bool = False) -> tuple[list[Scorer
             try:
                 scorers.append(ClipScorer(model_id, download=download))
             except (OSError, ValueError) as err:
-                notes.append(f"CLIP scorer {model_id!r} unavailable ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                             "the sweep goes on without clip_* scores — put the model in the Hugging Face cache, or "
-                             "pass --scorer clip:<folder>, or allow --download")
+                notes.append(
+                    f"CLIP scorer {model_id!r} unavailable ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                    "the sweep goes on without clip_* scores — put the model in the Hugging Face cache, or "
+                    "pass --scorer clip:<folder>, or allow --download"
+                )
         else:
-            raise ValueError(f"unknown scorer {name!r}: use annotator, clip, clip:<model id or folder>, auto, none, "
-                             "or a function (image, row) -> dict")
+            check_scorer_names([name])
     return scorers, notes

@@ -13,9 +13,10 @@ import json
 import math
 from pathlib import Path
 
-from .sweeps import load_manifest, load_rows
+from . import store
+from .dataset import load_manifest, run_description
 
-ID_COLUMNS = {"prompt_id", "prompt", "family", "layer", "seed", "image", "options"}
+ID_COLUMNS = {"prompt_id", "prompt", "family", "layer", "seed", "image", "image_sha256", "spec_sha256", "options"}
 EMERGENCE_FRACTION = 0.8
 NO_FAMILY = "(no family)"  # the family of prompt rows that name none
 
@@ -55,9 +56,15 @@ def curves(rows) -> dict:
                     lo, hi = mean[-1] - half, mean[-1] + half
                 low.append(lo)
                 high.append(hi)
-            per_family[family] = {"layers": layers, "mean": mean, "low": low, "high": high, "n": counts,
-                                  "prompts": int(group["prompt_id"].nunique()),
-                                  "emergence_layer": emergence_layer(layers, mean)}
+            per_family[family] = {
+                "layers": layers,
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "n": counts,
+                "prompts": int(group["prompt_id"].nunique()),
+                "emergence_layer": emergence_layer(layers, mean),
+            }
         out[column] = {"kind": "share" if boolean else "mean", "families": per_family}
     return out
 
@@ -79,15 +86,38 @@ def figures(table: dict) -> dict:
         fig = go.Figure()
         for index, (family, c) in enumerate(data["families"].items()):
             colour = qualitative.D3[index % len(qualitative.D3)]
-            fig.add_trace(go.Scatter(x=c["layers"] + c["layers"][::-1], y=c["high"] + c["low"][::-1], fill="toself",
-                                     fillcolor=colour, opacity=0.15, line=dict(width=0), hoverinfo="skip",
-                                     showlegend=False, legendgroup=family))
-            fig.add_trace(go.Scatter(x=c["layers"], y=c["mean"], mode="lines+markers", name=f"{family} (n={c['prompts']})",
-                                     line=dict(color=colour), legendgroup=family,
-                                     hovertemplate=f"{family}<br>layer %{{x}}<br>{column} %{{y:.3f}}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=c["layers"] + c["layers"][::-1],
+                    y=c["high"] + c["low"][::-1],
+                    fill="toself",
+                    fillcolor=colour,
+                    opacity=0.15,
+                    line=dict(width=0),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=f"family{index}",
+                )
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=c["layers"],
+                    y=c["mean"],
+                    mode="lines+markers",
+                    name=f"{_escape(family)} (n={c['prompts']})",  # plotly renders names as HTML
+                    line=dict(color=colour),
+                    legendgroup=f"family{index}",
+                    hovertemplate=f"{_escape(family)}<br>layer %{{x}}<br>{_escape(column)} %{{y:.3f}}<extra></extra>",
+                )
+            )
         label = "share of images judged right" if data["kind"] == "share" else f"mean {column}"
-        fig.update_layout(title=f"{column}: {label} per text-encoder layer (95% CI)", xaxis_title="text-encoder layer",
-                          yaxis_title=label, height=420, margin=dict(l=60, r=20, t=50, b=50))
+        fig.update_layout(
+            title=f"{_escape(column)}: {label} per text-encoder layer (95% CI)",
+            xaxis_title="text-encoder layer",
+            yaxis_title=label,
+            height=420,
+            margin=dict(l=60, r=20, t=50, b=50),
+        )
         figs[column] = fig
     return figs
 
@@ -105,22 +135,39 @@ def write_report(out: str | Path) -> str:
     """Curves of the sweep in ``out``: ``report/curves.json``, ``report/report.html``; returns the summary table."""
     out = Path(out)
     manifest = load_manifest(out)
-    rows = load_rows(out)
+    rows, problems = store.load(out)
     table = curves(rows)
     folder = out / "report"
     folder.mkdir(exist_ok=True)
-    (folder / "curves.json").write_text(json.dumps(_clean({"spec": manifest["spec"], "rows": len(rows),
-                                                           "curves": table}), indent=1))
+    (folder / "curves.json").write_text(
+        json.dumps(_clean({"spec": manifest["spec"], "rows": len(rows), "curves": table}), indent=1)
+    )
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures(table).values())]
     text = summary(table)
-    spec = manifest["spec"]
-    header = (f"<h1>Diffusion Lens sweep: {_escape(spec['model'])}</h1><p>{rows['prompt_id'].nunique()} prompts × "
-              f"{len(spec['seeds'])} seeds; {len(rows)} images; lens options {_escape(json.dumps(spec['lens_options']))}."
-              "</p>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>Diffusion Lens sweep</title></head>"
-            "<body style='font-family:system-ui,sans-serif;margin:2em'>" + header + "".join(parts)
-            + "<pre>" + _escape(text) + "</pre><p>Made with difflens-widgets (Diffusion Lens, Toker et al., "
-            "ACL 2024).</p></body></html>")
+    seeds = sorted(int(s) for s in rows["seed"].unique())  # from the rows, whatever the manifest says
+    if sorted(run_description(manifest).get("seeds") or []) != seeds:
+        problems = [
+            *problems,
+            f"manifest.json names seeds {run_description(manifest).get('seeds')}, the rows hold "
+            f"{seeds} (the manifest was edited?): the report counts the rows",
+        ]
+    if problems:
+        text = "\n".join([f"left out or suspect ({len(problems)}):", *(f"  {p}" for p in problems), "", text])
+    spec, run = manifest["spec"], run_description(manifest)
+    header = (
+        f"<h1>Diffusion Lens sweep: {_escape(spec['model'])}</h1><p>{rows['prompt_id'].nunique()} prompts × "
+        f"{len(seeds)} seeds; {len(rows)} images; lens options {_escape(json.dumps(run))}.</p>"
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Diffusion Lens sweep</title></head>"
+        "<body style='font-family:system-ui,sans-serif;margin:2em'>"
+        + header
+        + "".join(parts)
+        + "<pre>"
+        + _escape(text)
+        + "</pre><p>Made with difflens-widgets (Diffusion Lens, Toker et al., "
+        "ACL 2024).</p></body></html>"
+    )
     (folder / "report.html").write_text(page, encoding="utf-8")
     return text
 

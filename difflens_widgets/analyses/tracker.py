@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import options
-from .results import labelled_grid
+from ..core import validate as options
+from ..core.results import labelled_grid
 
 WordPair = tuple[str, str, str, str]  # (prompt_a, word_a, prompt_b, word_b)
 
@@ -42,8 +42,17 @@ def pair_name(pair: WordPair) -> str:
 class LensTracker:
     """Records lens images and word-pair similarities of a model while it trains (see the module docstring)."""
 
-    def __init__(self, prompt: str, *, layers: options.LayerSpec = None, seed: int = 0, every: int = 50,
-                 num_inference_steps: int = 20, guidance_scale: float = 7.5, pairs: Sequence[WordPair] = ()):
+    def __init__(
+        self,
+        prompt: str,
+        *,
+        layers: options.LayerSpec = None,
+        seed: int = 0,
+        every: int = 50,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        pairs: Sequence[WordPair] = (),
+    ):
         self.prompt = options.parse_prompts(prompt)[0]
         self.layer_spec = layers
         self.seed = options.parse_seeds(seed)[0]
@@ -77,7 +86,7 @@ class LensTracker:
         """
         if not force and step % self.every != 0:
             return False
-        from .engine import Lens
+        from ..core.engine import Lens
         from .similarity import token_similarity
 
         modules = [m for m in pipe.components.values() if hasattr(m, "training") and hasattr(m, "eval")]
@@ -86,11 +95,20 @@ class LensTracker:
             for m in modules:
                 m.eval()
             lens = Lens(pipe, cache_size=1)
-            result = lens.run(self.prompt, layers=self.layer_spec, seeds=(self.seed,),
-                              num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-                              use_cache=False)
-            sims = {pair_name(p): np.round(token_similarity(lens, *p, layers=result.layers).values.astype(float), 6)
-                    .tolist() for p in self.pairs}
+            result = lens.run(
+                self.prompt,
+                layers=self.layer_spec,
+                seeds=(self.seed,),
+                num_inference_steps=self.num_inference_steps,
+                guidance_scale=self.guidance_scale,
+                use_cache=False,
+            )
+            sims = {
+                pair_name(p): np.round(
+                    token_similarity(lens, *p, layers=result.layers).values.astype(float), 6
+                ).tolist()
+                for p in self.pairs
+            }
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
@@ -117,8 +135,14 @@ class LensTracker:
         if not self.history:
             raise ValueError("nothing recorded yet: call the tracker from the training loop first")
         rows = [[record.images[layer] for record in self.history] for layer in self.layers]
-        return labelled_grid(rows, [f"L{l}" for l in self.layers], [f"step {r.step}" for r in self.history],
-                             target=96, left=40)
+        return labelled_grid(
+            rows,
+            [f"L{l}" for l in self.layers],
+            [f"step {r.step}" for r in self.history],
+            target=96,
+            left=40,
+            title=self.prompt,
+        )
 
     def save(self, folder: str | Path) -> Path:
         """``step{S:05d}_layer{L:02d}.png`` per image, ``evolution.png`` (the grid) and ``tracker.json``."""
@@ -129,9 +153,15 @@ class LensTracker:
                 img.save(folder / f"step{record.step:05d}_layer{layer:02d}.png")
         if self.history:
             self.grid().save(folder / "evolution.png")
-        meta = {"prompt": self.prompt, "layers": self.layers, "seed": self.seed, "every": self.every,
-                "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
-                "pairs": [list(p) for p in self.pairs],
-                "records": [{"step": r.step, "similarities": r.similarities} for r in self.history]}
+        meta = {
+            "prompt": self.prompt,
+            "layers": self.layers,
+            "seed": self.seed,
+            "every": self.every,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "pairs": [list(p) for p in self.pairs],
+            "records": [{"step": r.step, "similarities": r.similarities} for r in self.history],
+        }
         (folder / "tracker.json").write_text(json.dumps(meta, indent=2))
         return folder

@@ -17,7 +17,9 @@ kept spatial (``spatial``) for PCA maps. Hooks are scoped: they are removed what
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,9 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .adapters import adapter_for
-from .adapters.encoders import execution_device
-from .engine import quiet_progress_bar
+from ..adapters import adapter_for
+from ..adapters.encoders import execution_device
+from ..core import lifecycle
+from ..core.engine import quiet_progress_bar
 
 
 @dataclass
@@ -44,8 +47,9 @@ class Features:
 
     def matrix(self, block: str, timestep: int) -> np.ndarray:
         if (block, timestep) not in self.pooled:
-            raise KeyError(f"no features for block {block!r} at t={timestep}; blocks {self.blocks}, "
-                           f"timesteps {self.timesteps}")
+            raise KeyError(
+                f"no features for block {block!r} at t={timestep}; blocks {self.blocks}, timesteps {self.timesteps}"
+            )
         return self.pooled[(block, timestep)]
 
 
@@ -57,7 +61,7 @@ def block_names(pipe) -> list[str]:
     return list(adapter_for(pipe).denoiser_blocks())
 
 
-def _check_blocks(adapter, blocks: Sequence[str] | None) -> dict[str, torch.nn.Module]:
+def check_blocks(adapter, blocks: Sequence[str] | None) -> dict[str, torch.nn.Module]:
     available = adapter.denoiser_blocks()
     if blocks is None:
         return available
@@ -65,16 +69,20 @@ def _check_blocks(adapter, blocks: Sequence[str] | None) -> dict[str, torch.nn.M
         blocks = [b.strip() for b in blocks.split(",") if b.strip()]
     unknown = [b for b in blocks if b not in available]
     if unknown or not blocks:
-        raise ValueError(f"unknown denoiser block(s) {unknown or blocks}; this {adapter.family} denoiser has "
-                         f"{', '.join(available)}")
+        raise ValueError(
+            f"unknown denoiser block(s) {unknown or blocks}; this {adapter.family} denoiser has {', '.join(available)}"
+        )
     return {b: available[b] for b in blocks}
 
 
-def _check_timesteps(timesteps) -> list[int]:
+def check_timesteps(timesteps) -> list[int]:
     if isinstance(timesteps, (int, np.integer)):
         timesteps = [int(timesteps)]
     if isinstance(timesteps, str):
-        timesteps = [int(t) for t in timesteps.split(",") if t.strip()]
+        try:
+            timesteps = [int(t) for t in timesteps.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"timesteps {timesteps!r} must be integers in 0..999, like '50,500'") from None
     out = [int(t) for t in timesteps]
     if not out or any(not 0 <= t <= 999 for t in out):
         raise ValueError(f"timesteps must be training timesteps in 0..999 (small = little noise), got {timesteps}")
@@ -87,8 +95,10 @@ def tapped(adapter, blocks: dict[str, torch.nn.Module], sink: dict[str, list[tor
     handles = []
     try:
         for name, module in blocks.items():
+
             def hook(_module, _inputs, output, name=name):
                 sink.setdefault(name, []).append(adapter.block_feature(output).detach().float().cpu())
+
             handles.append(module.register_forward_hook(hook))
         yield sink
     finally:
@@ -116,8 +126,15 @@ def _capture_call(pipe, adapter, height: int, width: int) -> tuple[tuple, dict]:
     handle = adapter.denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
         with quiet_progress_bar(pipe):
-            pipe("", num_inference_steps=1, guidance_scale=1.0, height=height, width=width, output_type="latent",
-                 **_call_kwargs(pipe, adapter))
+            pipe(
+                "",
+                num_inference_steps=1,
+                guidance_scale=1.0,
+                height=height,
+                width=width,
+                output_type="latent",
+                **_call_kwargs(pipe, adapter),
+            )
     except _Captured:
         pass
     finally:
@@ -157,12 +174,23 @@ def _batched(value, batch: int):
     return value
 
 
-def image_features(pipe, images: Sequence[Image.Image], timesteps=(100, 500, 900), blocks=None, *,
-                   seed: int = 0, batch_size: int = 32, keep_spatial: bool = False) -> Features:
-    """Tap ``blocks`` (default: all) at each training timestep for ``images`` (see the module docstring)."""
+def image_features(
+    pipe,
+    images: Sequence[Image.Image],
+    timesteps=(100, 500, 900),
+    blocks=None,
+    *,
+    seed: int = 0,
+    batch_size: int = 32,
+    keep_spatial: bool = False,
+    progress=None,
+) -> Features:
+    """Tap ``blocks`` (default: all) at each training timestep for ``images`` (see the module docstring).
+    ``progress(done, total, "taps")`` hears of every denoiser call (and once before the first); True cancels
+    (:class:`~difflens_widgets.core.lifecycle.Cancelled`)."""
     adapter = adapter_for(pipe)
-    chosen = _check_blocks(adapter, blocks)
-    steps = _check_timesteps(timesteps)
+    chosen = check_blocks(adapter, blocks)
+    steps = check_timesteps(timesteps)
     if not images:
         raise ValueError("no images given")
     height, width = adapter.default_size()
@@ -170,8 +198,10 @@ def image_features(pipe, images: Sequence[Image.Image], timesteps=(100, 500, 900
     denoiser, device = adapter.denoiser, execution_device(pipe)
     generator = torch.Generator("cpu").manual_seed(seed)
     features = Features(list(chosen), steps, images=list(images))
+    total, done = math.ceil(len(images) / batch_size) * len(steps), 0
+    lifecycle.report(progress, 0, total, "taps")
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         with torch.no_grad():
             clean = adapter.clean_sample(_to_pixels(chunk, (width, height)).to(device))
             noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
@@ -179,13 +209,21 @@ def image_features(pipe, images: Sequence[Image.Image], timesteps=(100, 500, 900
                 sample = adapter.denoiser_sample(adapter.noised(clean, noise, t)).to(denoiser.dtype)
                 call_args = [_batched(a, len(chunk)) for a in args]
                 call_kwargs = {k: _batched(v, len(chunk)) for k, v in kwargs.items()}
-                _replace_input(call_args, call_kwargs, sample, lambda like: adapter.denoiser_timestep(
-                    t, len(chunk), torch.as_tensor(like, device=device)))
+                _replace_input(
+                    call_args, call_kwargs, sample, functools.partial(_timestep_like, adapter, t, len(chunk), device)
+                )
                 sink: dict[str, list[torch.Tensor]] = {}
                 with tapped(adapter, chosen, sink):
                     denoiser(*call_args, **call_kwargs)
                 _collect(features, {name: calls[-1] for name, calls in sink.items()}, t, keep_spatial)
+                done += 1
+                lifecycle.report(progress, done, total, "taps")
     return features
+
+
+def _timestep_like(adapter, t: int, batch: int, device: torch.device, like) -> torch.Tensor:
+    """Training timestep ``t`` for a batch, as the pipeline hands it to its denoiser (``like``: what it replaces)."""
+    return adapter.denoiser_timestep(t, batch, torch.as_tensor(like, device=device))
 
 
 def _collect(features: Features, outputs: dict[str, torch.Tensor], t: int, keep_spatial: bool) -> None:
@@ -200,15 +238,23 @@ def _append(store: dict, key: tuple, rows: np.ndarray) -> None:
     store[key] = rows if key not in store else np.concatenate([store[key], rows])
 
 
-def generation_features(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), num_inference_steps: int = 20,
-                        guidance_scale: float = 7.5, blocks=None, at_steps: Sequence[int] | None = None,
-                        keep_spatial: bool = False) -> Features:
+def generation_features(
+    pipe,
+    prompts: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    blocks=None,
+    at_steps: Sequence[int] | None = None,
+    keep_spatial: bool = False,
+) -> Features:
     """Tap ``blocks`` while the pipeline draws each prompt × seed; ``at_steps`` picks denoising step indices
     (0-based; default: every step). Keys use the scheduler's timestep of that step."""
-    from . import options
+    from ..core import validate as options
 
     adapter = adapter_for(pipe)
-    chosen = _check_blocks(adapter, blocks)
+    chosen = check_blocks(adapter, blocks)
     prompts = options.parse_prompts(list(prompts))
     seed_list = options.parse_seeds(list(seeds))
     steps = options.check_steps(num_inference_steps)
@@ -221,17 +267,26 @@ def generation_features(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = 
         for seed in seed_list:
             sink: dict[str, list[torch.Tensor]] = {}
             with tapped(adapter, chosen, sink), torch.no_grad(), quiet_progress_bar(pipe):
-                out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
-                           generator=torch.Generator(device).manual_seed(seed), **_call_kwargs(pipe, adapter))
+                out = pipe(
+                    prompt,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance_scale,
+                    generator=torch.Generator(device).manual_seed(seed),
+                    **_call_kwargs(pipe, adapter),
+                )
             features.images.append(out.images[0])
             timesteps = [int(t) for t in pipe.scheduler.timesteps[:steps]]
             for step in sorted(wanted):
-                _collect(features, {name: _conditional(calls[step]) for name, calls in sink.items()},
-                         timesteps[step], keep_spatial)
+                _collect(
+                    features,
+                    {name: _conditional(calls[step]) for name, calls in sink.items()},
+                    timesteps[step],
+                    keep_spatial,
+                )
             features.timesteps = [timesteps[s] for s in sorted(wanted)]
     return features
 
 
 def _conditional(feature: torch.Tensor) -> torch.Tensor:
     """The prompt's half when classifier-free guidance ran both branches in one batch ([uncond, cond])."""
-    return feature[feature.shape[0] // 2:] if feature.shape[0] == 2 else feature
+    return feature[feature.shape[0] // 2 :] if feature.shape[0] == 2 else feature

@@ -6,8 +6,10 @@ wrong for some family. On CUDA the engine runs a small first chunk, reads the pe
 following chunks to the memory that is actually free. If a chunk still runs out of memory, it is halved and
 retried: only that chunk's work is repeated, no finished image is lost, and the result says what happened.
 
-On the CPU there is no reliable peak to read; the chunk size comes from a per-pixel estimate against a quarter of
-the machine's RAM, and the same back-off applies.
+On the CPU there is no reliable peak to read: an image's working set is estimated per pixel and compared with the
+memory that is free now (MemAvailable, within the container's cgroup limit). Chunks are sized to fit it; a request
+whose single image cannot fit is refused before any denoiser call, saying what to change, instead of being
+discovered by the kernel's out-of-memory killer (which loses the kernel and every result in it).
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ CPU_BYTES_PER_PIXEL = 5_000  # fp32 estimate per output pixel on the CPU (UNet b
 
 def is_out_of_memory(err: BaseException) -> bool:
     """True for a CUDA/accelerator out-of-memory error and for the CPU allocator's "can't allocate memory"."""
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
+    oom_types = tuple(
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+        if t is not None
+    )
     if oom_types and isinstance(err, oom_types):
         return True
     if isinstance(err, MemoryError):
@@ -42,17 +47,52 @@ def release_cached(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def cpu_budget_bytes() -> float:
+def cpu_image_bytes(height: int, width: int, dtype: torch.dtype | None) -> float:
+    """The CPU working set of one image in a denoiser call, estimated per output pixel (half for half precision)."""
+    return height * width * CPU_BYTES_PER_PIXEL * (0.5 if dtype in (torch.float16, torch.bfloat16) else 1)
+
+
+@dataclass
+class CpuMemory:
+    """The RAM a new allocation can get now: /proc/meminfo's MemAvailable, within the cgroup's limit (a container
+    or a Binder pod is often limited far below the machine). A class so tests can stand in a smaller machine."""
+
+    def available(self) -> int:
+        free = _meminfo_available()
+        limit = _cgroup_room()
+        candidates = [v for v in (free, limit) if v is not None]
+        if not candidates:  # no reading: a quarter of the physical memory, as a guess
+            try:
+                return int(0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+            except (ValueError, OSError, AttributeError):
+                return 4 * 2**30
+        return int(min(candidates))
+
+
+def _meminfo_available() -> int | None:
     try:
-        return 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
-def cpu_chunk_size(height: int, width: int, dtype: torch.dtype | None) -> int:
-    """Images per call on the CPU, from the per-pixel estimate (halved again for half precision's savings)."""
-    per_image = height * width * CPU_BYTES_PER_PIXEL * (0.5 if dtype in (torch.float16, torch.bfloat16) else 1)
-    return int(max(1, min(MAX_CHUNK, cpu_budget_bytes() // per_image)))
+def _cgroup_room() -> int | None:
+    """Bytes left under the cgroup's memory limit (v2, then v1), or None without a limit."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):  # fmt: skip
+        try:
+            limit = open(limit_file, encoding="ascii").read().strip()
+            usage = int(open(usage_file, encoding="ascii").read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 2**60:
+            return None
+        return max(0, int(limit) - usage)
+    return None
 
 
 @dataclass
@@ -95,15 +135,35 @@ class ChunkPlan:
     _baseline: int = 0
 
     @classmethod
-    def for_run(cls, device: torch.device, height: int, width: int, n_items: int, max_batch: int | None,
-                dtype: torch.dtype | None = None, memory: CudaMemory | None = None) -> "ChunkPlan":
+    def for_run(
+        cls,
+        device: torch.device,
+        height: int,
+        width: int,
+        n_items: int,
+        max_batch: int | None,
+        dtype: torch.dtype | None = None,
+        memory: CudaMemory | CpuMemory | None = None,
+    ) -> ChunkPlan:
         if max_batch is not None:
             return cls(size=max_batch)
-        if device.type == "cuda" or memory is not None:
-            memory = memory or CudaMemory(device)
+        if device.type == "cuda" or hasattr(memory, "peak"):  # measured: a GPU (or a stand-in for one)
+            gpu = memory if isinstance(memory, CudaMemory) or hasattr(memory, "peak") else CudaMemory(device)
             probe = min(PROBE_CHUNK, n_items)
-            return cls(size=probe, measure_next=n_items > probe, memory=memory)
-        return cls(size=cpu_chunk_size(height, width, dtype))
+            return cls(size=probe, measure_next=n_items > probe, memory=gpu)  # type: ignore[arg-type]
+        per_image = cpu_image_bytes(height, width, dtype)
+        room = HEADROOM * (memory or CpuMemory()).available()
+        if per_image > room:
+            raise MemoryError(
+                f"one {width}×{height} image needs about {per_image / 2**30:.1f} GiB on the CPU (an estimate), and "
+                f"{room / 2**30:.1f} GiB can be used now: lower height/width (the pipeline's own size is the "
+                "cheapest), close other programs, or run on a GPU"
+            )
+        size = int(max(1, min(MAX_CHUNK, room // per_image)))
+        plan = cls(size=size)
+        if size < min(n_items, MAX_CHUNK):
+            plan.events.append(f"{size} images per call to fit {room / 2**30:.1f} GiB of free memory")
+        return plan
 
     def before_chunk(self) -> None:
         if self.measure_next and self.memory is not None:

@@ -8,12 +8,22 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
-TOY_MODEL_DIR = Path(__file__).parent / "toy" / "model"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+from ..toy import MODEL_DIR
+
+TOY_MODEL_DIR = MODEL_DIR
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 OFFLOAD_MODES = ("model", "sequential")
 
 
@@ -35,7 +45,7 @@ def default_dtype(device: torch.device, pipeline_class: str | None = None) -> to
     fp16 for SD 1/2/XL and IF, bf16 for SD3, FLUX and PixArt), fp16 for an unknown family."""
     if device.type == "cpu":
         return torch.float32
-    from .adapters import adapter_class_for
+    from ..adapters import adapter_class_for
 
     adapter = adapter_class_for(pipeline_class) if pipeline_class else None
     return adapter.cuda_dtype if adapter is not None else torch.float16
@@ -104,9 +114,16 @@ def check_device(device) -> torch.device:
             device = torch.device(device)
         except (RuntimeError, TypeError, ValueError):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device must be 'cpu', 'cuda' or 'cuda:N' (or 'mps'), got {str(device)!r}: a lens run "
+            "needs a device that computes"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available here (torch "
-                         f"{torch.__version__}); use device='cpu', or install a CUDA build of torch on a GPU machine")
+        raise ValueError(
+            f"device {str(device)!r} was asked for but CUDA is not available here (torch "
+            f"{torch.__version__}); use device='cpu', or install a CUDA build of torch on a GPU machine"
+        )
     return device
 
 
@@ -139,8 +156,8 @@ def quiet_loading():
 def pipeline_class_of(source: str, extra: dict) -> str | None:
     """The pipeline class named by a folder's or a cached hub entry's ``model_index.json`` (no weights read, no
     network unless downloading is allowed); None if it cannot be read."""
-    index = Path(source) / "model_index.json"
-    if not index.exists():
+    index: Path | None = Path(source) / "model_index.json"
+    if index is not None and not index.exists():
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -178,7 +195,7 @@ def place(pipe, device: torch.device, offload: str | None = None, channels_last:
     else:
         pipe.to(device)
     if channels_last:
-        from .adapters import denoiser_of
+        from ..adapters import denoiser_of
 
         denoiser = denoiser_of(pipe)
         if any(isinstance(m, torch.nn.Conv2d) for m in denoiser.modules()):
@@ -193,6 +210,18 @@ def is_toy(pipe) -> bool:
     return str(getattr(pipe.config, "_name_or_path", "")) == str(TOY_MODEL_DIR)
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+
+
+def pickle_refusal(what: str) -> str:
+    """Why pickle-based weights are refused, and what to do instead."""
+    return (
+        f"{what} must be safetensors: pickle-based weights (.bin, .pt, .ckpt) can run code when they are "
+        "loaded, so difflens-widgets never loads them; convert them with safetensors.torch.save_file in an "
+        "environment you trust"
+    )
+
+
 def _resolve(model: str, download: bool) -> tuple[str, dict]:
     """Where to load ``model`` from, and the from_pretrained arguments that keep it offline unless asked."""
     if model == "toy":
@@ -205,17 +234,37 @@ def _resolve(model: str, download: bool) -> tuple[str, dict]:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").exists():
-            raise ValueError(f"{path} is a folder but holds no model_index.json; pass a diffusers pipeline folder "
-                             "(one saved with pipe.save_pretrained(...))")
+            raise ValueError(
+                f"{path} is a folder but holds no model_index.json; pass a diffusers pipeline folder "
+                "(one saved with pipe.save_pretrained(...))"
+            )
         return str(path), {}
     if path.suffix or model.startswith((".", "/", "~")):
         raise FileNotFoundError(f"no pipeline folder at {path}")
     return model, {"local_files_only": not download}
 
 
-def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                  download: bool = False, offload: str | None = None, channels_last: bool = False,
-                  **from_pretrained_kwargs):
+def locate(model, download: bool = False) -> tuple[str, dict, str | None]:
+    """Where ``model`` ("toy", a folder, a hub id) is, the offline arguments and its pipeline class, read without
+    loading a weight: what a face checks before showing anything (a missing folder or an uncached hub id fails
+    here, at once)."""
+    source, extra = _resolve(os.fspath(model), download)
+    pipeline_class = pipeline_class_of(source, extra)
+    if extra.get("local_files_only", False) and pipeline_class is None:  # not cached: say so before the hub
+        raise FileNotFoundError(_not_cached(source))
+    return source, extra, pipeline_class
+
+
+def load_pipeline(
+    model="toy",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    download: bool = False,
+    offload: str | None = None,
+    channels_last: bool = False,
+    **from_pretrained_kwargs,
+):
     """Load a diffusers pipeline for the lens.
 
     ``model`` is ``"toy"`` (the embedded model), a local pipeline folder, a hub id, or a pipeline object (moved to
@@ -232,8 +281,9 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
     check_offload(offload)  # before any weight is read
     if not isinstance(model, (str, os.PathLike)):
         if not hasattr(model, "components"):
-            raise TypeError(f"model must be 'toy', a folder, a hub id or a diffusers pipeline, "
-                            f"not {type(model).__name__}")
+            raise TypeError(
+                f"model must be 'toy', a folder, a hub id or a diffusers pipeline, not {type(model).__name__}"
+            )
         if dtype is not None:
             model.to(dtype=dtype)
         if device is not None or offload is not None or channels_last:
@@ -241,21 +291,21 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
             place(model, target, offload, channels_last)
         return model
     device = check_device(device) if device is not None else default_device()
-    source, extra = _resolve(os.fspath(model), download)
-    pipeline_class = pipeline_class_of(source, extra)
+    source, extra, pipeline_class = locate(model, download)
     offline = extra.get("local_files_only", False)
-    if offline and pipeline_class is None:  # not in the cache: say so now, before diffusers looks up the hub
-        raise FileNotFoundError(_not_cached(source))
     dtype = dtype or default_dtype(device, pipeline_class)
-    kwargs = {**extra, **from_pretrained_kwargs, dtype_keyword(): dtype}
+    # safetensors only: a pickled .bin/.ckpt can run code when loaded, and a folder may be someone else's
+    kwargs = {**extra, "use_safetensors": True, **from_pretrained_kwargs, dtype_keyword(): dtype}
     try:
         with quiet_loading():
             from diffusers import DiffusionPipeline
 
             pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except OSError as err:  # diffusers/huggingface_hub raise OSError subclasses for a missing cache entry
-        if offline:
+        if offline and not Path(source).is_dir():
             raise FileNotFoundError(_not_cached(source)) from err
+        if "safetensors" in str(err).lower():
+            raise ValueError(f"{source}: {pickle_refusal('its weights')}") from None
         raise
     keep_vae_safe(pipe, dtype)
     place(pipe, device, offload, channels_last)
@@ -265,17 +315,31 @@ def load_pipeline(model="toy", *, device: str | torch.device | None = None, dtyp
 
 
 def _not_cached(source: str) -> str:
-    return (f"{source!r} is not in the local Hugging Face cache and downloading is off. Either download it once "
-            f"(load_pipeline({source!r}, download=True), or `hf download {source}`), or pass a local pipeline "
-            f"folder (pipe.save_pretrained(FOLDER) then load_pipeline(FOLDER)).")
+    return (
+        f"{source!r} is not in the local Hugging Face cache and downloading is off. Either download it once "
+        f"(load_pipeline({source!r}, download=True), or `hf download {source}`), or pass a local pipeline "
+        f"folder (pipe.save_pretrained(FOLDER) then load_pipeline(FOLDER))."
+    )
 
 
 def keep_vae_safe(pipe, dtype: torch.dtype) -> None:
     """Under fp16, keep the VAE in fp32 where the family's VAE overflows (adapters' ``vae_in_fp32``; an unknown
     family with a VAE too, to be safe)."""
-    from .adapters import adapter_class_for
+    from ..adapters import adapter_class_for
 
     adapter = adapter_class_for(type(pipe).__name__)
     needs = adapter.vae_in_fp32 if adapter is not None else getattr(pipe, "vae", None) is not None
     if dtype == torch.float16 and needs:
         keep_vae_in_fp32(pipe)
+
+
+def sd_pipeline(vae, unet, text_encoder, tokenizer, scheduler):
+    """A ``StableDiffusionPipeline`` of these parts, without a safety checker (the toy model and the test
+    architectures have nothing to check) and with its progress bar off (the lens reports progress itself)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe: Any = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -10,17 +10,19 @@ import math
 import numbers
 import unicodedata
 from collections.abc import Iterable, Sequence
+from typing import TypeGuard
 
 MAX_SEED = 2**32  # torch's CPU generator keeps 32 bits of a seed: 0 and 2**32 would draw the same noise
 MAX_STEPS = 1000  # the noise schedules of every supported family have 1,000 training timesteps
 MAX_SIDE = 4096  # pixels; beyond this no supported model was trained, and one image no longer fits a GPU
-MAX_IMAGES = 4096  # (layer, seed) images of one run; larger sweeps belong in a loop over runs
+MAX_IMAGES = 4096  # images of one run (layers × seeds × prompts, × tokens per token, × panels side by side)
+MAX_PIXELS = MAX_IMAGES * 1024 * 1024  # and their pixels together: 4096 one-megapixel images, or 16 at 16 MP
 
 LayerSpec = None | int | str | range | Sequence[int]
 SeedSpec = int | str | Iterable[int]
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -81,7 +83,7 @@ def parse_seeds(spec: SeedSpec) -> list[int]:
             raise TypeError(f"seeds {spec!r} must be integers separated by commas, like '0,1,2'") from None
     if _is_int(spec):
         spec = [spec]
-    if not hasattr(spec, "__iter__"):
+    if not isinstance(spec, Iterable):
         raise TypeError(f"seeds must be an int or a list of ints, not {type(spec).__name__}")
     seeds = list(spec)
     if not seeds:
@@ -90,8 +92,10 @@ def parse_seeds(spec: SeedSpec) -> list[int]:
         if not _is_int(seed):
             raise TypeError(f"seed {seed!r} is not an integer; seeds must be ints ≥ 0")
         if not 0 <= seed < MAX_SEED:
-            raise ValueError(f"seed {seed} is out of range; seeds must be ints in 0..{MAX_SEED - 1} (torch's CPU "
-                             "generator keeps 32 bits, so larger seeds would repeat the noise of smaller ones)")
+            raise ValueError(
+                f"seed {seed} is out of range; seeds must be ints in 0..{MAX_SEED - 1} (torch's CPU "
+                "generator keeps 32 bits, so larger seeds would repeat the noise of smaller ones)"
+            )
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {seeds} repeat a seed; each seed must appear once")
     return [int(s) for s in seeds]
@@ -111,24 +115,36 @@ def parse_prompts(prompt: str | Sequence[str]) -> list[str]:
             raise TypeError(f"prompt {p!r} is not a string")
         control = sorted({f"U+{ord(c):04X}" for c in p if unicodedata.category(c) == "Cc" and c not in "\t\n\r"})
         if control:
-            raise ValueError(f"prompt {_short(p)} holds control characters ({', '.join(control)}); "
-                             "remove them (tabs and newlines are fine)")
+            raise ValueError(
+                f"prompt {short(p)} holds control characters ({', '.join(control)}); "
+                "remove them (tabs and newlines are fine)"
+            )
         if not "".join(c for c in p if unicodedata.category(c) not in ("Cf", "Zs", "Zl", "Zp")).strip():
-            raise ValueError("a prompt is empty (or only spaces / invisible characters); the lens needs some text "
-                             "to look at")
+            raise ValueError(
+                "a prompt is empty (or only spaces / invisible characters); the lens needs some text to look at"
+            )
     return prompts
 
 
-def _short(text: str, limit: int = 60) -> str:
+def short(text: str, limit: int = 60) -> str:
     """``repr`` of ``text`` cut to ``limit`` characters, for error messages about long inputs."""
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def check_work(images: int) -> None:
-    """Refuse a run of more (layer, seed) images than :data:`MAX_IMAGES` before any model work."""
+def check_work(images: int, height: int, width: int, counted: str = "layers × seeds × prompts") -> None:
+    """Refuse a run of more than :data:`MAX_IMAGES` images, or of more than :data:`MAX_PIXELS` pixels in all, before
+    any model work: the one cap every surface goes through (``counted`` says what was multiplied)."""
     if images > MAX_IMAGES:
-        raise ValueError(f"this run asks for {images} images (layers × seeds); one run is limited to "
-                         f"{MAX_IMAGES}: split the seeds or layers over several runs")
+        raise ValueError(
+            f"this run asks for {images} images ({counted}); one run is limited to "
+            f"{MAX_IMAGES}: split the seeds or layers over several runs"
+        )
+    if images * height * width > MAX_PIXELS:
+        raise ValueError(
+            f"this run asks for {images} images of {width}×{height} pixels ({images * height * width / 1e9:.1f} "
+            f"gigapixels); one run is limited to {MAX_PIXELS / 1e9:.1f} gigapixels (e.g. {MAX_IMAGES} images of "
+            "1024×1024): fewer images, or smaller ones"
+        )
 
 
 def check_flag(name: str, value: object, allow_none: bool = False) -> bool | None:
@@ -159,8 +175,9 @@ def check_guidance(guidance: object) -> float:
     if not isinstance(guidance, numbers.Real) or isinstance(guidance, bool):
         raise TypeError(f"guidance_scale must be a number ≥ 0, got {guidance!r}")
     if not math.isfinite(guidance) or guidance < 0:
-        raise ValueError(f"guidance_scale must be a finite number ≥ 0 (≤ 1 turns classifier-free guidance off), "
-                         f"got {guidance}")
+        raise ValueError(
+            f"guidance_scale must be a finite number ≥ 0 (≤ 1 turns classifier-free guidance off), got {guidance}"
+        )
     return float(guidance)
 
 
@@ -168,8 +185,9 @@ def check_size(name: str, value: object, multiple: int) -> int:
     if not _is_int(value):
         raise TypeError(f"{name} must be an integer number of pixels, got {value!r}")
     if value <= 0 or value % multiple or value > MAX_SIDE:
-        raise ValueError(f"{name}={value} must be a positive multiple of {multiple} for this pipeline, at most "
-                         f"{MAX_SIDE}")
+        raise ValueError(
+            f"{name}={value} must be a positive multiple of {multiple} for this pipeline, at most {MAX_SIDE}"
+        )
     return int(value)
 
 
@@ -179,6 +197,35 @@ def check_positive_int(name: str, value: object, allow_none: bool = True) -> int
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be an integer ≥ 1{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
+
+
+def parse_indices(name: str, spec: object, upper: int | None = None, lower: int = 0) -> tuple[int, ...] | None:
+    """None (all), or integers from an int, a list or a string ("0,2,4" or a slice "0:10:2" when ``upper`` is
+    known), each in ``lower..upper-1``."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return None
+    if isinstance(spec, str) and ":" in spec:
+        if upper is None:
+            raise ValueError(f"{name} {spec!r}: a slice needs a known length; list the values, like '8,16'")
+        try:
+            values = list(range(upper))[slice(*[int(p) if p.strip() else None for p in spec.split(":")])]
+        except (ValueError, TypeError):
+            raise ValueError(f"{name} {spec!r} must be integers or a slice like '0:10:2'") from None
+    else:
+        if isinstance(spec, str):
+            try:
+                spec = [int(p) for p in spec.split(",") if p.strip()]
+            except ValueError:
+                raise ValueError(f"{name} {spec!r} must be integers separated by commas") from None
+        listed = [spec] if _is_int(spec) else list(spec) if isinstance(spec, Iterable) else None
+        if listed is None or not all(_is_int(v) for v in listed):
+            raise TypeError(f"{name} must be None, an int, a list of ints or a string, got {spec!r}")
+        values = listed
+    bound = f"{lower}..{upper - 1}" if upper is not None else f"≥ {lower}"
+    bad = [v for v in values if v < lower or (upper is not None and v >= upper)]
+    if bad or not values:
+        raise ValueError(f"{name} {spec!r}: every value must be in {bound}" + (f" ({bad} are not)" if bad else ""))
+    return tuple(sorted(set(int(v) for v in values)))
 
 
 TOKEN_RANGES = ("all", "prompt", "padding")
@@ -202,14 +249,15 @@ def parse_skip_layers(spec: object, num_layers: int) -> tuple[int, ...]:
             spec = [int(p) for p in spec.split(",") if p.strip()]
         except ValueError:
             raise ValueError(f"skip_layers {spec!r} must be block numbers like '3,4'") from None
-    try:
-        blocks = list(spec)
-    except TypeError:
-        raise TypeError(f"skip_layers must be a block number or a list of them, not {type(spec).__name__}") from None
+    if not isinstance(spec, Iterable):
+        raise TypeError(f"skip_layers must be a block number or a list of them, not {type(spec).__name__}")
+    blocks = list(spec)
     for block in blocks:
         if not _is_int(block):
             raise TypeError(f"skip_layers entry {block!r} is not an integer")
         if not 1 <= block <= num_layers:
-            raise ValueError(f"skip_layers entry {block} is out of range: blocks are numbered 1..{num_layers} "
-                             f"(block l produces hidden_states[l]; 0 is the embedding layer and cannot be skipped)")
+            raise ValueError(
+                f"skip_layers entry {block} is out of range: blocks are numbered 1..{num_layers} "
+                f"(block l produces hidden_states[l]; 0 is the embedding layer and cannot be skipped)"
+            )
     return tuple(sorted(set(blocks)))

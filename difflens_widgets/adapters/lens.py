@@ -1,4 +1,5 @@
-"""What the lens needs to know about one family of pipelines, and nothing else.
+"""What the lens needs to know about one family of pipelines: its text side (the denoiser side, for feature taps,
+is :mod:`.denoising`).
 
 An adapter answers, for its family: which text encoders the pipeline has and how it uses each
 (:class:`~.encoders.TextEncoderSpec`), which one is lensed, how the per-encoder pieces are assembled into the
@@ -18,6 +19,7 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -34,7 +36,7 @@ def denoiser_name(pipe) -> str:
     raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer to denoise with")
 
 
-def denoiser_of(pipe) -> torch.nn.Module:
+def denoiser_of(pipe) -> Any:  # a diffusers ModelMixin: its .config is read everywhere
     return getattr(pipe, denoiser_name(pipe))
 
 
@@ -45,6 +47,13 @@ class Part:
     seq: torch.Tensor | None
     pooled: torch.Tensor | None
     mask: torch.Tensor | None
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """``seq`` or ``pooled``, where the family's design says this encoder gives it (a clear error if not)."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"this text encoder gives no {name} embedding")
+        return value
 
 
 @dataclass
@@ -98,8 +107,9 @@ class LensAdapter:
         names = [s.component for s in self.specs]
         encoder = encoder or self.default_encoder()
         if encoder not in names:
-            raise ValueError(f"encoder {encoder!r} is not a text encoder of this {self.family} pipeline; "
-                             f"choose one of {names}")
+            raise ValueError(
+                f"encoder {encoder!r} is not a text encoder of this {self.family} pipeline; choose one of {names}"
+            )
         self.spec = next(s for s in self.specs if s.component == encoder)
 
     # ---- what a family says -----------------------------------------------------------------------------------
@@ -149,8 +159,8 @@ class LensAdapter:
         return getattr(self.pipe, self.spec.component)
 
     @property
-    def denoiser(self) -> torch.nn.Module:
-        """The UNet or transformer that the pipeline denoises with."""
+    def denoiser(self) -> Any:
+        """The UNet or transformer that the pipeline denoises with (a diffusers model: its ``config`` is read)."""
         return denoiser_of(self.pipe)
 
     @property
@@ -199,9 +209,11 @@ class LensAdapter:
             "text-encoder width": int(getattr(text, "hidden_size", None) or text.d_model),
             "denoiser input channels": int(denoiser.config.in_channels),
             "denoiser sample size": getattr(denoiser.config, "sample_size", None),
-            "denoiser conditioning width": (getattr(denoiser.config, "cross_attention_dim", None)
-                                            or getattr(denoiser.config, "joint_attention_dim", None)
-                                            or getattr(denoiser.config, "caption_channels", None)),
+            "denoiser conditioning width": (
+                getattr(denoiser.config, "cross_attention_dim", None)
+                or getattr(denoiser.config, "joint_attention_dim", None)
+                or getattr(denoiser.config, "caption_channels", None)
+            ),
         }
 
     # ---- text side --------------------------------------------------------------------------------------------
@@ -214,10 +226,28 @@ class LensAdapter:
             if dropped:
                 self.warn_truncated(text, enc.max_length(self.pipe, self.spec), dropped)
         texts = list(texts) + [""]
-        runs = {s.component: enc.run_encoder(self.pipe, s, texts, skip if s is self.spec else (),
-                                             len(texts) - 1 if prompts is None else prompts)
-                for s in self.specs}
+        runs = {
+            s.component: enc.run_encoder(
+                self.pipe, s, texts, skip if s is self.spec else (), len(texts) - 1 if prompts is None else prompts
+            )
+            for s in self.specs
+        }
         return EncodedPrompts(texts, runs, self.spec.component)
+
+    def count_tokens(self, text: str) -> int:
+        """Real tokens of ``text`` in the lensed encoder (start, pieces, end; no padding): the tokenizer alone."""
+        _, batch, _ = enc.tokenize(self.pipe, self.spec, self.preprocess([text]))
+        return (
+            int(batch["attention_mask"][0].sum())
+            if "attention_mask" in batch
+            else len(
+                [
+                    t
+                    for t in batch["input_ids"][0].tolist()
+                    if t != getattr(getattr(self.pipe, self.spec.tokenizer), "pad_token_id", None)
+                ]
+            )
+        )
 
     def lens(self, hidden: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
         if not final_norm:
@@ -228,8 +258,10 @@ class LensAdapter:
     def check_lens_pooled(self) -> None:
         if self.spec.pooled is None:
             givers = [s.component for s in self.specs if s.pooled]
-            raise ValueError(f"{self.spec.component} gives no pooled embedding in a {self.family} pipeline; "
-                             f"lens_pooled needs the lensed encoder to be one of {givers or 'none'}")
+            raise ValueError(
+                f"{self.spec.component} gives no pooled embedding in a {self.family} pipeline; "
+                f"lens_pooled needs the lensed encoder to be one of {givers or 'none'}"
+            )
 
     def lens_pooled(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The lensed encoder's pooled embedding computed from layer l's state instead of the last block's."""
@@ -255,16 +287,18 @@ class LensAdapter:
         pooled = enc.pooled(encoder, spec, run.hidden[-1][rows], run.ids[rows]) if spec.pooled else None
         return Part(seq, pooled, run.mask[rows].to(seq.device))
 
-    def conditioning(self, encoded: EncodedPrompts, index: int, seq: torch.Tensor, *, pooled=None, mask=None,
-                     other: str = "empty") -> dict[str, torch.Tensor]:
+    def conditioning(
+        self, encoded: EncodedPrompts, index: int, seq: torch.Tensor, *, pooled=None, mask=None, other: str = "empty"
+    ) -> dict[str, torch.Tensor]:
         """The pipeline's arguments for text ``index`` with the lensed encoder's sequence replaced by ``seq`` (and
         its pooled by ``pooled`` / mask by ``mask`` when given); other encoders per ``other``."""
         parts = {}
         for spec in self.specs:
             own = self.normal_part(encoded, spec.component, index)
             if spec is self.spec:
-                parts[spec.component] = Part(seq, own.pooled if pooled is None else pooled,
-                                             own.mask if mask is None else mask)
+                parts[spec.component] = Part(
+                    seq, own.pooled if pooled is None else pooled, own.mask if mask is None else mask
+                )
             elif other == "empty":  # pooled vector too, or it would hand the whole prompt to the model (FLUX)
                 parts[spec.component] = self.normal_part(encoded, spec.component, encoded.empty_index)
             else:
@@ -290,62 +324,14 @@ class LensAdapter:
             images = vae.decode(latents, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
-    # ---- the denoiser's blocks (feature taps, see difflens_widgets.denoiser) -----------------------------------
-    noise_schedule = "ddpm"  # how a clean sample is noised to timestep t: "ddpm" (scheduler.add_noise) or "flow"
-
-    def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
-        """Tap points by name: a UNet's ``down0..``, ``mid``, ``up0..`` (Revelio's up_ft0..3 are up0..3, its
-        bottleneck is mid); a transformer's ``block0..`` (for dual-stream models, the joint blocks)."""
-        denoiser = self.denoiser
-        if hasattr(denoiser, "up_blocks"):
-            blocks = {f"down{i}": b for i, b in enumerate(denoiser.down_blocks)}
-            blocks["mid"] = denoiser.mid_block
-            blocks.update({f"up{i}": b for i, b in enumerate(denoiser.up_blocks)})
-            return blocks
-        return {f"block{i}": b for i, b in enumerate(denoiser.transformer_blocks)}
-
-    def block_feature(self, output) -> torch.Tensor:
-        """A block's output as (batch, channels, h, w): a UNet down block's hidden states (the first of its pair);
-        a transformer block's image tokens (the last of a dual-stream block's pair) folded back onto their grid."""
-        if isinstance(output, tuple):
-            output = output[0] if hasattr(self.denoiser, "up_blocks") else output[-1]
-        if output.ndim == 3:  # (batch, tokens, channels) on a square grid of patches
-            batch, tokens, channels = output.shape
-            side = math.isqrt(tokens)
-            grid = (side, side) if side * side == tokens else (tokens, 1)
-            output = output.transpose(1, 2).reshape(batch, channels, *grid)
-        return output
-
-    def clean_sample(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] (batch, 3, H, W) as the denoiser's clean input: the VAE latent mean, shifted and scaled
-        as the pipeline's own latents are (pixel-space families: the pixels themselves)."""
-        vae = getattr(self.pipe, "vae", None)
-        if vae is None:
-            return pixels
-        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
-        return (latents - (getattr(vae.config, "shift_factor", 0) or 0)) * vae.config.scaling_factor
-
-    def noised(self, clean: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
-        """``clean`` noised to training timestep ``timestep`` (0..999) with the pipeline's own schedule."""
-        if self.noise_schedule == "flow":  # rectified flow: x_t = (1 − σ)·x_0 + σ·ε with σ = t / 1000
-            sigma = timestep / 1000
-            return (1 - sigma) * clean + sigma * noise
-        steps = torch.full((clean.shape[0],), int(timestep), dtype=torch.long, device=clean.device)
-        return self.pipe.scheduler.add_noise(clean, noise, steps)
-
-    def denoiser_sample(self, noisy: torch.Tensor) -> torch.Tensor:
-        """A noised clean sample in the layout the denoiser is called with (FLUX packs latents into tokens)."""
-        return noisy
-
-    def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
-        """Training timestep ``timestep`` (0..999) as the pipeline hands it to its denoiser."""
-        return torch.full((batch,), timestep, dtype=like.dtype, device=like.device)
-
     @staticmethod
     def warn_truncated(prompt: str, kept: int, dropped: list[str], shown: int = 12) -> None:
         """One short line: the prompt and the cut part are abbreviated (a 1,000-word prompt must not print a
         page), and tokens the vocabulary does not know are named as such rather than as the end token."""
         head = prompt if len(prompt) <= 60 else prompt[:60] + "…"
         cut = " ".join(dropped[:shown]) + (f" … ({len(dropped)} tokens in all)" if len(dropped) > shown else "")
-        warnings.warn(f"prompt {head!r} is longer than the text encoder's limit of {kept} tokens; this part was "
-                      f"cut: {cut!r}", UserWarning, stacklevel=4)
+        warnings.warn(
+            f"prompt {head!r} is longer than the text encoder's limit of {kept} tokens; this part was cut: {cut!r}",
+            UserWarning,
+            stacklevel=4,
+        )

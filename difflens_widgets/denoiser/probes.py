@@ -25,9 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .denoiser import Features, image_features
+from ..core import lifecycle
+from .taps import Features, image_features
 
 PURITY_TOP = 10
+SAE_REPORT_EVERY = 100  # k-SAE steps between progress reports
 
 
 # ---- linear probes ---------------------------------------------------------------------------------------------
@@ -54,16 +56,18 @@ def linear_probe(features: np.ndarray, labels, *, seed: int = 0, test_size: floa
     if len(counts) < 2:
         raise ValueError(f"a probe needs at least two classes; the labels are all {labels[0]!r}")
     stratify = labels if min(counts.values()) >= 2 else None
-    x_train, x_test, y_train, y_test = train_test_split(features, labels, test_size=test_size, random_state=seed,
-                                                        stratify=stratify)
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, labels, test_size=test_size, random_state=seed, stratify=stratify
+    )
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     model.fit(x_train, y_train)
     chance = Counter(y_test.tolist()).most_common(1)[0][1] / len(y_test)
     return float(model.score(x_test, y_test)), float(chance)
 
 
-def conv_probe(spatial: np.ndarray, labels, *, seed: int = 0, test_size: float = 0.3, epochs: int = 150,
-               width: int = 32) -> tuple[float, float]:
+def conv_probe(
+    spatial: np.ndarray, labels, *, seed: int = 0, test_size: float = 0.3, epochs: int = 150, width: int = 32
+) -> tuple[float, float]:
     """(held-out accuracy, chance) of a small Diff-C-style head on *spatial* features (images × channels × h × w):
     conv 3×3 → ReLU → conv 3×3 → ReLU → global average → linear, trained with Adam on the same split as
     :func:`linear_probe`. It sees the spatial layout before pooling: shapes as patterns, and — through the zero
@@ -84,9 +88,15 @@ def conv_probe(spatial: np.ndarray, labels, *, seed: int = 0, test_size: float =
     x = torch.as_tensor(spatial, dtype=torch.float32)
     x = (x - x[train].mean(dim=(0, 2, 3), keepdim=True)) / x[train].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     y = torch.as_tensor(targets)
-    head = torch.nn.Sequential(torch.nn.Conv2d(x.shape[1], width, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, len(classes)))
+    head = torch.nn.Sequential(
+        torch.nn.Conv2d(x.shape[1], width, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(width, width, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(width, len(classes)),
+    )
     optimiser = torch.optim.Adam(head.parameters(), lr=3e-3, weight_decay=1e-4)
     for _ in range(epochs):
         loss = torch.nn.functional.cross_entropy(head(x[train]), y[train])
@@ -157,8 +167,11 @@ class SaeResult:
 
     def monosemantic(self, label: str, threshold: float = 0.9) -> list[tuple[int, str, float]]:
         """(latent, its label, purity) of the live latents at least ``threshold`` pure, purest first."""
-        rows = [(j, self.label_of(j, label), float(p)) for j, p in enumerate(self.purity[label])
-                if p == p and p >= threshold]
+        rows = [
+            (j, self.label_of(j, label), float(p))
+            for j, p in enumerate(self.purity[label])
+            if p == p and p >= threshold
+        ]
         return sorted(rows, key=lambda r: -r[2])
 
 
@@ -177,9 +190,21 @@ def purity_of(scores: np.ndarray, labels: list, top: int = PURITY_TOP) -> np.nda
     return out
 
 
-def train_sae(features: np.ndarray, labels: dict[str, list], *, k: int = 32, expansion: int = 4, steps: int = 2000,
-              lr: float = 1e-3, seed: int = 0, block: str = "", timestep: int = 0) -> SaeResult:
-    """A k-SAE on ``features`` (images × width), standardised first; purity against every label set."""
+def train_sae(
+    features: np.ndarray,
+    labels: dict[str, list],
+    *,
+    k: int = 32,
+    expansion: int = 4,
+    steps: int = 2000,
+    lr: float = 1e-3,
+    seed: int = 0,
+    block: str = "",
+    timestep: int = 0,
+    progress=None,
+) -> SaeResult:
+    """A k-SAE on ``features`` (images × width), standardised first; purity against every label set.
+    ``progress(step, steps, "k-SAE")`` every 100 steps (True cancels: :class:`~..core.lifecycle.Cancelled`)."""
     torch.manual_seed(seed)
     x = torch.as_tensor(features, dtype=torch.float32)
     x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
@@ -188,7 +213,9 @@ def train_sae(features: np.ndarray, labels: dict[str, list], *, k: int = 32, exp
     optimiser = torch.optim.Adam(sae.parameters(), lr=lr)
     batch = min(256, len(x))
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    for step in range(steps):
+        if step % SAE_REPORT_EVERY == 0:
+            lifecycle.report(progress, step, steps, "k-SAE")
         rows = torch.randint(0, len(x), (batch,), generator=generator)
         recon, _ = sae(x[rows])
         loss = ((recon - x[rows]) ** 2).mean()
@@ -251,63 +278,113 @@ class ProbeResult:
         import plotly.graph_objects as go
 
         label = label or next(iter(self.accuracy))
-        fig = go.Figure(go.Heatmap(z=self.accuracy[label], x=[f"t={t}" for t in self.timesteps], y=self.blocks,
-                                   zmin=self.chance[label], zmax=1, colorscale="Viridis",
-                                   colorbar=dict(title="accuracy"),
-                                   hovertemplate="block %{y}<br>%{x}<br>accuracy %{z:.3f}<extra></extra>"))
-        fig.update_layout(title=f"linear probe for {label!r}: held-out accuracy (chance {self.chance[label]:.2f})",
-                          xaxis_title="timestep (noise level)", yaxis_title="denoiser block", height=360)
+        fig = go.Figure(
+            go.Heatmap(
+                z=self.accuracy[label],
+                x=[f"t={t}" for t in self.timesteps],
+                y=self.blocks,
+                zmin=self.chance[label],
+                zmax=1,
+                colorscale="Viridis",
+                colorbar=dict(title="accuracy"),
+                hovertemplate="block %{y}<br>%{x}<br>accuracy %{z:.3f}<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            title=f"linear probe for {label!r}: held-out accuracy (chance {self.chance[label]:.2f})",
+            xaxis_title="timestep (noise level)",
+            yaxis_title="denoiser block",
+            height=360,
+        )
         return fig
 
     def write_html(self, path: str | Path) -> Path:
         """Every label's heatmap in one standalone page (plotly inlined once: no network)."""
-        parts = [self.figure(label).to_html(full_html=False, include_plotlyjs=(i == 0))
-                 for i, label in enumerate(self.accuracy)]
+        parts = [
+            self.figure(label).to_html(full_html=False, include_plotlyjs=(i == 0))
+            for i, label in enumerate(self.accuracy)
+        ]
         path = Path(path)
-        path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>Denoiser probes</title></head>"
-                        "<body style='font-family:system-ui,sans-serif'>" + "".join(parts) + "</body></html>",
-                        encoding="utf-8")
+        path.write_text(
+            "<!doctype html><html><head><meta charset='utf-8'><title>Denoiser probes</title></head>"
+            "<body style='font-family:system-ui,sans-serif'>" + "".join(parts) + "</body></html>",
+            encoding="utf-8",
+        )
         return path
 
-    def sae(self, block: str, timestep: int, *, k: int = 32, expansion: int = 4, steps: int = 2000) -> SaeResult:
+    def sae(
+        self, block: str, timestep: int, *, k: int = 32, expansion: int = 4, steps: int = 2000, progress=None
+    ) -> SaeResult:
         key = (block, timestep, k, expansion, steps)
         if key not in self._saes:
-            self._saes[key] = train_sae(self.features.matrix(block, timestep), self.labels, k=k, expansion=expansion,
-                                        steps=steps, block=block, timestep=timestep)
+            self._saes[key] = train_sae(
+                self.features.matrix(block, timestep),
+                self.labels,
+                k=k,
+                expansion=expansion,
+                steps=steps,
+                block=block,
+                timestep=timestep,
+                progress=progress,
+            )
         return self._saes[key]
 
     def save(self, folder: str | Path) -> Path:
         """``probe.json`` (tables, labels) and ``features.npz`` (pooled features), reloadable with :meth:`load`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"blocks": self.blocks, "timesteps": self.timesteps, "labels": self.labels,
-                "accuracy": {k: v.tolist() for k, v in self.accuracy.items()}, "chance": self.chance}
+        meta = {
+            "blocks": self.blocks,
+            "timesteps": self.timesteps,
+            "labels": self.labels,
+            "accuracy": {k: v.tolist() for k, v in self.accuracy.items()},
+            "chance": self.chance,
+        }
         (folder / "probe.json").write_text(json.dumps(meta, indent=1))
         np.savez_compressed(folder / "features.npz", **{f"{b}@{t}": v for (b, t), v in self.features.pooled.items()})
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "ProbeResult":
+    def load(cls, folder: str | Path) -> ProbeResult:
         folder = Path(folder)
         meta = json.loads((folder / "probe.json").read_text())
         with np.load(folder / "features.npz") as data:
             pooled = {(key.rsplit("@", 1)[0], int(key.rsplit("@", 1)[1])): data[key] for key in data.files}
         features = Features(meta["blocks"], meta["timesteps"], pooled)
-        return cls(meta["blocks"], meta["timesteps"], meta["labels"],
-                   {k: np.asarray(v) for k, v in meta["accuracy"].items()}, meta["chance"], features)
+        return cls(
+            meta["blocks"],
+            meta["timesteps"],
+            meta["labels"],
+            {k: np.asarray(v) for k, v in meta["accuracy"].items()},
+            meta["chance"],
+            features,
+        )
 
 
-def probe(pipe, images, labels: dict[str, list] | None = None, *, blocks=None, timesteps=(50, 250, 500, 750),
-          seed: int = 0, keep_spatial: bool = False, head: str = "linear") -> ProbeResult:
+def probe(
+    pipe,
+    images,
+    labels: dict[str, list] | None = None,
+    *,
+    blocks=None,
+    timesteps=(50, 250, 500, 750),
+    seed: int = 0,
+    keep_spatial: bool = False,
+    head: str = "linear",
+    progress=None,
+) -> ProbeResult:
     """Probe the denoiser of ``pipe`` for every label set, at every (block, timestep).
 
     ``head="linear"`` (default): logistic regression on mean-pooled features; ``head="conv"``: the Diff-C-style
     head of :func:`conv_probe` on the spatial features (slower; keeps them).
 
     ``images``: a list of PIL images with ``labels`` ({name: one label per image}), or an int ``n`` to draw ``n``
-    single coloured objects from the toy world (labels: color, shape, size, side)."""
+    single coloured objects from the toy world (labels: color, shape, size, side).
+
+    ``progress(done, total, what)`` hears of the taps ("taps") and then every probe fitted ("probes"); True cancels
+    (:class:`~difflens_widgets.core.lifecycle.Cancelled`)."""
     if isinstance(images, int):
-        from .toy.world import world_probe_set
+        from ..toy.world import world_probe_set
 
         images, world_labels = world_probe_set(images, seed=seed)
         labels = {**world_labels, **(labels or {})}
@@ -318,9 +395,11 @@ def probe(pipe, images, labels: dict[str, list] | None = None, *, blocks=None, t
             raise ValueError(f"label set {name!r} has {len(values)} labels for {len(images)} images")
     if head not in ("linear", "conv"):
         raise ValueError(f"head must be 'linear' or 'conv', got {head!r}")
-    features = image_features(pipe, images, timesteps, blocks, seed=seed, keep_spatial=keep_spatial or head == "conv")
+    features = image_features(pipe, images, timesteps, blocks, seed=seed, keep_spatial=keep_spatial or head == "conv",
+                              progress=progress)  # fmt: skip
     accuracy, chance = {}, {}
-    for name, values in labels.items():
+    fits = len(labels) * len(features.blocks) * len(features.timesteps)
+    for number, (name, values) in enumerate(labels.items()):
         table = np.zeros((len(features.blocks), len(features.timesteps)))
         for b, block in enumerate(features.blocks):
             for i, t in enumerate(features.timesteps):
@@ -328,6 +407,9 @@ def probe(pipe, images, labels: dict[str, list] | None = None, *, blocks=None, t
                     table[b, i], chance[name] = conv_probe(features.spatial[(block, t)], values, seed=seed)
                 else:
                     table[b, i], chance[name] = linear_probe(features.matrix(block, t), values, seed=seed)
+                lifecycle.report(progress, (number * len(features.blocks) + b) * len(features.timesteps) + i + 1,
+                                 fits, "probes")  # fmt: skip
         accuracy[name] = table
-    return ProbeResult(features.blocks, features.timesteps, {k: list(v) for k, v in labels.items()}, accuracy,
-                       chance, features)
+    return ProbeResult(
+        features.blocks, features.timesteps, {k: list(v) for k, v in labels.items()}, accuracy, chance, features
+    )

@@ -1,0 +1,79 @@
+"""What the denoiser taps (:mod:`difflens_widgets.denoiser`) need to know about a family's denoiser: its blocks, the
+layout of their outputs, how a clean image is noised to a timestep and handed to the denoiser as the pipeline does.
+A mixin of every family adapter; families override what differs (flow schedules, FLUX's packed latents)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+class DenoiserTaps:
+    """The denoiser side of a family adapter (needs ``self.pipe`` and ``self.denoiser``)."""
+
+    pipe: Any
+    denoiser: Any  # the family adapter's property
+    noise_schedule = "ddpm"  # how a clean sample is noised to timestep t: "ddpm" (scheduler.add_noise) or "flow"
+
+    def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
+        """Tap points by name: a UNet's ``down0..``, ``mid``, ``up0..`` (Revelio's up_ft0..3 are up0..3, its
+        bottleneck is mid); a transformer's ``block0..`` (for dual-stream models, the joint blocks)."""
+        denoiser = self.denoiser
+        if hasattr(denoiser, "up_blocks"):
+            blocks = {f"down{i}": b for i, b in enumerate(denoiser.down_blocks)}
+            blocks["mid"] = denoiser.mid_block
+            blocks.update({f"up{i}": b for i, b in enumerate(denoiser.up_blocks)})
+            return blocks
+        return {f"block{i}": b for i, b in enumerate(denoiser.transformer_blocks)}
+
+    def block_feature(self, output) -> torch.Tensor:
+        """A block's output as (batch, channels, h, w): a UNet down block's hidden states (the first of its pair);
+        a transformer block's image tokens (the last of a dual-stream block's pair) folded back onto their grid."""
+        if isinstance(output, tuple):
+            output = output[0] if hasattr(self.denoiser, "up_blocks") else output[-1]
+        if output.ndim == 3:  # (batch, tokens, channels) on a square grid of patches
+            batch, tokens, channels = output.shape
+            side = math.isqrt(tokens)
+            grid = (side, side) if side * side == tokens else (tokens, 1)
+            output = output.transpose(1, 2).reshape(batch, channels, *grid)
+        return output
+
+    def clean_sample(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (batch, 3, H, W) as the denoiser's clean input: the VAE latent mean, shifted and scaled
+        as the pipeline's own latents are (pixel-space families: the pixels themselves)."""
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None:
+            return pixels
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
+        return (latents - (getattr(vae.config, "shift_factor", 0) or 0)) * vae.config.scaling_factor
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        """``clean`` noised to training timestep ``timestep`` (0..999) with the pipeline's own schedule."""
+        if self.noise_schedule == "flow":  # rectified flow: x_t = (1 − σ)·x_0 + σ·ε with σ = t / 1000
+            sigma = timestep / 1000
+            return (1 - sigma) * clean + sigma * noise
+        steps = torch.full((clean.shape[0],), int(timestep), dtype=torch.long, device=clean.device)
+        return self.pipe.scheduler.add_noise(clean, noise, steps)
+
+    def denoiser_sample(self, noisy: torch.Tensor) -> torch.Tensor:
+        """A noised clean sample in the layout the denoiser is called with (FLUX packs latents into tokens)."""
+        return noisy
+
+    def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """Training timestep ``timestep`` (0..999) as the pipeline hands it to its denoiser."""
+        return torch.full((batch,), timestep, dtype=like.dtype, device=like.device)
+
+    # ---- cross-attention (the maps of core.attention) ----------------------------------------------------------
+    attention_layout = "text"  # how text keys and image queries sit in the family's cross-attention calls
+
+    def attention_sites(self) -> list[tuple[str, torch.nn.Module, str]]:
+        """(name, module, layout) of every cross-attention site: by default the ``attn2`` of U-Net and PixArt
+        blocks, whose keys are all text and queries all image."""
+        return [(n, m, self.attention_layout) for n, m in self.denoiser.named_modules() if n.endswith("attn2")]
+
+    def attention_text(self) -> slice | None:
+        """Where the lensed encoder's tokens sit in the text sequence the denoiser attends to (None: nowhere, as
+        for an encoder that only gives a pooled vector)."""
+        return slice(0, None)
