@@ -15,17 +15,29 @@ export function createDenoiserView({ model, el }) {
   const release = (pool) => { for (const u of pools[pool].splice(0)) URL.revokeObjectURL(u); };
   const label = EL("select", { "data-field": "label", title: "the property the probes and the SAE purity are about" });
   const status = EL("span", { class: "dl-status" });
+  const progress = EL("progress", { class: "dl-progress", max: "1", value: "0" });
+  const cancel = EL("button", { class: "dl-cancel", text: "Cancel", title: "stop the probing or the k-SAE training",
+    onclick: () => model.send({ action: "cancel" }) });
   const heatmap = EL("div", { class: "dl-heatmap dl-probe-heatmap" });
   const summary = EL("div", { class: "dl-sae-summary" });
   const gallery = EL("div", { class: "dl-sae-gallery" });
   const picker = EL("div", { class: "dl-probe-picker" });
   const pca = EL("div", { class: "dl-pca" });
   const root = EL("div", { class: "dl-root dl-denoiser", tabindex: "0" }, [
-    EL("div", { class: "dl-controls" }, [EL("label", {}, [EL("span", { text: "Label" }), label]), status]),
+    EL("div", { class: "dl-controls" }, [EL("label", {}, [EL("span", { text: "Label" }), label]), progress, status,
+      cancel]),
     EL("div", { class: "dl-legend", text: "Each cell: how well a linear probe reads the label from that denoiser " +
       "block's features at that noise level (held-out accuracy; the scale starts at chance). Click a cell: its k-SAE's purest latents and PCA maps." }),
-    heatmap, summary, gallery,
-    EL("div", { class: "dl-axis-y", text: "PCA of one image's features per block (pick the image):" }), picker, pca,
+    heatmap, summary,
+    EL("div", { class: "dl-legend dl-sae-help", text: "k-SAE: a sparse autoencoder on the state's features, k latents " +
+      "active per image. Purity: the share of a latent's 10 top images that carry its commonest label; random " +
+      "directions: the same measured on random projections of the features, so an SAE worth reading beats it. " +
+      "Reconstruction error: the share of the features' variance the SAE misses (0 with few images means it " +
+      "memorised them). Dead latents: never active." }),
+    gallery,
+    EL("div", { class: "dl-axis-y", text: "PCA of one image's features per block (pick the image): the first three " +
+      "principal components as red, green and blue, so regions a block represents alike share a colour" }),
+    picker, pca,
   ]);
   el.replaceChildren(root);
 
@@ -40,11 +52,16 @@ export function createDenoiserView({ model, el }) {
     if (!spec) { heatmap.replaceChildren(); return; }
     drawHeatmap(heatmap, spec, { selectedCell: cellParts(), onSelect: (t, block) => save("cell", `${block}@${t}`) });
   }
-  function renderGallery() {
-    release("gallery");
-    const g = (model.get("galleries") || {})[`${model.get("cell")}:${model.get("label")}`];
+  function renderStatus() {
     status.textContent = model.get("message") || model.get("status");
     status.dataset.state = model.get("status");
+    progress.hidden = cancel.hidden = model.get("status") !== "running";
+    progress.value = model.get("progress") || 0;
+  }
+  function renderGallery() {
+    release("gallery");
+    renderStatus();
+    const g = (model.get("galleries") || {})[`${model.get("cell")}:${model.get("label")}`];
     if (!g) { summary.textContent = `${model.get("cell")}: no SAE yet`; gallery.replaceChildren(); renderPca(); return; }
     summary.textContent = `${model.get("cell")} · k-SAE, k=${g.k} · dead latents ${g.dead} · reconstruction error ${g.error}` +
       ` · mean purity for ${g.label} ${g.purity} (random directions ${g.random_purity})`;
@@ -74,7 +91,8 @@ export function createDenoiserView({ model, el }) {
     "change:tables": () => { renderLabels(); renderHeatmap(); },
     "change:label": () => { label.value = model.get("label"); renderHeatmap(); renderGallery(); },
     "change:cell": () => { renderHeatmap(); renderGallery(); },
-    "change:galleries": renderGallery, "change:status": renderGallery, "change:message": renderGallery,
+    "change:galleries": renderGallery, "change:status": renderGallery, "change:message": renderStatus,
+    "change:progress": renderStatus,
     "change:pca": renderPca, "change:thumbs": renderPicker, "change:image_index": renderPicker,
   };
   for (const [event, fn] of Object.entries(handlers)) model.on(event, fn);

@@ -10,15 +10,16 @@ import { EL } from "./common.js";
 // viridis, five stops: perceptually even, readable when projected and in grey
 const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 
-export function colour(value, zmin, zmax) {
+export function colourRgb(value, zmin, zmax) {
   const span = zmax - zmin;
   const t = span > 0 ? Math.min(1, Math.max(0, (value - zmin) / span)) : 0.5;
   const pos = t * (STOPS.length - 1);
   const i = Math.min(STOPS.length - 2, Math.floor(pos));
   const f = pos - i;
-  const rgb = STOPS[i].map((c, k) => Math.round(c + f * (STOPS[i + 1][k] - c)));
-  return `rgb(${rgb.join(",")})`;
+  return STOPS[i].map((c, k) => Math.round(c + f * (STOPS[i + 1][k] - c)));
 }
+
+export const colour = (value, zmin, zmax) => `rgb(${colourRgb(value, zmin, zmax).join(",")})`;
 
 const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3));
 

@@ -19,6 +19,7 @@ export function createSweepView({ model, el }) {
   const ALL = "(all families)";
   function fillFamilies() {
     const names = [...new Set(entries().map((e) => e.family || "(none)"))].sort();
+    family.closest("label").hidden = names.length === 1 && names[0] === "(none)"; // a plain list of prompts
     family.replaceChildren(...[ALL, ...names].map((n) => EL("option", { value: n, text: n })));
     const current = entries().find((e) => e.id === model.get("sweep_selected"));
     family.value = ALL;

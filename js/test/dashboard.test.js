@@ -53,18 +53,22 @@ test("renders a filmstrip of every layer for every seed, and a large view", () =
   assert.equal(el.querySelector(".dl-slider").dataset.lmSuppressShortcuts, "true");
 });
 
-test("the final-norm checkbox is two-way bound", () => {
-  const { model, el } = mount({ final_norm: true });
-  const box = el.querySelector('[data-field="final_norm"]');
-  assert.equal(box.checked, true);
-  box.checked = false;
-  box.dispatchEvent(new Event("change", { bubbles: true }));
-  assert.equal(model.get("final_norm"), false);
-  model.set("final_norm", true);
-  assert.equal(box.checked, true);
+test("the final norm is three-way (the family's default, on, off) and two-way bound", () => {
+  const { model, el } = mount({ final_norm: null, model_info: { num_layers: 8, own_final_norm: false } });
+  const menu = el.querySelector('[data-field="final_norm"]');
+  assert.equal(menu.value, "");
+  assert.equal(menu.selectedOptions[0].textContent, "default (off)"); // what "default" means for this encoder
+  menu.value = "on";
+  menu.dispatchEvent(new Event("change", { bubbles: true }));
+  assert.equal(model.get("final_norm"), true);
+  menu.value = "";
+  menu.dispatchEvent(new Event("change", { bubbles: true }));
+  assert.equal(model.get("final_norm"), null);
+  model.set("final_norm", false);
+  assert.equal(menu.value, "off");
 });
 
-test("keyboard arrows and thumbnail clicks move the selected layer", () => {
+test("keyboard arrows, Home, End and thumbnail clicks move the selected layer", () => {
   const { model, el } = mount(done());
   const root = el.querySelector(".dl-root");
   root.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowLeft", bubbles: true }));
@@ -82,6 +86,12 @@ test("keyboard arrows and thumbnail clicks move the selected layer", () => {
   assert.equal(key.defaultPrevented, true); // one step per key press, even where the host page interferes
   slider.value = "0";
   slider.dispatchEvent(new Event("input", { bubbles: true }));
+  assert.equal(model.get("selected_layer"), 0);
+  const end = new KeyboardEvent("keydown", { key: "End", bubbles: true, cancelable: true });
+  root.dispatchEvent(end);
+  assert.equal(model.get("selected_layer"), 3); // the last layer, and the page does not scroll to its end
+  assert.equal(end.defaultPrevented, true);
+  root.dispatchEvent(new KeyboardEvent("keydown", { key: "Home", bubbles: true }));
   assert.equal(model.get("selected_layer"), 0);
 });
 
@@ -103,18 +113,20 @@ test("Python's verdict on the inputs is shown inline; Run sends the fields first
 });
 
 test("explains itself: axis titles, legend naming the normal layer, the run's line, presentation size", () => {
-  const { model, el } = mount({ ...done([0, 4, 8], [0]), run_info: { prompt: "a red circle", model: "toy",
-    encoder: "text_encoder", num_layers: 8, own_layer: 8, final_norm: true, steps: 20, guidance: 7.5, compare: "none",
+  const { model, el } = mount({ ...done([0, 3, 4, 8], [0]), run_info: { prompt: "a red circle", model: "toy",
+    encoder: "text_encoder", num_layers: 8, normal_layer: 8, final_norm: true, steps: 20, guidance: 7.5, compare: "none",
     options: { skip_layers: [3] } } });
   assert.match(el.querySelector(".dl-axis-x").textContent, /layer →/);
   assert.match(el.querySelector(".dl-axis-y").textContent, /seed ↓/);
   assert.match(el.querySelector(".dl-legend").textContent, /layer 8 = the model's normal image/);
   const line = el.querySelector(".dl-runinfo").textContent;
-  for (const part of ["“a red circle”", "encoder text_encoder", "layers 0,4,8 of 0..8", "final norm on", "20 steps", "skip_layers 3"]) {
+  for (const part of ["“a red circle”", "encoder text_encoder", "layers 0,3,4,8 of 0..8", "final norm on", "20 steps", "skip_layers 3"]) {
     assert.ok(line.includes(part), part);
   }
   assert.match(el.querySelector('.dl-thumb[data-layer="8"] figcaption').textContent, /L8 · normal/);
-  assert.match(el.querySelector(".dl-slider-label").textContent, /the model's normal image/);
+  assert.match(el.querySelector('.dl-thumb[data-layer="3"] figcaption').textContent, /L3 · skipped/);
+  assert.equal(el.querySelector(".dl-slider-label").textContent, "layer 8 of 0..8"); // a fixed-width label
+  assert.match(el.querySelector(".dl-large-img figcaption").textContent, /layer 8 \(the model's normal image\)/);
   el.querySelector('[data-field="presentation"]').click();
   assert.equal(model.get("presentation"), true);
   assert.ok(el.querySelector(".dl-root").classList.contains("dl-present"));
@@ -161,12 +173,14 @@ test("raw vs tuned: raw, tuned and difference together, rows interleaved by seed
   assert.equal(scale.querySelector(".dl-hm-max").textContent, "87.5");
   assert.match(scale.textContent, /0–255/);
   model.set("selected_layer", 0);
-  assert.match(el.querySelector('.dl-large-img[data-kind="tuned"] figcaption').textContent, /tuned, layer 0, seed 0/);
+  assert.match(el.querySelector('.dl-large-img[data-kind="tuned"] figcaption').textContent, /tuned, layer 0 \(token embeddings\), seed 0/);
 });
 
 test("annotator verdicts overlay every image on demand, and the prompt's emergence curve marks the layer", () => {
   const checks = (ok) => ({ objects: true, colors: ok, both: ok, relation: false });
-  const { model, el } = mount({ ...done([0, 4, 8], [0]), model_info: { num_layers: 8, annotator: true },
+  const questions = [["objects", "obj"], ["colors", "col"], ["both", "bind"], ["relation", "rel"]]
+    .map(([name, short]) => ({ name, short, rule: `the rule of ${name}` }));
+  const { model, el } = mount({ ...done([0, 4, 8], [0]), model_info: { num_layers: 8, annotator: true, questions },
     verdicts: [0, 4, 8].map((layer) => ({ kind: "lens", layer, seed: 0, checks: checks(layer > 0) })),
     emergence: { layers: [0, 4, 8], curves: { objects: [1, 1, 1], colors: [0, 1, 1], both: [0, 1, 1], relation: [0, 0, 0] } } });
   assert.equal(el.querySelectorAll(".dl-verdict").length, 0);
@@ -185,7 +199,7 @@ test("annotator verdicts overlay every image on demand, and the prompt's emergen
 });
 
 test("per-token rows and compare rows share the seed's noise and one slider", () => {
-  const { el } = mount({ ...done([0, 8], [0]), run_info: { prompt: "a red circle", num_layers: 8, own_layer: 8 }, panels: [{ key: "lens", label: "lens" }, { key: "no_final_norm", label: "no final norm" }],
+  const { el } = mount({ ...done([0, 8], [0]), run_info: { prompt: "a red circle", num_layers: 8, normal_layer: 8 }, panels: [{ key: "lens", label: "lens" }, { key: "no_final_norm", label: "no final norm" }],
     frames: ["lens", "no_final_norm"].flatMap((kind) => frames([0, 8], [0]).map((f) => ({ ...f, kind }))) });
   assert.deepEqual([...el.querySelectorAll(".dl-row-label")].map((n) => n.textContent), ["seed 0 · lens", "seed 0 · no final norm"]);
   assert.equal(el.querySelectorAll(".dl-large-img img").length, 2);
@@ -269,4 +283,73 @@ test("after a Cancel, frames kept from previews stay labelled as previews", () =
   assert.equal(el.querySelector('.dl-thumb[data-layer="4"] figcaption').textContent, "L4");
   assert.equal(el.querySelector('.dl-thumb[data-layer="0"] img').alt, "lens layer 0 seed 0");
   cleanup();
+});
+
+test("verdicts sit below their image, the rules are one click away, and only judged runs offer them", () => {
+  const questions = [["objects", "obj"], ["relation", "rel"]].map(([name, short]) => ({ name, short, rule: `rule of ${name}` }));
+  const { model, el } = mount({ ...done([0, 8], [0]), show_verdicts: true,
+    model_info: { num_layers: 8, annotator: true, questions },
+    verdicts: [0, 8].map((layer) => ({ kind: "lens", layer, seed: 0, checks: { objects: layer > 0, relation: false } })) });
+  const thumb = el.querySelector('.dl-thumb[data-layer="8"]');
+  const box = thumb.querySelector(".dl-img-box");
+  assert.equal(box.querySelector(".dl-verdict"), null); // not over the image
+  assert.equal(thumb.lastElementChild.className, "dl-verdict"); // below it, after the caption
+  const rules = el.querySelector(".dl-rules");
+  assert.equal(rules.hidden, true);
+  el.querySelector(".dl-rules-button").click();
+  assert.equal(rules.hidden, false);
+  assert.match(rules.textContent, /rel — relation.*rule of relation/);
+  model.set("verdicts", []); // e.g. per token: nothing judged, nothing offered
+  assert.equal(el.querySelector(".dl-verdict-toggle").hidden, true);
+});
+
+test("the filmstrip has one column per layer and many rows make a compact large view", () => {
+  const panels = [0, 1, 2, 3, 4].map((p) => ({ key: `token${p}`, label: `token ${p}` }));
+  const { el } = mount({ ...done([0, 2, 4, 6, 8], [0]), panels });
+  assert.equal(el.querySelector(".dl-strips").style.getPropertyValue("--dl-cols"), "5");
+  assert.ok(el.querySelector(".dl-large").classList.contains("dl-many"));
+});
+
+test("a frozen page says it is a snapshot; a Run nobody answers says the kernel is missing", async () => {
+  const frozen = mount({ ...done([0, 8], [0]), model_info: { num_layers: 8, frozen: true } });
+  assert.equal(frozen.el.querySelector(".dl-frozen-note").hidden, false);
+  const { model, el } = mount({ ...done([0, 8], [0]) });
+  assert.equal(el.querySelector(".dl-frozen-note").hidden, true);
+  const realTimeout = globalThis.setTimeout;
+  let fire;
+  globalThis.setTimeout = (fn) => { fire = fn; return 0; };
+  try {
+    el.querySelector(".dl-run").click();
+  } finally {
+    globalThis.setTimeout = realTimeout;
+  }
+  assert.deepEqual(model.sent.at(-1), { action: "run" });
+  fire(); // no status came back from Python within the wait
+  assert.match(el.querySelector(".dl-message").textContent, /not connected to one/);
+});
+
+test("where each word lands: a word's map over every image, from a chip or a token row, with its strip", () => {
+  const grid = [2, 2];
+  const maps = (hot) => new DataView(Uint8Array.from([0, 0, 0, 0, 255, 0, 0, 0, 0, 0, 0, hot]).buffer); // 3 tokens
+  const attention_maps = { words: [{ label: "<|startoftext|>", positions: [0] }, { label: "red", positions: [1] },
+    { label: "circle", positions: [2] }], grid, tokens: 3,
+  frames: [0, 8].map((layer) => ({ kind: "lens", layer, seed: 0, maps: maps(layer ? 255 : 10),
+    mass: [[0.1, 0.5, 0.4], [0.2, 0.3, 0.5]] })) };
+  const heatmaps = { tokens: spec("tokens", [0, 8], ["<|startoftext|>", "red", "circle"], [[1, 1], [0.5, 1], [0.6, 1]]) };
+  const { model, el } = mount({ ...done([0, 8], [0]), attention_maps, heatmaps });
+  assert.equal(el.querySelector(".dl-attn").hidden, false);
+  assert.deepEqual([...el.querySelectorAll(".dl-attn-word")].map((b) => b.textContent), ["<|startoftext|>", "red", "circle"]);
+  assert.equal(el.querySelectorAll("canvas.dl-attn-overlay").length, 0); // nothing chosen: no overlay
+  el.querySelector('.dl-attn-word[data-word="2"]').dispatchEvent(new Event("mouseenter"));
+  const overlays = el.querySelectorAll("canvas.dl-attn-overlay");
+  assert.equal(overlays.length, 3); // two thumbnails and the large view
+  assert.equal(overlays[0].dataset.word, "circle");
+  assert.match(el.querySelector(".dl-attn-strip").textContent, /"circle": share of attention per layer/);
+  el.querySelector('.dl-attn-word[data-word="2"]').dispatchEvent(new Event("mouseleave"));
+  assert.equal(el.querySelectorAll("canvas.dl-attn-overlay").length, 0);
+  el.querySelectorAll('[data-heatmap="tokens"] .dl-hm-label')[1].click(); // the "red" row of the token heatmap
+  assert.equal(model.get("attention_word"), 1);
+  assert.equal(el.querySelector("canvas.dl-attn-overlay").dataset.word, "red");
+  model.set("attention_opacity", 0.3);
+  assert.equal(el.querySelector("canvas.dl-attn-overlay").style.opacity, "0.3");
 });
