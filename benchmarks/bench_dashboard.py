@@ -14,8 +14,13 @@ import statistics
 
 import difflens_widgets as dl
 
-PROMPTS = ["a red circle left of a blue square", "a green star above a yellow cross", "an orange diamond",
-           "a purple triangle below a blue circle", "a yellow square and a red star"]
+PROMPTS = [
+    "a red circle left of a blue square",
+    "a green star above a yellow cross",
+    "an orange diamond",
+    "a purple triangle below a blue circle",
+    "a yellow square and a red star",
+]
 
 
 def payload_bytes(dash) -> dict:
@@ -23,15 +28,18 @@ def payload_bytes(dash) -> dict:
     after a run (traits as JSON, images as their PNG bytes) — what a notebook saved with widget state holds."""
     import json
 
-    from difflens_widgets.widgets.dashboard import STATIC
+    from difflens_widgets.widgets.assets import STATIC
 
     state = {name: getattr(dash, name) for name in dash.default_state()}
     images = sum(len(f["png"]) for key in ("frames", "previews") for f in state[key])
     for key in ("frames", "previews"):
         state[key] = [{k: v for k, v in f.items() if k != "png"} for f in state[key]]
-    return {"front-end (widget.js + widget.css)": (STATIC / "widget.js").stat().st_size
-            + (STATIC / "widget.css").stat().st_size,
-            "state: traits as JSON": len(json.dumps(state)), "state: images (PNG)": images}
+    return {
+        "front-end (widget.js + widget.css)": (STATIC / "widget.js").stat().st_size
+        + (STATIC / "widget.css").stat().st_size,
+        "state: traits as JSON": len(json.dumps(state)),
+        "state: images (PNG)": images,
+    }
 
 
 def run_timings(seeds: str, steps: int, repeats: int) -> tuple[list[float], list[float], int]:
@@ -65,13 +73,17 @@ def slider_timing(presses: int = 16) -> float:
     page_file.write_bytes(page_bytes)
     slider_timing.html_bytes = len(page_bytes)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = browser.new_page()
         page.goto(page_file.as_uri())
         page.wait_for_function("window.rendered === true")
         page.locator(".dl-slider").focus()
-        times = page.evaluate("""async (presses) => {
+        times = page.evaluate(
+            """async (presses) => {
           const out = [];
           const slider = document.querySelector('.dl-slider');
           for (let i = 0; i < presses; i++) {
@@ -86,7 +98,9 @@ def slider_timing(presses: int = 16) -> float:
             out.push(performance.now() - t0);
           }
           return out;
-        }""", presses)
+        }""",
+            presses,
+        )
         browser.close()
     return statistics.mean(times)
 
@@ -99,8 +113,10 @@ def main() -> None:
     args = parser.parse_args()
     first, total, images = run_timings(args.seeds, args.steps, args.repeats)
     slider_ms = slider_timing()
-    print(f"\ntoy model, {images} images (all layers × seeds {args.seeds}), {args.steps} steps, "
-          f"median of {args.repeats} runs")
+    print(
+        f"\ntoy model, {images} images (all layers × seeds {args.seeds}), {args.steps} steps, "
+        f"median of {args.repeats} runs"
+    )
     print("| measure | value |")
     print("|---|---|")
     print(f"| Run → first live preview | {statistics.median(first):.2f} s |")

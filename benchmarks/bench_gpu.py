@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import difflens_widgets as dl
-from difflens_widgets.models import place
+from difflens_widgets.core.models import place
 from difflens_widgets.testing import REAL_SIZE
 
 PROMPT = "a red circle left of a blue square"
@@ -60,8 +60,15 @@ def lens_flops(lens: dl.Lens, images: int, steps: int, size: int, guidance: floa
     counts = []
     for n in (1, 2):
         with FlopCounterMode(display=False) as counter:
-            lens.run(PROMPT, layers=[lens.num_layers], num_inference_steps=n, height=size, width=size,
-                     guidance_scale=guidance, use_cache=False)
+            lens.run(
+                PROMPT,
+                layers=[lens.num_layers],
+                num_inference_steps=n,
+                height=size,
+                width=size,
+                guidance_scale=guidance,
+                use_cache=False,
+            )
         counts.append(counter.get_total_flops())
     per_step, fixed = counts[1] - counts[0], 2 * counts[0] - counts[1]
     return images * (fixed + per_step * steps)
@@ -90,12 +97,22 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> list[dic
         images = len(batched[2].images)
         floor = lens_flops(lens, images, steps, size, guidance) / (args.peak_tflops * 1e12)
         for mode, (seconds, peak, result) in (("batched", batched), ("per-layer loop", sequential)):
-            rows.append(dict(model=f"{name} {size}² ({str(dtype).removeprefix('torch.')})", mode=mode,
-                             layers=len(result.layers), seeds=seeds, steps=steps, seconds=seconds,
-                             images_per_s=images / seconds, floor_share=floor / seconds, peak_gib=peak,
-                             per_call=result.params["images_per_call"],
-                             events="; ".join(result.params["memory_events"]) or "-",
-                             cap=f"{cap} GB" if cap and device.type == "cuda" else "-"))
+            rows.append(
+                dict(
+                    model=f"{name} {size}² ({str(dtype).removeprefix('torch.')})",
+                    mode=mode,
+                    layers=len(result.layers),
+                    seeds=seeds,
+                    steps=steps,
+                    seconds=seconds,
+                    images_per_s=images / seconds,
+                    floor_share=floor / seconds,
+                    peak_gib=peak,
+                    per_call=result.params["images_per_call"],
+                    events="; ".join(result.params["memory_events"]) or "-",
+                    cap=f"{cap} GB" if cap and device.type == "cuda" else "-",
+                )
+            )
         rows.append(dict(speedup=sequential[0] / batched[0], model=rows[-1]["model"], seeds=seeds))
     del lens, pipe
     if cap and device.type == "cuda":
@@ -104,19 +121,25 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> list[dic
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| model | mode | layers × seeds | steps | wall s | images/s | FLOP-floor share | peak GiB | memory cap "
-          "| images per call | memory events |")
+    print(
+        "| model | mode | layers × seeds | steps | wall s | images/s | FLOP-floor share | peak GiB | memory cap "
+        "| images per call | memory events |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "speedup" in r:
-            print(f"| {r['model']} | **batched / loop speed-up, {r['seeds']} seed(s)** | | | "
-                  f"**{r['speedup']:.2f}×** | | | | | | |")
+            print(
+                f"| {r['model']} | **batched / loop speed-up, {r['seeds']} seed(s)** | | | "
+                f"**{r['speedup']:.2f}×** | | | | | | |"
+            )
             continue
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
         calls = sorted(set(r["per_call"]))
-        print(f"| {r['model']} | {r['mode']} | {r['layers']} × {r['seeds']} | {r['steps']} | {r['seconds']:.2f} | "
-              f"{r['images_per_s']:.2f} | {100 * r['floor_share']:.0f}% | {peak} | {r['cap']} | {calls} | "
-              f"{r['events']} |")
+        print(
+            f"| {r['model']} | {r['mode']} | {r['layers']} × {r['seeds']} | {r['steps']} | {r['seconds']:.2f} | "
+            f"{r['images_per_s']:.2f} | {100 * r['floor_share']:.0f}% | {peak} | {r['cap']} | {calls} | "
+            f"{r['events']} |"
+        )
 
 
 def main() -> None:
@@ -139,8 +162,9 @@ def main() -> None:
     rows = []
     for name in args.configs.split(","):
         builder = CONFIGS[name][0]
-        family = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
-                  "flux": "FluxPipeline"}[builder]
+        family = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"}[
+            builder
+        ]
         dtype = dl.models.parse_dtype(args.dtype) or dl.models.default_dtype(device, family)
         try:
             rows += bench(name, args, device, dtype)

@@ -40,11 +40,19 @@ def compare(name: str, pipe, layers, steps: int, size: int | None, repeats: int)
         lens.run(PROMPT, sequential=mode == "sequential", **kwargs)
     for _ in range(repeats):
         for mode in runs:
-            runs[mode].append(timed(lambda: lens.run(PROMPT, sequential=mode == "sequential", **kwargs)))
+            runs[mode].append(timed(lambda mode=mode: lens.run(PROMPT, sequential=mode == "sequential", **kwargs)))
     n_layers = len(lens.run(PROMPT, **kwargs).layers)
     seq, bat = statistics.median(runs["sequential"]), statistics.median(runs["batched"])
-    return dict(name=name, layers=n_layers, steps=steps, size=size or lens.adapter.default_size()[0],
-                sequential=seq, batched=bat, ratio=seq / bat, repeats=repeats)
+    return dict(
+        name=name,
+        layers=n_layers,
+        steps=steps,
+        size=size or lens.adapter.default_size()[0],
+        sequential=seq,
+        batched=bat,
+        ratio=seq / bat,
+        repeats=repeats,
+    )
 
 
 def main() -> None:
@@ -63,16 +71,29 @@ def main() -> None:
         rows.append(compare("tiny SD (32², 12 blocks)", pipe, None, 10, None, args.repeats))
     if args.only in (None, "sd15"):
         pipe = sd15_architecture(device=device, dtype=getattr(torch, args.dtype))
-        rows.append(compare(f"SD 1.5 arch, random ({args.dtype})", pipe, args.sd_layers, args.steps, args.size,
-                            max(1, args.repeats // 2)))
-    print(f"\ndevice: {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'})"
-          f", torch {torch.__version__}")
+        rows.append(
+            compare(
+                f"SD 1.5 arch, random ({args.dtype})",
+                pipe,
+                args.sd_layers,
+                args.steps,
+                args.size,
+                max(1, args.repeats // 2),
+            )
+        )
+    print(
+        f"\ndevice: {device} "
+        f"({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'})"
+        f", torch {torch.__version__}"
+    )
     header = f"| {'pipeline':34} | layers | steps | size | sequential s | batched s | ratio | runs |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['name']:34} | {r['layers']:6} | {r['steps']:5} | {r['size']:4} | {r['sequential']:12.3f} | "
-              f"{r['batched']:9.3f} | {r['ratio']:4.2f}x | {r['repeats']:4} |")
+        print(
+            f"| {r['name']:34} | {r['layers']:6} | {r['steps']:5} | {r['size']:4} | {r['sequential']:12.3f} | "
+            f"{r['batched']:9.3f} | {r['ratio']:4.2f}x | {r['repeats']:4} |"
+        )
 
 
 if __name__ == "__main__":

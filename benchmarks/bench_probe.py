@@ -12,7 +12,8 @@ import argparse
 import time
 
 import difflens_widgets as dl
-from difflens_widgets import denoiser, probes
+from difflens_widgets.denoiser import probes
+from difflens_widgets.denoiser import taps as denoiser
 from difflens_widgets.toy.world import world_probe_set
 
 
@@ -27,8 +28,12 @@ def main() -> None:
     rows = []
     started = time.perf_counter()
     features = denoiser.image_features(pipe, images, timesteps, keep_spatial=True)
-    rows.append((f"taps: {args.images} images × {len(timesteps)} timesteps × {len(features.blocks)} blocks",
-                 time.perf_counter() - started))
+    rows.append(
+        (
+            f"taps: {args.images} images × {len(timesteps)} timesteps × {len(features.blocks)} blocks",
+            time.perf_counter() - started,
+        )
+    )
     started = time.perf_counter()
     for values in labels.values():
         for block in features.blocks:

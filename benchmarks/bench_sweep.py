@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import difflens_widgets as dl
-from difflens_widgets import options
+from difflens_widgets.core import validate as options
 
 COLOURS = ["red", "green", "blue", "yellow", "orange", "purple"]
 SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond"]
@@ -52,9 +52,27 @@ def plain_loop(model: str, texts: list[str], seeds: list[int], steps: int, out: 
 
 def cli_sweep(model: str, prompt_file: Path, seeds: str, steps: int, out: Path, extra: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "difflens_widgets.cli", "sweep", str(prompt_file), "--out", str(out),
-                    "--model", model, "--seeds", seeds, "--num-inference-steps", str(steps), *extra],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "difflens_widgets.cli",
+            "sweep",
+            str(prompt_file),
+            "--out",
+            str(out),
+            "--model",
+            model,
+            "--seeds",
+            seeds,
+            "--num-inference-steps",
+            str(steps),
+            *extra,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -75,16 +93,21 @@ def main() -> None:
     loop_s, images = plain_loop(args.model, texts, seeds, args.steps, work / "loop")
     bare_s = cli_sweep(args.model, prompt_file, args.seeds, args.steps, work / "bare", ["--scorer", "none"])
     local_s = cli_sweep(args.model, prompt_file, args.seeds, args.steps, work / "local", [])
-    ray_s = cli_sweep(args.model, prompt_file, args.seeds, args.steps, work / "ray",
-                      ["--ray", "--workers", str(args.workers)])
-    print(f"\n{args.model}: {args.prompts} prompts × all layers × seeds {args.seeds}, {args.steps} steps = "
-          f"{images} images (wall time, including model loading)")
+    ray_s = cli_sweep(
+        args.model, prompt_file, args.seeds, args.steps, work / "ray", ["--ray", "--workers", str(args.workers)]
+    )
+    print(
+        f"\n{args.model}: {args.prompts} prompts × all layers × seeds {args.seeds}, {args.steps} steps = "
+        f"{images} images (wall time, including model loading)"
+    )
     print("| way | seconds | images/s | vs loop |")
     print("|---|---|---|---|")
-    for name, seconds in (("plain loop of Lens.run + PNG saves (in process)", loop_s),
-                          ("difflens sweep, one process, no scorer (CLI, Parquet)", bare_s),
-                          ("difflens sweep, one process, default scorer (CLI)", local_s),
-                          (f"difflens sweep --ray --workers {args.workers} (CLI, local Ray)", ray_s)):
+    for name, seconds in (
+        ("plain loop of Lens.run + PNG saves (in process)", loop_s),
+        ("difflens sweep, one process, no scorer (CLI, Parquet)", bare_s),
+        ("difflens sweep, one process, default scorer (CLI)", local_s),
+        (f"difflens sweep --ray --workers {args.workers} (CLI, local Ray)", ray_s),
+    ):
         print(f"| {name} | {seconds:.1f} | {images / seconds:.2f} | {loop_s / seconds:.2f}× |")
 
 

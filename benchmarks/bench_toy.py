@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     pipe = dl.load_pipeline(args.model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     lens = dl.Lens(pipe, cache_size=0)
-    one = median_seconds(lambda: pipe(PROMPT, num_inference_steps=args.steps,
-                                      generator=torch.Generator().manual_seed(0)), args.repeats)
+    one = median_seconds(
+        lambda: pipe(PROMPT, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0)), args.repeats
+    )
     every = median_seconds(lambda: lens.run(PROMPT, seeds=[0], num_inference_steps=args.steps), args.repeats)
     print(f"toy model, {torch.get_num_threads()} CPU threads, {args.steps} steps, median of {args.repeats}")
     print("| what | seconds |\n|---|---|")
