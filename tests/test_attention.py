@@ -199,3 +199,24 @@ def test_word_regions_are_the_named_objects_blobs():
                          "a red circle left of a blue circle")  # fmt: skip
     assert set(twice) == {"red", "blue"}  # "circle" names both objects: no single place it should land
     assert set(word_regions(image, "a green star")) == set()  # not drawn: nothing to land in
+
+
+def test_the_toy_attention_study_counts_hits_against_a_shuffled_baseline():
+    """The study's counts on a short toy run: every drawn object's word counted once per image, hits and baseline
+    hits within n, the rates inside their Wilson intervals; a one-prompt group is refused (no blob to shuffle)."""
+    from difflens_widgets.toy.studies.attention import measure, rates
+
+    groups = {"single object": ["a red circle", "a blue square"]}
+    counts = measure("toy", [0, 1], 3, groups=groups, layers=[0, 8])
+    table = {kind: rates(c) for kind, c in counts["single object"].items()}
+    for kind in ("colour", "shape"):
+        assert set(table[kind]) <= {0, 8}
+        for layer, c in counts["single object"][kind].items():
+            assert 0 < c["n"] <= 2 * 2  # two prompts x two seeds, one object each
+            assert 0 <= c["hits"] <= c["n"] and 0 <= c["baseline"] <= c["n"]
+            assert 0 <= c["inside"] <= c["n"]
+            r = table[kind][layer]
+            assert r["hit_interval"][0] <= r["hit"] <= r["hit_interval"][1]
+            assert r["baseline_interval"][0] <= r["baseline"] <= r["baseline_interval"][1]
+    with pytest.raises(ValueError, match="at least two prompts"):
+        measure("toy", [0], 2, groups={"one": ["a red circle"]}, layers=[8])

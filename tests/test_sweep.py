@@ -278,3 +278,21 @@ def test_attention_sweep_stores_each_words_map_numbers(tmp_path, toy_lens):
         found = word_regions(Image.open(out / row.image), row.prompt)
         assert {w for w, v in words.items() if "inside" in v} == set(found)
     assert any("inside" in v for words in stats for v in words.values())
+
+
+def test_a_local_sweep_says_the_time_left_after_each_prompt(tmp_path):
+    lines: list[str] = []
+    dl.sweep(prompts_file(tmp_path, 3), tmp_path / "sweep", log=lines.append, layers="8", seeds="0",
+             num_inference_steps=2)  # fmt: skip
+    progress = [line for line in lines if line.lstrip().startswith("[")]
+    assert len(progress) == 3
+    assert all("left" in line for line in progress[:2]) and "left" not in progress[2], progress
+
+
+def test_time_left_reads_the_measured_pace():
+    from difflens_widgets.sweeps.dataset import time_left
+
+    assert time_left(10.0, 1, 5) == "40 s"
+    assert time_left(60.0, 1, 13) == "12 min"
+    assert time_left(600.0, 1, 8) == "1 h 10 min"
+    assert time_left(5.0, 3, 3) == "" and time_left(0.0, 0, 3) == ""

@@ -437,13 +437,28 @@ def sweep(
 def _run_local(worker: PromptWorker, todo, log) -> tuple[int, list[str]]:
     for note in worker.notes:
         log(f"sweep: {note}")
+    started = time.perf_counter()
     for number, prompt in enumerate(todo, 1):
         done = worker.process(prompt)
+        left = time_left(time.perf_counter() - started, number, len(todo))
         log(
             f"  [{number}/{len(todo)}] {options.short(prompt['prompt'])}: {done['images']} images, "
-            f"{done['seconds']:.1f} s"
+            f"{done['seconds']:.1f} s" + (f"; about {left} left" if left else "")
         )
     return worker.images, worker.notes
+
+
+def time_left(elapsed: float, done: int, total: int) -> str:
+    """The rest of a sweep at the pace measured so far (every prompt runs the same layers × seeds, so prompts take
+    about the same time), as "1 h 05 min", "12 min", "40 s"; empty when nothing is left or nothing is measured."""
+    if done <= 0 or done >= total:
+        return ""
+    seconds = round(elapsed / done * (total - done))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds} s"
 
 
 def _run_ray(out, spec, load, run, todo, workers, gpus_per_worker, address, log) -> tuple[int, list[str]]:
