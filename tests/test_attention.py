@@ -100,6 +100,11 @@ def test_settings_select_steps_sites_and_heads_and_words_average_their_pieces():
         lens.run(PROMPT, layers=[4], num_inference_steps=1).attention(4, "red")
     with pytest.raises(KeyError, match="'dog' is not a word of this prompt"):
         every.attention(4, "dog")
+    with pytest.raises(ValueError, match=r"attention_resolutions \[999\] match no attention site of this run: its "
+                       r"sites have query grids of side \d"):  # fmt: skip
+        lens.run(PROMPT, layers=[4], num_inference_steps=2, attention=True, attention_resolutions="999")
+    for module in (m for n, m in lens.pipe.unet.named_modules() if n.endswith("attn2")):
+        assert not module._forward_hooks and not module._forward_pre_hooks  # the refusal left no hook behind
 
 
 def test_word_maps_are_the_mean_of_their_pieces():

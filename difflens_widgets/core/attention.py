@@ -88,6 +88,8 @@ class AttentionCapture:
         self._text_len = 0
         self._step = 0
         self._handles: list = []
+        self._grids_seen: set[int] = set()  # query-grid sides of the sites called in the first step
+        self._kept = False  # whether any site's map was kept in the first step
 
     # ---- the pipeline call ---------------------------------------------------------------------------------------
     def begin_call(self, chunk: list[tuple[int, int]], cfg: bool, text_len: int) -> None:
@@ -96,6 +98,13 @@ class AttentionCapture:
         self._chunk, self._cfg, self._text_len, self._step = list(chunk), cfg, int(text_len), 0
 
     def step_done(self) -> None:
+        """After each denoiser step; after the first, refuses a selection of sites that kept nothing (before any
+        more work is done, rather than a finished run without maps)."""
+        if self._step == 0 and self._grids_seen and not self._kept:
+            raise ValueError(
+                f"attention_resolutions {list(self.settings.resolutions or [])} match no attention site of this "
+                f"run: its sites have query grids of side {', '.join(map(str, sorted(self._grids_seen)))}"
+            )
         self._step += 1
 
     # ---- installation --------------------------------------------------------------------------------------------
@@ -144,8 +153,11 @@ class AttentionCapture:
             raise ValueError(f"unknown attention layout {site.layout!r}")
         n_image = queries.stop - queries.start
         grid = self._grid(n_image)
+        if grid is not None and self._step == 0:
+            self._grids_seen.add(grid[0])
         if grid is None or (self.settings.resolutions is not None and grid[0] not in self.settings.resolutions):
             return
+        self._kept = True
         rows = _conditional_rows(batch, self._cfg)
         chosen = range(heads) if self.settings.heads is None else [h for h in self.settings.heads if h < heads]
         if not chosen:

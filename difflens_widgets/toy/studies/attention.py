@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -160,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     counts = measure(args.model, list(range(args.seeds)), args.steps)
     table = {group: {kind: rates(c) for kind, c in kinds.items()} for group, kinds in counts.items()}
     report = {
-        "command": "python -m difflens_widgets.toy.studies.attention " + " ".join(argv or []),
+        "command": " ".join(
+            ["python -m difflens_widgets.toy.studies.attention", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "model": args.model,
         "seeds": args.seeds,
         "steps": args.steps,
