@@ -48,8 +48,6 @@ WORD_KINDS = ("colour", "shape")
 def measure(model, seeds: list[int], steps: int, groups: dict[str, list[str]] = GROUPS, layers=None) -> dict:
     """{group: {kind: {layer: counts}}} with counts = hits, baseline hits, n, summed inside mass. ``model``: a
     pipeline, a folder or "toy"; ``layers``: as ``Lens.run`` takes them (default: every layer)."""
-    from PIL import Image
-
     from ... import Lens
     from ...core.attention_stats import map_stats
     from ..annotate import parse_caption, word_regions
@@ -61,18 +59,19 @@ def measure(model, seeds: list[int], steps: int, groups: dict[str, list[str]] = 
             raise ValueError(f"group {group!r} needs at least two prompts (the baseline shuffles blobs between them)")
         results = lens.run(prompts, layers=layers, seeds=seeds, num_inference_steps=steps, attention=True)
         counts: dict = {kind: {} for kind in WORD_KINDS}
+        # every image's blobs found once: each is "mine" for its own prompt and "theirs" for the previous one
+        found = [{(l, s): word_regions(r.image(l, s), r.prompt) for l in r.layers for s in r.seeds} for r in results]
         for index, result in enumerate(results):
-            other = results[(index + 1) % len(results)]  # the shuffled blob comes from the next prompt's image
+            following = (index + 1) % len(results)  # the shuffled blob comes from the next prompt's image
+            other = results[following]
             words = {}
             for color, shape in parse_caption(result.prompt).objects:
                 words[color] = "colour"
                 words[shape] = "shape"
             for layer in result.layers:
                 for seed in result.seeds:
-                    image: Image.Image = result.image(layer, seed)
-                    mine = word_regions(image, result.prompt)
-                    theirs = word_regions(other.image(layer, seed), other.prompt)
-                    theirs_by_kind = _by_kind(theirs, other.prompt)
+                    mine = found[index][(layer, seed)]
+                    theirs_by_kind = _by_kind(found[following][(layer, seed)], other.prompt)
                     for word, kind in words.items():
                         if word not in mine:
                             continue  # the object is not drawn (or the word names two objects)
