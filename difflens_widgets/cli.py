@@ -13,7 +13,7 @@ from .core import validate as options
 def _model_flags(dtype: bool = True) -> argparse.ArgumentParser:
     """The flags every command that loads a model shares (an argparse parent, so they are defined once)."""
     flags = argparse.ArgumentParser(add_help=False)
-    flags.add_argument("--model", default="toy", help="'toy' (default), a pipeline folder or a cached hub id")
+    flags.add_argument("--model", default="toy", help="'toy' (default), 'toy-t5', a pipeline folder or a cached hub id")
     flags.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     if dtype:
         flags.add_argument(

@@ -20,7 +20,7 @@ def magic_parser() -> MagicArgumentParser:
         prog="%difflens", add_help=False, description="Show a Diffusion Lens dashboard, already running."
     )
     parser.add_argument("prompt", nargs="*", help="the prompt (quote it); in %%difflens, one prompt per line")
-    parser.add_argument("--model", default="toy", help="'toy', a pipeline folder or a cached hub id")
+    parser.add_argument("--model", default="toy", help="'toy', 'toy-t5', a pipeline folder or a cached hub id")
     parser.add_argument(
         "--tuned",
         default=None,

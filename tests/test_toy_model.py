@@ -9,10 +9,8 @@ import torch
 import difflens_widgets as dl
 from difflens_widgets.core.models import TOY_MODEL_DIR
 from difflens_widgets.toy.annotate import judge
-from difflens_widgets.toy.studies import train
 from difflens_widgets.toy.studies.report import FAMILIES, TIER_FAMILIES, evaluation_prompts, run_report, summary
 from difflens_widgets.toy.studies.report import balance as report_balance
-from difflens_widgets.toy.world import World
 
 
 @pytest.fixture(scope="module")
@@ -110,72 +108,6 @@ def test_evaluation_prompts_are_balanced():
     }
 
 
-def test_loader_workers_render_the_same_batches_in_order():
-    """Rendering in worker processes (the GPU path) must not change which batch a step sees."""
-    plain = list(train.step_batches(seed=3, start=5, stop=9, batch_size=2, workers=0))
-    parallel = list(train.step_batches(seed=3, start=5, stop=9, batch_size=2, workers=2))
-    assert [b[0] for b in plain] == [b[0] for b in parallel] == [5, 6, 7, 8]
-    for (_, images_a, captions_a), (_, images_b, captions_b) in zip(plain, parallel):
-        assert captions_a == captions_b and torch.equal(images_a, images_b)
-    reference = train.batch_for_step(World(3), 3, 7, 2)
-    assert plain[2][2] == reference[1] and torch.equal(plain[2][1], reference[0])
-
-
-@pytest.mark.slow
-def test_time_budget_stops_with_a_checkpoint_and_an_export(tmp_path):
-    common = [
-        "--out",
-        str(tmp_path),
-        "--vae-steps",
-        "2",
-        "--vae-batch",
-        "2",
-        "--batch",
-        "2",
-        "--checkpoint-every",
-        "100",
-        "--export-every",
-        "100",
-        "--unet-channels",
-        "32,32,64",
-    ]
-    train.main(common + ["--steps", "50", "--max-minutes", "0"])
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert [r["stopped_at"] for r in log if "stopped_at" in r] == [1]
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 1
-    pipe = dl.load_pipeline(tmp_path / "pipeline", device="cpu")
-    assert tuple(pipe.unet.config.block_out_channels) == (32, 32, 64)
-
-
-@pytest.mark.slow
-def test_training_is_seeded_and_resumable(tmp_path):
-    world = World(0)
-    a = train.batch_for_step(world, 0, 7, 4)
-    b = train.batch_for_step(World(0), 0, 7, 4)
-    assert a[1] == b[1] and torch.equal(a[0], b[0])
-    common = [
-        "--out",
-        str(tmp_path),
-        "--vae-steps",
-        "2",
-        "--vae-batch",
-        "2",
-        "--batch",
-        "2",
-        "--checkpoint-every",
-        "1",
-        "--export-every",
-        "100",
-    ]
-    train.main(common + ["--steps", "1"])
-    train.main(common + ["--steps", "2"])
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    unet_steps = [r["step"] for r in log if r.get("stage") == "unet" and "loss" in r]
-    assert unet_steps == [1, 2]  # the second call resumed at step 1 instead of starting over
-    pipe = dl.load_pipeline(tmp_path / "pipeline", device="cpu")
-    assert pipe.text_encoder.config.num_hidden_layers == 8
-
-
 def test_report_without_matplotlib_writes_numbers_and_says_what_to_install(tmp_path, monkeypatch, capsys):
     import builtins
 
@@ -233,35 +165,3 @@ def test_findings_say_when_a_concept_is_not_learned():
     assert relation["relations_learned"] and relation["holds"] is True  # binding at L1, the arrangement at L3
     text = findings_text({"findings": findings(curves, {})})
     assert "- binding before relations (relation): holds clearly — both L1 [1–1], relation L3 [2–3]" in text
-
-
-def test_curriculum_brings_in_pairs_then_relations():
-    from difflens_widgets.toy.annotate import parse_caption
-    from difflens_widgets.toy.world import FAMILY_WEIGHTS
-
-    curriculum = train.Curriculum(pairs_at=10, relations_at=20)
-    assert curriculum.weights_at(0)["relation"] == curriculum.weights_at(0)["and"] == 0
-    assert curriculum.weights_at(15) == dict(FAMILY_WEIGHTS, relation=FAMILY_WEIGHTS["relation"] / 2)
-    assert curriculum.weights_at(20) == curriculum.weights_at(5000) == FAMILY_WEIGHTS
-    _, captions = train.batch_for_step(World(0), 0, 3, 32, curriculum=curriculum)
-    assert all(len(parse_caption(c).objects) == 1 for c in captions if c)  # single objects only
-    with pytest.raises(ValueError, match="pairs_at <= relations_at"):
-        train.Curriculum(20, 10)
-
-
-def test_paired_batches_say_each_relation_scene_both_ways():
-    from difflens_widgets.toy.annotate import parse_caption
-    from difflens_widgets.toy.world import INVERSE_RELATION
-
-    images, captions = train.batch_for_step(World(0), 0, 5, 48, paired=True)
-    assert images.shape[0] == len(captions) == 48
-    pairs = 0
-    for k in range(len(captions) - 1):
-        first, second = captions[k], captions[k + 1]
-        if not first or parse_caption(first).relation is None or not second:
-            continue
-        a, b = parse_caption(first), parse_caption(second)
-        if b.relation == INVERSE_RELATION[a.relation] and b.objects == a.objects[::-1]:
-            assert torch.equal(images[k], images[k + 1])  # one scene, said the other way round
-            pairs += 1
-    assert pairs >= 8

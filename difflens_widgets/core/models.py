@@ -1,4 +1,4 @@
-"""``load_pipeline``: one entry point for the embedded toy model, a local folder, a cached hub id or a pipeline."""
+"""``load_pipeline``: one entry point for the embedded toy models, a local folder, a cached hub id or a pipeline."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from typing import Any
 
 import torch
 
-from ..toy import MODEL_DIR
-
-TOY_MODEL_DIR = MODEL_DIR
+# The embedded models: name → pipeline folder inside the package. Found by path, so loading one never imports the
+# toy package (its world, annotator and training scripts sit above the engine).
+_PACKAGE = Path(__file__).resolve().parents[1]
+EMBEDDED_MODELS = {
+    "toy": _PACKAGE / "toy" / "model",  # StableDiffusionPipeline: causal CLIP + latent UNet
+    "toy-t5": _PACKAGE / "toy" / "model_t5",  # PixArtAlphaPipeline: bidirectional T5 + DiT, the same VAE
+}
+TOY_MODEL_DIR = EMBEDDED_MODELS["toy"]
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -205,9 +210,15 @@ def place(pipe, device: torch.device, offload: str | None = None, channels_last:
     return pipe
 
 
+def embedded_name(pipe) -> str | None:
+    """The name of the embedded model ``pipe`` was loaded from ("toy", "toy-t5"), or None."""
+    source = str(getattr(pipe.config, "_name_or_path", ""))
+    return next((name for name, folder in EMBEDDED_MODELS.items() if source == str(folder)), None)
+
+
 def is_toy(pipe) -> bool:
-    """Whether ``pipe`` is the embedded toy model (whose world the annotator knows)."""
-    return str(getattr(pipe.config, "_name_or_path", "")) == str(TOY_MODEL_DIR)
+    """Whether ``pipe`` is one of the embedded toy models (whose world the annotator knows)."""
+    return embedded_name(pipe) is not None
 
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -224,13 +235,15 @@ def pickle_refusal(what: str) -> str:
 
 def _resolve(model: str, download: bool) -> tuple[str, dict]:
     """Where to load ``model`` from, and the from_pretrained arguments that keep it offline unless asked."""
-    if model == "toy":
-        if not (TOY_MODEL_DIR / "model_index.json").exists():
+    if model in EMBEDDED_MODELS:
+        folder = EMBEDDED_MODELS[model]
+        if not (folder / "model_index.json").exists():
+            kind = "t5-dit" if model == "toy-t5" else "clip-unet"
             raise FileNotFoundError(
-                f"the embedded toy model is missing from this installation ({TOY_MODEL_DIR}); reinstall "
-                "difflens-widgets, or train it: python -m difflens_widgets.toy.train --out DIR"
+                f"the embedded model {model!r} is missing from this installation ({folder}); reinstall "
+                f"difflens-widgets, or train it: python -m difflens_widgets.toy.studies.train --kind {kind} --out DIR"
             )
-        return str(TOY_MODEL_DIR), {}
+        return str(folder), {}
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").exists():
@@ -245,9 +258,9 @@ def _resolve(model: str, download: bool) -> tuple[str, dict]:
 
 
 def locate(model, download: bool = False) -> tuple[str, dict, str | None]:
-    """Where ``model`` ("toy", a folder, a hub id) is, the offline arguments and its pipeline class, read without
-    loading a weight: what a face checks before showing anything (a missing folder or an uncached hub id fails
-    here, at once)."""
+    """Where ``model`` ("toy", "toy-t5", a folder, a hub id) is, the offline arguments and its pipeline class, read
+    without loading a weight: what a face checks before showing anything (a missing folder or an uncached hub id
+    fails here, at once)."""
     source, extra = _resolve(os.fspath(model), download)
     pipeline_class = pipeline_class_of(source, extra)
     if extra.get("local_files_only", False) and pipeline_class is None:  # not cached: say so before the hub
@@ -267,8 +280,8 @@ def load_pipeline(
 ):
     """Load a diffusers pipeline for the lens.
 
-    ``model`` is ``"toy"`` (the embedded model), a local pipeline folder, a hub id, or a pipeline object (moved to
-    ``device``/``dtype`` when those are given). Hub ids are read from the local cache only unless
+    ``model`` is ``"toy"`` or ``"toy-t5"`` (the embedded models), a local pipeline folder, a hub id, or a pipeline
+    object (moved to ``device``/``dtype`` when those are given). Hub ids are read from the local cache only unless
     ``download=True``, so nothing ever waits on a network that is not there. ``device`` defaults to CUDA when
     present, else CPU. ``dtype`` (a torch dtype or "float16" / "bfloat16" / "float32") defaults to fp32 on the
     CPU and, on a GPU, to the family's own precision: fp16 for SD 1/2/XL and IF (their VAE kept in fp32), bf16
@@ -282,7 +295,7 @@ def load_pipeline(
     if not isinstance(model, (str, os.PathLike)):
         if not hasattr(model, "components"):
             raise TypeError(
-                f"model must be 'toy', a folder, a hub id or a diffusers pipeline, not {type(model).__name__}"
+                f"model must be 'toy', 'toy-t5', a folder, a hub id or a diffusers pipeline, not {type(model).__name__}"
             )
         if dtype is not None:
             model.to(dtype=dtype)

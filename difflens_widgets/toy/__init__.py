@@ -1,4 +1,4 @@
-"""The shapes world and the toy model shipped with the package: the world and its language (``world``,
+"""The shapes world and the toy models shipped with the package: the world and its language (``world``,
 ``language``, ``tokenizer``), the model's architecture (``architecture``) and weights (``model/``), the annotator that
 judges its images (``annotate``, ``shape_classifier``) and the measurements that describe it (``report/``,
 ``handchecked/``, ``MODEL_CARD.md``). The scripts that train and measure it are in ``studies/``."""
@@ -7,5 +7,6 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 MODEL_DIR = HERE / "model"  # a standard diffusers StableDiffusionPipeline folder: dl.load_pipeline("toy")
+MODEL_T5_DIR = HERE / "model_t5"  # a standard diffusers PixArtAlphaPipeline folder: dl.load_pipeline("toy-t5")
 REPORT_DIR = HERE / "report"  # what the model card states, as toy.studies.report wrote it
 HANDCHECKED_DIR = HERE / "handchecked"  # generated images labelled by eye

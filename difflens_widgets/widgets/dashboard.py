@@ -18,7 +18,7 @@ from ..core import lifecycle
 from ..core import options as lens_options
 from ..core import validate as options
 from ..core.engine import Lens
-from ..core.models import is_toy
+from ..core.models import EMBEDDED_MODELS, embedded_name, is_toy
 from ..core.results import LensResult
 from ..toy.annotate import question_specs
 from .assets import png_bytes
@@ -34,12 +34,12 @@ def _duration(seconds: float) -> str:
 
 
 def _model_label(model) -> str:
-    return "the embedded toy model" if isinstance(model, str) and model == "toy" else str(model)
+    return f"the embedded model {model}" if isinstance(model, str) and model in EMBEDDED_MODELS else str(model)
 
 
 def _model_name(pipe) -> str:
     if is_toy(pipe):
-        return "toy (the embedded shapes-world model)"
+        return f"{embedded_name(pipe)} (an embedded shapes-world model)"
     return str(getattr(pipe.config, "_name_or_path", "") or type(pipe).__name__)
 
 

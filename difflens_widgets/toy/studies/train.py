@@ -1,14 +1,22 @@
-"""Train the toy text-to-image model from scratch on the shapes world.
+"""Train the toy text-to-image models from scratch on the shapes world.
 
-    python -m difflens_widgets.toy.train --out runs/toy            # VAE, then UNet + text encoder
-    python -m difflens_widgets.toy.train --out runs/toy --steps 6000   # resume and go further
-    python -m difflens_widgets.toy.train --out runs/toy --device cuda --batch 256 --steps 30000 --workers 6
+    python -m difflens_widgets.toy.studies.train --out runs/toy                 # VAE, pool, UNet + CLIP
+    python -m difflens_widgets.toy.studies.train --out runs/t5 --kind t5-dit \
+        --vae-from difflens_widgets/toy/model/vae --vae-steps 0 --threads 1      # toy-t5 on one core, shipped VAE
+    python -m difflens_widgets.toy.studies.train --out runs/t5 --kind t5-dit --steps 60000   # resume, go further
 
-Seeded and resumable: every batch and every noise draw depends only on (seed, step), so a run that is stopped and
-resumed from its last checkpoint sees the same data as one that never stopped. Progress goes to ``DIR/log.jsonl``;
-``DIR/pipeline`` is a standard diffusers ``StableDiffusionPipeline`` folder holding the EMA weights. Batches are
-rendered in ``--workers`` loader processes (a GPU outruns one CPU rendering shapes); ``--max-minutes`` stops a run
-cleanly (checkpoint + export) so it fits a time-limited machine and resumes later.
+Two stages. The VAE learns on batches rendered per step (``--workers`` loader processes). The denoiser and its text
+encoder then learn from a *pool* (:mod:`.pool`): scenes rendered, VAE-encoded and tokenized once, each draw a fresh
+latent sample and fresh noise, so a step is denoiser and encoder work only (on a CPU, encoding was half a step).
+Loss: ε-MSE weighted by min-SNR-γ (``--snr-gamma``). ``--eval-every`` judges relation prompts on the raw and the
+EMA weights (the EMA hides early learning) and logs both.
+
+Seeded and resumable: every draw depends only on (seed, step), so a run stopped and resumed from ``checkpoint.pt``
+sees the same data as one that never stopped; ``weights.safetensors`` (raw and EMA weights, fp16, with the step) is
+small enough to carry between machines and resumes with a fresh, re-warmed optimizer. Progress goes to
+``DIR/log.jsonl``; ``DIR/pipeline`` is a standard diffusers pipeline folder (``StableDiffusionPipeline`` or
+``PixArtAlphaPipeline``) holding the EMA weights. ``--max-minutes`` stops a run cleanly (checkpoint + export) so it
+fits a time-limited machine and resumes later.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import torch.nn.functional as F
 from ...core.models import sd_pipeline
 from .. import architecture
 from ..tokenizer import build_tokenizer
-from ..world import FAMILY_WEIGHTS, World
+from ..world import World
 
 
 def images_to_tensor(images) -> torch.Tensor:
@@ -36,36 +44,9 @@ def images_to_tensor(images) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
-class Curriculum:
-    """Which caption families a step trains on: single objects first, then pairs, then relations.
-
-    Before ``pairs_at`` only the single-object families (and the empty caption); from ``pairs_at`` two-object
-    captions too, with the relation family's weight rising linearly to its full share at ``relations_at``; the
-    world's own family weights from then on. ``Curriculum()`` (no stages) is the world's weights at every step."""
-
-    def __init__(self, pairs_at: int = 0, relations_at: int = 0, weights: dict[str, float] | None = None):
-        if not 0 <= pairs_at <= relations_at:
-            raise ValueError(f"a curriculum needs 0 <= pairs_at <= relations_at, got {pairs_at}, {relations_at}")
-        self.pairs_at, self.relations_at = pairs_at, relations_at
-        self.weights = dict(weights or FAMILY_WEIGHTS)
-
-    def weights_at(self, step: int) -> dict[str, float]:
-        if step >= self.relations_at:
-            return self.weights
-        relation_share = 0.0 if step < self.pairs_at else (step - self.pairs_at) / (self.relations_at - self.pairs_at)
-        weights = dict(self.weights, relation=self.weights["relation"] * relation_share)
-        if step < self.pairs_at:
-            weights["and"] = 0.0
-        return weights
-
-
-def batch_for_step(
-    world: World, seed: int, step: int, batch_size: int, paired: bool = False, curriculum: Curriculum | None = None
-):
+def batch_for_step(world: World, seed: int, step: int, batch_size: int, paired: bool = False):
     """The training batch of ``step``: a pure function of (seed, step), which makes resuming exact."""
     world.rng.seed(seed * 1_000_003 + step)
-    if curriculum is not None:
-        world.family_weights = curriculum.weights_at(step)
     images, scenes = world.batch(batch_size, paired=paired)
     return images_to_tensor(images), [s.caption for s in scenes]
 
@@ -91,7 +72,7 @@ class StepBatches(torch.utils.data.IterableDataset):
 def step_batches(
     seed: int, start: int, stop: int, batch_size: int, workers: int, image_size: int = 64, **world_options
 ):
-    """``world_options``: ``layout`` (the world's), ``paired`` and ``curriculum`` (:func:`batch_for_step`)."""
+    """``world_options``: ``layout`` (the world's) and ``paired`` (:func:`batch_for_step`)."""
     dataset = StepBatches(seed, start, stop, batch_size, image_size, world_options)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False
@@ -185,45 +166,107 @@ def train_vae(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Stage 2: UNet + text encoder, jointly, from scratch
+# Stage 2: the denoiser and the text encoder, jointly, from scratch, on a pre-encoded pool
 # ---------------------------------------------------------------------------------------------------------------
+class ClipUNet:
+    """``toy``: a causal CLIP text encoder (no attention mask: padding after the end token never reaches the real
+    tokens of a causal encoder) and the latent UNet, as a ``StableDiffusionPipeline``."""
+
+    name = "clip-unet"
+
+    def build(self, tokenizer, unet_channels=None):
+        unet = architecture.build_unet(channels=unet_channels) if unet_channels else architecture.build_unet()
+        return unet, architecture.build_text_encoder(tokenizer)
+
+    def condition(self, text_encoder, ids, mask):
+        return text_encoder(ids).last_hidden_state
+
+    def predict(self, denoiser, noisy, t, cond, mask):
+        return denoiser(noisy, t, encoder_hidden_states=cond).sample
+
+    def pipeline(self, vae, denoiser, text_encoder, tokenizer):
+        return sd_pipeline(vae, denoiser, text_encoder, tokenizer, architecture.inference_scheduler())
+
+    generate_kwargs: dict = {}
+
+
+class T5DiT:
+    """``toy-t5``: a bidirectional T5 encoder reading the caption with its attention mask, and a PixArt-α DiT that
+    gets the same mask for its cross-attention (as ``PixArtAlphaPipeline`` passes it), as a ``PixArtAlphaPipeline``."""
+
+    name = "t5-dit"
+
+    def build(self, tokenizer, unet_channels=None):
+        return architecture.build_dit(), architecture.build_t5_encoder(tokenizer)
+
+    def condition(self, text_encoder, ids, mask):
+        return text_encoder(ids, attention_mask=mask).last_hidden_state  # after T5's final RMS norm
+
+    def predict(self, denoiser, noisy, t, cond, mask):
+        no_resolution = {"resolution": None, "aspect_ratio": None}  # PixArt's size conditioning is for 1024² only
+        return denoiser(
+            noisy, encoder_hidden_states=cond, encoder_attention_mask=mask, timestep=t, added_cond_kwargs=no_resolution
+        ).sample
+
+    def pipeline(self, vae, denoiser, text_encoder, tokenizer):
+        from diffusers import PixArtAlphaPipeline
+
+        pipe = PixArtAlphaPipeline(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=denoiser,
+            scheduler=architecture.inference_scheduler(),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    # the toy's 64×64 is none of PixArt's aspect-ratio bins; clean_caption needs bs4 + ftfy and the world's
+    # captions have nothing to clean
+    generate_kwargs = {"use_resolution_binning": False, "clean_caption": False}
+
+
+KINDS = {kind.name: kind for kind in (ClipUNet(), T5DiT())}
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p, 1.0 - decay)
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
 
 
-def export_pipeline(out: Path, vae, unet, text_encoder, tokenizer, dtype=torch.float16) -> Path:
-    """Write a standard StableDiffusionPipeline folder (weights in ``dtype`` safetensors)."""
-    parts = (copy.deepcopy(m).to(dtype) for m in (vae, unet, text_encoder))
-    pipe = sd_pipeline(*parts, tokenizer, architecture.inference_scheduler())
+def export_pipeline(out: Path, kind, vae, denoiser, text_encoder, tokenizer, dtype=torch.float16) -> Path:
+    """Write a standard pipeline folder of ``kind`` (weights in ``dtype`` safetensors) to ``out/pipeline``."""
+    parts = (copy.deepcopy(m).to(dtype) for m in (vae, denoiser, text_encoder))
+    pipe = kind.pipeline(*parts, tokenizer)
     target = out / "pipeline"
     pipe.save_pretrained(target, safe_serialization=True)
     return target
 
 
-def relation_check(
-    vae,
-    unet,
-    text_encoder,
-    tokenizer,
-    prompts: list[str],
-    seeds: tuple[int, ...] = (0, 1),
-    steps: int = 20,
-    guidance: float = 7.5,
-) -> dict:
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Per-timestep loss weights of min-SNR-γ (Hang et al. 2023) for ε-prediction: min(SNR, γ) / SNR, which stops
+    the nearly clean timesteps (high SNR, easy and many) from dominating the gradient; all ones without γ."""
+    if not gamma:
+        return torch.ones_like(alphas_cumprod)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20, guidance: float = 7.5) -> dict:
     """How well the model draws relations now: ``prompts`` × ``seeds`` through the pipeline (the last layer), judged
     by the annotator — both objects drawn, the arrangement right, and the arrangement right given both drawn (what
     the pilot tracks every few hundred steps: compositional skills appear late and abruptly in small diffusion
     models, so the curve, not one number, is kept)."""
     from ..annotate import judge
 
-    pipe = sd_pipeline(vae, unet, text_encoder, tokenizer, architecture.inference_scheduler())
     verdicts = []
     with torch.no_grad():
         for seed in seeds:
             generators = [torch.Generator().manual_seed(seed) for _ in prompts]
-            images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).images
+            images = pipe(
+                prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators, height=64,
+                width=64, **kind.generate_kwargs,
+            ).images  # fmt: skip
             verdicts += [
                 {**judge(image, prompt), **_placement(image, prompt)} for image, prompt in zip(images, prompts)
             ]
@@ -249,8 +292,42 @@ def _placement(image, prompt: str) -> dict:
     return {f"by_{k}": v for k, v in placement(image, prompt).items()} if len(colours) == 2 else {}
 
 
-def train_unet(
+WEIGHTS_FILE = "weights.safetensors"  # raw and EMA weights in fp16 with the step: small enough to carry anywhere
+
+
+def save_weights(path: Path, modules: dict[str, torch.nn.Module], step: int) -> None:
+    """``modules`` (name → module) as one fp16 safetensors file, keys ``name.parameter``, the step in its metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        f"{name}.{key}": value.detach().to("cpu", torch.float16).contiguous()
+        for name, module in modules.items()
+        for key, value in module.state_dict().items()
+    }
+    save_file(tensors, path, metadata={"step": str(step)})
+
+
+def load_weights(path: Path, modules: dict[str, torch.nn.Module]) -> int:
+    """Fill ``modules`` from a :func:`save_weights` file (a module the file lacks takes its EMA twin's weights: a
+    file carried with the EMA weights alone still resumes); returns the step it was saved at."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    with safe_open(path, "pt") as f:
+        step = int(f.metadata()["step"])
+    for name, module in modules.items():
+        source = name if any(k.startswith(f"{name}.") for k in tensors) else f"ema_{name}"
+        state = {k[len(source) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{source}.")}
+        if not state:
+            raise ValueError(f"{path} holds no weights for {name} (nor ema_{name})")
+        module.load_state_dict({k: v.float() for k, v in state.items()})
+    return step
+
+
+def train_denoiser(
     out: Path,
+    pool_dir: Path,
     steps: int,
     batch_size: int,
     seed: int,
@@ -259,58 +336,60 @@ def train_unet(
     export_every: int,
     bf16: bool,
     device: torch.device,
-    workers: int = 0,
-    max_seconds: float | None = None,
+    kind: str = "clip-unet",
+    deadline: float | None = None,
     unet_channels: tuple[int, ...] | None = None,
     ema_decay: float = 0.999,
     stop_at: int | None = None,
     eval_every: int = 0,
-    world_options: dict | None = None,
+    eval_prompts: int = 24,
+    snr_gamma: float | None = None,
+    warmup: int = 200,
+    uncond: float = 0.1,
 ) -> None:
-    """UNet and text encoder from scratch; the schedule spans ``steps``, the run stops at ``stop_at`` (a pilot
-    stops early on the long run's schedule, so the winner resumes into the long run with nothing wasted).
-    ``eval_every``: run :func:`relation_check` on the EMA weights that often and log it."""
+    """Denoiser and text encoder from scratch on the pool in ``pool_dir``; the schedule spans ``steps``, the run
+    stops at ``stop_at`` (a pilot stops early on the long run's schedule, so the winner resumes into the long run
+    with nothing wasted) or at ``deadline`` (a ``time.time()``), whichever comes first. ``eval_every``: run
+    :func:`relation_check` on the raw and the EMA weights that often (the EMA lags the raw weights, and hides
+    early learning)."""
     from diffusers import AutoencoderKL
 
+    from .pool import load_pool
+
+    toy = KINDS[kind]
     vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False).to(device)
     tokenizer = build_tokenizer()
+    pool = load_pool(pool_dir, tokenizer, device)
     torch.manual_seed(seed)
-    unet = architecture.build_unet(channels=unet_channels) if unet_channels else architecture.build_unet()
-    text_encoder = architecture.build_text_encoder(tokenizer)
-    unet, text_encoder = unet.to(device), text_encoder.to(device)
-    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    denoiser, text_encoder = (m.to(device) for m in toy.build(tokenizer, unet_channels))
+    ema_denoiser, ema_text = copy.deepcopy(denoiser), copy.deepcopy(text_encoder)
+    modules = {"denoiser": denoiser, "text": text_encoder, "ema_denoiser": ema_denoiser, "ema_text": ema_text}
+    params = list(denoiser.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=device.type == "cuda")
     scheduler = architecture.train_scheduler()
     ckpt = out / "checkpoint.pt"
-    start_step = 0
+    start_step, warm_from = 0, 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True, map_location=device)
-        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+        for key, module in modules.items():
             module.load_state_dict(state[key])
         opt.load_state_dict(state["opt"])
         start_step = state["step"]
         print(f"resuming from step {start_step}")
+    elif (out / WEIGHTS_FILE).exists():  # carried weights without optimizer state: warm the optimizer up again
+        start_step = warm_from = load_weights(out / WEIGHTS_FILE, modules)
+        print(f"resuming from the weights of step {start_step} (fresh optimizer state)")
     scale = vae.config.scaling_factor
     alphas = scheduler.alphas_cumprod.to(device)
+    loss_weights = min_snr_weights(alphas, snr_gamma)
     start, running = time.time(), []
 
     def save(done: int) -> None:
-        torch.save(
-            {
-                "unet": unet.state_dict(),
-                "text": text_encoder.state_dict(),
-                "ema_unet": ema_unet.state_dict(),
-                "ema_text": ema_text.state_dict(),
-                "opt": opt.state_dict(),
-                "step": done,
-            },
-            ckpt,
-        )
+        torch.save({**{k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(), "step": done}, ckpt)
 
     def export(done: int) -> None:
-        target = export_pipeline(out, vae.cpu(), ema_unet.cpu(), ema_text.cpu(), tokenizer)
-        vae.to(device), ema_unet.to(device), ema_text.to(device)
+        target = export_pipeline(out, toy, vae, ema_denoiser, ema_text, tokenizer)
+        save_weights(out / WEIGHTS_FILE, modules, done)
         log(out, stage="unet", step=done, exported=str(target))
 
     stop = min(steps, stop_at or steps)
@@ -318,49 +397,56 @@ def train_unet(
     if eval_every:
         from .report import evaluation_prompts
 
-        check_prompts = evaluation_prompts(24)["relation"]
+        check_prompts = evaluation_prompts(eval_prompts)["relation"]
 
     def check(done: int) -> None:
-        ema_unet.eval(), ema_text.eval()
-        log(out, stage="eval", step=done, **relation_check(vae, ema_unet, ema_text, tokenizer, check_prompts))
+        for weights, (den, text) in (("raw", (denoiser, text_encoder)), ("ema", (ema_denoiser, ema_text))):
+            den.eval(), text.eval()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                result = relation_check(toy.pipeline(vae, den, text, tokenizer), toy, check_prompts)
+            log(out, stage="eval", step=done, weights=weights, elapsed_s=round(time.time() - start, 1), **result)
+        denoiser.train(), text_encoder.train()
 
+    def lr_now(step: int) -> float:
+        rate = lr_at(step, lr, warmup, steps)
+        if warm_from and step - warm_from < warmup:  # resumed without optimizer state: warm up again
+            rate *= (step - warm_from + 1) / warmup
+        return rate
+
+    denoiser.train(), text_encoder.train()
     done = start_step
-    for step, images, captions in step_batches(seed, start_step, stop, batch_size, workers, **(world_options or {})):
+    for step in range(start_step, stop):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr, 200, steps)
+            group["lr"] = lr_now(step)
         gen = torch.Generator().manual_seed(seed * 7_919 + step)
-        ids = tokenizer(
-            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(device)
-        images = images.to(device, non_blocking=True)
-        with torch.no_grad():
-            mean, std = encode_in_chunks(vae, images)
-            latents = (mean + std * torch.randn(mean.shape, generator=gen).to(device)) * scale
+        latents, ids, mask = pool.draw(batch_size, gen, scale, uncond)
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # DDPM forward process (scheduler.add_noise)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            cond = text_encoder(ids).last_hidden_state
-            pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred.float(), noise)
+            cond = toy.condition(text_encoder, ids, mask)
+            pred = toy.predict(denoiser, noisy, t, cond, mask)
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (loss_weights[t] * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(ema_decay, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
+        ema_update(ema_denoiser, denoiser, decay)
         ema_update(ema_text, text_encoder, decay)
-        running.append(loss.detach())
+        running.append(per_sample.detach().mean())  # the plain ε-MSE, comparable with or without min-SNR
         done = step + 1
-        out_of_time = max_seconds is not None and time.time() - start > max_seconds
+        out_of_time = deadline is not None and time.time() > deadline
         if done % 50 == 0 or done == stop or out_of_time:
             log(
                 out,
                 stage="unet",
                 step=done,
                 loss=round(torch.stack(running).mean().item(), 5),
-                lr=round(lr_at(step, lr, 200, steps), 6),
+                lr=round(lr_now(step), 6),
+                samples=done * batch_size,
                 elapsed_s=round(time.time() - start, 1),
             )
             running = []
@@ -368,7 +454,7 @@ def train_unet(
             save(done)
         if done % export_every == 0 or done == stop or out_of_time:
             export(done)
-        if eval_every and (done % eval_every == 0 or done == stop):
+        if eval_every and (done % eval_every == 0 or done == stop or out_of_time):
             check(done)
         if out_of_time:
             log(out, stage="unet", stopped_at=done, reason="--max-minutes reached; rerun to resume")
@@ -378,19 +464,44 @@ def train_unet(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, log, pipeline)")
-    parser.add_argument("--stage", choices=("vae", "unet", "all"), default="all")
+    parser.add_argument(
+        "--stage",
+        choices=("vae", "unet", "all", "export"),
+        default="all",
+        help="unet: the denoiser stage; export: write OUT/pipeline from OUT/weights.safetensors (e.g. carried from "
+        "another machine)",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=tuple(KINDS),
+        default="clip-unet",
+        help="clip-unet: the toy (Stable Diffusion layout); t5-dit: toy-t5 (PixArt-α layout)",
+    )
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument(
         "--vae-from",
         type=Path,
         default=None,
-        help="fine-tune this VAE folder (e.g. an earlier toy model's vae/) instead of starting afresh",
+        help="fine-tune this VAE folder (e.g. an earlier toy model's vae/) instead of starting afresh; with "
+        "--vae-steps 0, copy it as it is (the shipped toys share one VAE)",
     )
     parser.add_argument("--vae-lr", type=float, default=1e-3)
-    parser.add_argument("--steps", type=int, default=4000, help="UNet + text-encoder steps (total, not added)")
+    parser.add_argument("--pool", type=Path, default=None, help="pool folder (default: OUT/pool, built if missing)")
+    parser.add_argument("--pool-scenes", type=int, default=40_000, help="scenes rendered into a new pool")
+    parser.add_argument(
+        "--pool-weights",
+        default="relation=0.6,colored=0.2,and=0.12,object=0.08,empty=0",
+        help="caption-family weights of a new pool (empty captions come from --uncond instead)",
+    )
+    parser.add_argument("--uncond", type=float, default=0.1, help="share of captions dropped to '' (for CFG)")
+    parser.add_argument("--layout", choices=("clear", "uniform", "slots"), default="slots", help="of a new pool")
+    parser.add_argument("--unpaired", action="store_true", help="a new pool says each relation scene one way only")
+    parser.add_argument("--steps", type=int, default=4000, help="denoiser steps (total, not added)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-γ loss weighting (0: plain ε-MSE)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -402,9 +513,9 @@ def main(argv: list[str] | None = None) -> None:
         "which is faster than bf16 emulation on CPUs without AMX)",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--workers", type=int, default=0, help="loader processes rendering batches")
+    parser.add_argument("--workers", type=int, default=0, help="processes rendering (VAE batches, a new pool)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly (checkpoint + export) after")
-    parser.add_argument("--unet-channels", default=None, help="UNet block widths, e.g. 64,128,192")
+    parser.add_argument("--unet-channels", default=None, help="UNet block widths, e.g. 64,128,192 (clip-unet)")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument(
         "--stop-at",
@@ -416,22 +527,11 @@ def main(argv: list[str] | None = None) -> None:
         "--eval-every",
         type=int,
         default=0,
-        help="judge relation prompts with the EMA weights every N steps (logged as stage 'eval')",
+        help="judge relation prompts with the raw and the EMA weights every N steps (logged as stage 'eval')",
     )
-    parser.add_argument(
-        "--layout",
-        choices=("clear", "uniform", "slots"),
-        default="clear",
-        help="how relation scenes are placed (world.LAYOUTS)",
-    )
-    parser.add_argument("--paired", action="store_true", help="every relation scene twice in its batch, said both ways")
-    parser.add_argument(
-        "--curriculum",
-        default=None,
-        metavar="PAIRS_AT,RELATIONS_AT",
-        help="single objects until PAIRS_AT, then pairs, relations ramped in up to RELATIONS_AT",
-    )
+    parser.add_argument("--eval-prompts", type=int, default=24, help="relation prompts per check (44 at most)")
     args = parser.parse_args(argv)
+    started = time.time()  # --max-minutes counts from here: loading and building a pool are part of the budget
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     channels = tuple(int(c) for c in args.unet_channels.split(",")) if args.unet_channels else None
     if args.threads:
@@ -443,12 +543,25 @@ def main(argv: list[str] | None = None) -> None:
         args={k: str(v) for k, v in vars(args).items()},
         torch=torch.__version__,
         threads=torch.get_num_threads(),
+        device=str(device),
     )
     if args.stage in ("vae", "all"):
-        train_vae(args.out, args.vae_steps, args.vae_batch, args.seed, device, args.workers, args.vae_from, args.vae_lr)
+        if args.vae_from is not None and args.vae_steps == 0:
+            copy_vae(args.vae_from, args.out / "vae")
+        else:
+            train_vae(
+                args.out, args.vae_steps, args.vae_batch, args.seed, device, args.workers, args.vae_from, args.vae_lr
+            )
+    if args.stage == "export":
+        export_weights(args.out, args.kind, args.unet_channels and channels)
+        return
     if args.stage in ("unet", "all"):
-        train_unet(
+        pool_dir = args.pool or args.out / "pool"
+        if not (pool_dir / "captions.json").exists():
+            ensure_pool(args, pool_dir, device)
+        train_denoiser(
             args.out,
+            pool_dir,
             args.steps,
             args.batch,
             args.seed,
@@ -457,18 +570,61 @@ def main(argv: list[str] | None = None) -> None:
             args.export_every,
             bf16=device.type == "cuda" and not args.no_bf16,
             device=device,
-            workers=args.workers,
-            max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+            kind=args.kind,
+            deadline=None if args.max_minutes is None else started + 60 * args.max_minutes,
             unet_channels=channels,
             ema_decay=args.ema_decay,
             stop_at=args.stop_at,
             eval_every=args.eval_every,
-            world_options={
-                "layout": args.layout,
-                "paired": args.paired,
-                "curriculum": Curriculum(*map(int, args.curriculum.split(","))) if args.curriculum else None,
-            },
+            eval_prompts=args.eval_prompts,
+            snr_gamma=args.snr_gamma or None,
+            warmup=args.warmup,
+            uncond=args.uncond,
         )
+
+
+def export_weights(out: Path, kind: str, unet_channels: tuple[int, ...] | None = None) -> Path:
+    """``out/pipeline`` (EMA weights) from ``out/weights.safetensors``: a run carried as weights alone."""
+    from diffusers import AutoencoderKL
+
+    toy = KINDS[kind]
+    tokenizer = build_tokenizer()
+    denoiser, text_encoder = toy.build(tokenizer, unet_channels)
+    ema_denoiser, ema_text = copy.deepcopy(denoiser), copy.deepcopy(text_encoder)
+    modules = {"denoiser": denoiser, "text": text_encoder, "ema_denoiser": ema_denoiser, "ema_text": ema_text}
+    step = load_weights(out / WEIGHTS_FILE, modules)
+    target = export_pipeline(out, toy, AutoencoderKL.from_pretrained(out / "vae"), ema_denoiser, ema_text, tokenizer)
+    log(out, stage="export", step=step, exported=str(target))
+    return target
+
+
+def copy_vae(source: Path, target: Path) -> None:
+    """Use a trained VAE as it is (the two shipped toys share one, so their latents are the same)."""
+    import shutil
+
+    if not (target / "config.json").exists():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def ensure_pool(args, pool_dir: Path, device: torch.device) -> None:
+    from diffusers import AutoencoderKL
+
+    from .pool import build_pool, parse_weights
+
+    vae = AutoencoderKL.from_pretrained(args.out / "vae")
+    start = time.time()
+    build_pool(
+        pool_dir,
+        vae,
+        args.pool_scenes,
+        args.seed,
+        args.layout,
+        not args.unpaired,
+        parse_weights(args.pool_weights),
+        max(1, args.workers),
+        device,
+    )
+    log(args.out, stage="pool", folder=str(pool_dir), scenes=args.pool_scenes, elapsed_s=round(time.time() - start, 1))
 
 
 if __name__ == "__main__":
