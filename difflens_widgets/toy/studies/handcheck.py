@@ -5,6 +5,7 @@ toy model *generates* — soft, faded, sometimes noise. So a fixed set of genera
 caption families and the no-final-norm ablation, was looked at one by one and what each shows was written down:
 
     python -m difflens_widgets.toy.handcheck generate --model runs/toy2/pipeline   # the images, into handchecked/
+    python -m difflens_widgets.toy.handcheck generate --model toy-t5 --count 120 --out .../handchecked_t5
     python -m difflens_widgets.toy.handcheck sheets          # contact sheets to look at (then write labels.jsonl)
     python -m difflens_widgets.toy.handcheck agreement       # the annotator against the labels
 
@@ -59,14 +60,17 @@ def plan(seed: int = 0) -> list[dict]:
     return items
 
 
-def generate(model: str, out: Path, seed: int = 0, steps: int = 20, guidance: float = 7.5) -> list[dict]:
-    """Generate the planned images into ``out/images`` and write ``out/items.jsonl`` (the labels come later)."""
+def generate(
+    model: str, out: Path, seed: int = 0, steps: int = 20, guidance: float = 7.5, count: int | None = None
+) -> list[dict]:
+    """Generate the planned images (the first ``count``: the plan cycles through the families, so any prefix covers
+    them all) into ``out/images`` and write ``out/items.jsonl`` (the labels come later)."""
     from ...core.engine import Lens
     from ...core.models import load_pipeline
 
     lens = Lens(load_pipeline(model), cache_size=1)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    items = plan(seed)
+    items = plan(seed)[:count]
     for index, item in enumerate(items):
         item["image"] = f"{index:03d}.png"
         item["layer"] = min(item["layer"], lens.num_layers)
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     g = sub.add_parser("generate", help="generate the planned images")
     g.add_argument("--model", default="toy")
     g.add_argument("--out", type=Path, default=DEFAULT_FOLDER)
+    g.add_argument("--count", type=int, default=None, help="the first N planned images (default: all 240)")
     s = sub.add_parser("sheets", help="contact sheets to label by eye")
     s.add_argument("folder", type=Path, nargs="?", default=DEFAULT_FOLDER)
     s.add_argument("--out", type=Path, default=None, help="where the sheets go (default: FOLDER/sheets)")
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("folder", type=Path, nargs="?", default=DEFAULT_FOLDER)
     args = parser.parse_args(argv)
     if args.command == "generate":
-        print(f"wrote {len(generate(args.model, args.out))} images to {args.out / 'images'}")
+        print(f"wrote {len(generate(args.model, args.out, count=args.count))} images to {args.out / 'images'}")
     elif args.command == "sheets":
         for path in sheets(args.folder, args.out, with_annotator=args.with_annotator):
             print(path)

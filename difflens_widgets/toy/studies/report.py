@@ -28,7 +28,7 @@ import random
 import time
 from pathlib import Path
 
-from .. import REPORT_DIR
+from .. import REPORT_DIR, REPORT_T5_DIR
 from ..annotate import QUESTIONS
 from ..world import COLOR_TIERS, CORE_COLORS, INVERSE_RELATION, RELATIONS, SHAPES, held_out_pairs, noun_phrase, pair_key
 
@@ -393,8 +393,9 @@ def run_report(
         )
         rows[name] = in_every_family(judged(sweeps.load_rows(out / name), out / name), job_prompts)
     table = {
-        "command": "python -m difflens_widgets.toy.report " + f"--seeds {seeds} --per-family {per_family} "
-        f"--ablation-per-family {ablation_per_family} --out {out}",
+        "command": "python -m difflens_widgets.toy.studies.report "
+        + ("" if str(model) == "toy" else f"--model {model} ")
+        + f"--seeds {seeds} --per-family {per_family} --ablation-per-family {ablation_per_family} --out {out}",
         "model": str(model),
         "seeds": seed_list,
         "steps": steps,
@@ -496,9 +497,13 @@ def findings_text(table: dict) -> str:
     return "\n".join(lines)
 
 
-def shipped() -> dict:
-    """The report shipped with the package (what MODEL_CARD.md states), as :func:`run_report` returned it."""
-    return json.loads((REPORT_DIR / "emergence.json").read_text())
+def shipped(model: str = "toy") -> dict:
+    """The report shipped with the package for an embedded model ("toy": what MODEL_CARD.md states; "toy-t5":
+    MODEL_CARD_T5.md), as :func:`run_report` returned it."""
+    folders = {"toy": REPORT_DIR, "toy-t5": REPORT_T5_DIR}
+    if model not in folders:
+        raise ValueError(f"no report ships for {model!r}; the embedded models are {', '.join(folders)}")
+    return json.loads((folders[model] / "emergence.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -446,7 +446,7 @@ def train_denoiser(
                 step=done,
                 loss=round(torch.stack(running).mean().item(), 5),
                 lr=round(lr_now(step), 6),
-                samples=done * batch_size,
+                run_samples=(done - start_step) * batch_size,  # since this run (re)started: batches may differ
                 elapsed_s=round(time.time() - start, 1),
             )
             running = []
