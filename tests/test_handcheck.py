@@ -5,6 +5,7 @@ import json
 import pytest
 from PIL import Image
 
+from difflens_widgets.toy import HANDCHECKED_T5_DIR
 from difflens_widgets.toy.studies import handcheck
 
 FOLDER = handcheck.DEFAULT_FOLDER
@@ -70,3 +71,17 @@ def test_contact_sheets_number_every_image(tmp_path):
         handcheck.SHEET_COLUMNS * (64 * handcheck.SHEET_SCALE + 16),
         handcheck.SHEET_ROWS * (64 * handcheck.SHEET_SCALE + 58),
     )
+
+
+def test_the_t5_toys_set_and_the_annotators_agreement_on_it():
+    """toy-t5's own hand-checked set (120 images, every layer, a fifth without the final norm): the annotator was
+    built on the CLIP toy's images and must hold on the DiT's as the T5 model card says."""
+    folder = HANDCHECKED_T5_DIR
+    records = handcheck.load_labels(folder)
+    assert len(records) >= 100 and {r["layer"] for r in records} == set(range(9))
+    report = handcheck.agreement(folder, records)
+    for question, share in report["agreement"].items():
+        assert share >= 0.9, (question, share, report["disagreements"])
+    assert report["judged"]["relation"] >= 20 and report["agreement"]["relation"] == 1.0
+    # without the final norm this model paints full-frame noise, in which the annotator finds a shape 7 times in 24
+    assert report["noise_images"] >= 20 and report["noise_false_positive"] <= 0.3

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import difflens_widgets as dl
-from difflens_widgets.core.models import TOY_MODEL_DIR
+from difflens_widgets.core.models import EMBEDDED_MODELS, embedded_name, is_toy
 from difflens_widgets.toy.annotate import judge
 from difflens_widgets.toy.studies.report import FAMILIES, TIER_FAMILIES, evaluation_prompts, run_report, summary
 from difflens_widgets.toy.studies.report import balance as report_balance
@@ -18,11 +18,45 @@ def toy():
     return dl.load_pipeline("toy", device="cpu")
 
 
-def test_toy_is_a_small_safetensors_pipeline():
-    weights = list(TOY_MODEL_DIR.rglob("*.safetensors"))
-    assert {w.parent.name for w in weights} == {"unet", "vae", "text_encoder"}
-    assert not list(TOY_MODEL_DIR.rglob("*.bin"))
-    assert sum(f.stat().st_size for f in TOY_MODEL_DIR.rglob("*") if f.is_file()) < 30e6
+@pytest.fixture(scope="module")
+def toy_t5():
+    return dl.load_pipeline("toy-t5", device="cpu")
+
+
+@pytest.mark.parametrize("name, denoiser", [("toy", "unet"), ("toy-t5", "transformer")])
+def test_embedded_models_are_small_safetensors_pipelines(name, denoiser):
+    folder = EMBEDDED_MODELS[name]
+    weights = list(folder.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} == {denoiser, "vae", "text_encoder"}
+    assert not list(folder.rglob("*.bin"))
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 30e6
+
+
+def test_toy_t5_is_a_pixart_pipeline_with_a_bidirectional_t5(toy_t5):
+    assert type(toy_t5).__name__ == "PixArtAlphaPipeline" and toy_t5.transformer.dtype == torch.float32
+    assert type(toy_t5.text_encoder).__name__ == "T5EncoderModel" and toy_t5.text_encoder.config.num_layers == 8
+    assert is_toy(toy_t5) and embedded_name(toy_t5) == "toy-t5"
+
+
+def test_lens_over_toy_t5_ends_at_the_pipelines_own_image(toy_t5):
+    prompt = "a red circle left of a blue square"
+    res = dl.Lens(toy_t5).run(prompt, seeds=[0], num_inference_steps=8, guidance_scale=4.5)
+    assert res.layers == list(range(9))
+    own = toy_t5(prompt, num_inference_steps=8, guidance_scale=4.5, height=64, width=64,
+                 use_resolution_binning=False, generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
+    assert np.abs(np.asarray(own, dtype=int) - np.asarray(res.image(8), dtype=int)).max() <= 2
+
+
+def test_the_t5_toy_binds_objects_layers_after_the_clip_toy(toy, toy_t5):
+    """What the second model is for: in the CLIP toy both objects of a pair are drawn from layer 1 on, in the T5 toy
+    layer 1 is still a bag of concepts (one shape twice, one colour) and the pair is bound a few layers later."""
+    prompt = "a green triangle above a yellow star"
+    drawn = {}
+    for name, pipe in (("toy", toy), ("toy-t5", toy_t5)):
+        res = dl.Lens(pipe).run(prompt, layers=[1, 8], seeds=[0, 1, 2, 3], num_inference_steps=20, guidance_scale=7.5)
+        drawn[name] = {l: sum(judge(res.image(l, s), prompt)["both"] for s in res.seeds) for l in (1, 8)}
+    assert drawn["toy"][1] >= 3 and drawn["toy"][8] >= 3, drawn
+    assert drawn["toy-t5"][1] == 0 and drawn["toy-t5"][8] >= 3, drawn
 
 
 def test_toy_loads_and_generates(toy):
@@ -165,3 +199,20 @@ def test_findings_say_when_a_concept_is_not_learned():
     assert relation["relations_learned"] and relation["holds"] is True  # binding at L1, the arrangement at L3
     text = findings_text({"findings": findings(curves, {})})
     assert "- binding before relations (relation): holds clearly — both L1 [1–1], relation L3 [2–3]" in text
+
+
+def test_each_embedded_model_ships_its_report():
+    from difflens_widgets.toy.studies.report import shipped
+
+    assert shipped()["model"] == "toy" and shipped("toy-t5")["model"] == "toy-t5"
+    assert "--model toy-t5" in shipped("toy-t5")["command"]
+    with pytest.raises(ValueError, match="no report ships for 'sd15'; the embedded models are toy, toy-t5"):
+        shipped("sd15")
+
+
+def test_a_missing_embedded_model_says_how_to_train_it(tmp_path, monkeypatch):
+    from difflens_widgets.core import models
+
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "toy-t5", tmp_path / "model_t5")
+    with pytest.raises(FileNotFoundError, match="'toy-t5' is missing.*--kind t5-dit"):
+        dl.load_pipeline("toy-t5", device="cpu")
