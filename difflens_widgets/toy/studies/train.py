@@ -79,14 +79,6 @@ def step_batches(
     )
 
 
-def encode_in_chunks(vae, images: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE posterior's mean and std, encoded ``chunk`` images at a time: on a CPU a whole batch's full-resolution
-    activations fall out of cache, and 8 images at a time encode a batch of 64 in half the time (each image's
-    posterior is its own, so the result does not depend on the chunking)."""
-    parts = [vae.encode(part).latent_dist for part in images.split(chunk)]
-    return torch.cat([p.mean for p in parts]), torch.cat([p.std for p in parts])
-
-
 def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
