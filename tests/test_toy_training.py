@@ -177,9 +177,14 @@ def test_campaign_packs_the_best_run_of_each_kind_in_pieces(tmp_path, monkeypatc
     assert joined == (tmp_path / "b" / "b.weights.safetensors").read_bytes()
 
 
-def test_campaign_refuses_a_malformed_run():
+def test_campaign_refuses_a_malformed_run(capsys):
     with pytest.raises(ValueError, match="NAME:KIND:LR:BATCH"):
         campaign.RunSpec.parse("t5:t5-dit:fast")
+    with pytest.raises(ValueError, match="unknown kind 'vit'; kinds: clip-unet, t5-dit"):
+        campaign.RunSpec.parse("t5:vit:1e-3:8")
+    with pytest.raises(SystemExit):
+        campaign.main(["--out", "x", "--minutes", "1", "--run", "t5:vit:1e-3:8"])
+    assert "unknown kind 'vit'" in capsys.readouterr().err  # argparse keeps the message
 
 
 def test_loader_workers_render_the_same_batches_in_order():

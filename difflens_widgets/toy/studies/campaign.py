@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import MODEL_DIR
-from .train import WEIGHTS_FILE
+from .train import KINDS, WEIGHTS_FILE
 
 PART_BYTES = 15 * 2**20  # under a 16 MiB per-file limit
 
@@ -45,9 +45,20 @@ class RunSpec:
     def parse(cls, text: str) -> RunSpec:
         try:
             name, kind, lr, batch = text.split(":")
-            return cls(name, kind, float(lr), int(batch))
+            spec = cls(name, kind, float(lr), int(batch))
         except ValueError:
             raise ValueError(f"--run takes NAME:KIND:LR:BATCH (e.g. t5:t5-dit:1e-3:512), got {text!r}") from None
+        if spec.kind not in KINDS:
+            raise ValueError(f"--run {text!r}: unknown kind {spec.kind!r}; kinds: {', '.join(KINDS)}")
+        return spec
+
+
+def run_spec(text: str) -> RunSpec:
+    """:meth:`RunSpec.parse` for argparse, which would otherwise replace the message with its own."""
+    try:
+        return RunSpec.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def last_eval(run_dir: Path, weights: str = "ema") -> dict | None:
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="where the pool and the runs go")
     parser.add_argument("--pack", type=Path, default=None, help="folder to pack the results into")
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock budget of the whole campaign")
-    parser.add_argument("--run", action="append", required=True, type=RunSpec.parse, help="NAME:KIND:LR:BATCH")
+    parser.add_argument("--run", action="append", required=True, type=run_spec, help="NAME:KIND:LR:BATCH")
     parser.add_argument("--scenes", type=int, default=400_000)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--device", default=None)
