@@ -272,6 +272,8 @@ def tiny_pixart(seed: int = 0):
     """PixArtAlphaPipeline: T5 (3 blocks) with attention mask, 32×32 images."""
     from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 
+    from .toy.architecture import PIXART_ALPHA_BLOCK
+
     torch.manual_seed(seed)
     t5_tok = tiny_t5_tokenizer()
     transformer = PixArtTransformer2DModel(
@@ -284,12 +286,7 @@ def tiny_pixart(seed: int = 0):
         in_channels=4,
         cross_attention_dim=24,
         out_channels=8,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
+        **PIXART_ALPHA_BLOCK,
     ).eval()
     pipe = PixArtAlphaPipeline(
         tokenizer=t5_tok,

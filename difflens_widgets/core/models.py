@@ -19,6 +19,7 @@ EMBEDDED_MODELS = {
     "toy": _PACKAGE / "toy" / "model",  # StableDiffusionPipeline: causal CLIP + latent UNet
     "toy-t5": _PACKAGE / "toy" / "model_t5",  # PixArtAlphaPipeline: bidirectional T5 + DiT, the same VAE
 }
+_TRAINING_KIND = {"toy": "clip-unet", "toy-t5": "t5-dit"}  # the trainer's --kind that makes each of them
 TOY_MODEL_DIR = EMBEDDED_MODELS["toy"]
 DTYPES = {
     "float32": torch.float32,
@@ -238,10 +239,10 @@ def _resolve(model: str, download: bool) -> tuple[str, dict]:
     if model in EMBEDDED_MODELS:
         folder = EMBEDDED_MODELS[model]
         if not (folder / "model_index.json").exists():
-            kind = "t5-dit" if model == "toy-t5" else "clip-unet"
             raise FileNotFoundError(
                 f"the embedded model {model!r} is missing from this installation ({folder}); reinstall "
-                f"difflens-widgets, or train it: python -m difflens_widgets.toy.studies.train --kind {kind} --out DIR"
+                "difflens-widgets, or train it: python -m difflens_widgets.toy.studies.train "
+                f"--kind {_TRAINING_KIND[model]} --out DIR"
             )
         return str(folder), {}
     path = Path(model).expanduser()

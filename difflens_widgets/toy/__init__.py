@@ -7,7 +7,6 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 MODEL_DIR = HERE / "model"  # a standard diffusers StableDiffusionPipeline folder: dl.load_pipeline("toy")
-MODEL_T5_DIR = HERE / "model_t5"  # a standard diffusers PixArtAlphaPipeline folder: dl.load_pipeline("toy-t5")
 REPORT_DIR = HERE / "report"  # what the model card states, as toy.studies.report wrote it
 REPORT_T5_DIR = HERE / "report_t5"  # the same for toy-t5 (MODEL_CARD_T5.md)
 HANDCHECKED_DIR = HERE / "handchecked"  # generated images labelled by eye (the CLIP toy's)

@@ -91,6 +91,15 @@ T5_MAX_DISTANCE = 32
 DIT_LAYERS = 8
 DIT_HEADS = 6
 DIT_HEAD_WIDTH = 32
+# PixArt-α's block: adaLN-single timestep conditioning (no per-block norm affine), biased attention, tanh-GELU FFN
+PIXART_ALPHA_BLOCK = dict(
+    attention_bias=True,
+    activation_fn="gelu-approximate",
+    num_embeds_ada_norm=1000,
+    norm_type="ada_norm_single",
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
 
 
 def build_t5_encoder(tokenizer: CLIPTokenizer) -> T5EncoderModel:
@@ -134,12 +143,7 @@ def build_dit(
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         cross_attention_dim=heads * head_width,
-        attention_bias=True,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
+        **PIXART_ALPHA_BLOCK,
     )
 
 

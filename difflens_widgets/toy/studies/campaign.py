@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import MODEL_DIR
+from .pool import TRAINING_WEIGHTS
 from .train import KINDS, WEIGHTS_FILE
 
 PART_BYTES = 15 * 2**20  # under a 16 MiB per-file limit
@@ -112,9 +113,10 @@ def pack(root: Path, specs: list[RunSpec], into: Path, budget_bytes: int = 60 * 
         for path in sorted(root.glob("*/*.jsonl")) + sorted(root.glob("*/*.txt")) + sorted(root.glob("pool/pool.json")):
             tar.add(path, arcname=str(path.relative_to(root)))
     packed, left = [logs], budget_bytes - logs.stat().st_size
+    scores = {spec.name: score(last_eval(root / spec.name)) for spec in specs}  # each log read once
     best: dict[str, RunSpec] = {}
     for spec in specs:
-        if spec.kind not in best or score(last_eval(root / spec.name)) > score(last_eval(root / best[spec.kind].name)):
+        if spec.kind not in best or scores[spec.name] > scores[best[spec.kind].name]:
             best[spec.kind] = spec
     for spec in best.values():
         weights = root / spec.name / WEIGHTS_FILE
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(
             [sys.executable, "-m", "difflens_widgets.toy.studies.pool", "--out", str(pool), "--scenes",
              str(args.scenes), "--workers", str(args.workers), "--weights",
-             "relation=0.6,colored=0.2,and=0.12,object=0.08,empty=0", *device],
+             TRAINING_WEIGHTS, *device],
             check=True,
         )  # fmt: skip
     minutes = (deadline - time.time()) / 60 - args.reserve_minutes

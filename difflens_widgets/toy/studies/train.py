@@ -36,6 +36,7 @@ from ...core.models import sd_pipeline
 from .. import architecture
 from ..tokenizer import build_tokenizer
 from ..world import World
+from .pool import TRAINING_WEIGHTS
 
 
 def images_to_tensor(images) -> torch.Tensor:
@@ -256,8 +257,8 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
         for seed in seeds:
             generators = [torch.Generator().manual_seed(seed) for _ in prompts]
             images = pipe(
-                prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators, height=64,
-                width=64, **kind.generate_kwargs,
+                prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                height=architecture.IMAGE_SIZE, width=architecture.IMAGE_SIZE, **kind.generate_kwargs,
             ).images  # fmt: skip
             verdicts += [
                 {**judge(image, prompt), **_placement(image, prompt)} for image, prompt in zip(images, prompts)
@@ -317,6 +318,13 @@ def load_weights(path: Path, modules: dict[str, torch.nn.Module]) -> int:
     return step
 
 
+def build_modules(toy, tokenizer, unet_channels=None, device: torch.device | None = None) -> dict:
+    """A fresh denoiser and text encoder of kind ``toy`` and their EMA twins, by the names weights files use."""
+    denoiser, text_encoder = (m.to(device or "cpu") for m in toy.build(tokenizer, unet_channels))
+    ema_denoiser, ema_text = copy.deepcopy(denoiser), copy.deepcopy(text_encoder)
+    return {"denoiser": denoiser, "text": text_encoder, "ema_denoiser": ema_denoiser, "ema_text": ema_text}
+
+
 def train_denoiser(
     out: Path,
     pool_dir: Path,
@@ -353,9 +361,8 @@ def train_denoiser(
     tokenizer = build_tokenizer()
     pool = load_pool(pool_dir, tokenizer, device)
     torch.manual_seed(seed)
-    denoiser, text_encoder = (m.to(device) for m in toy.build(tokenizer, unet_channels))
-    ema_denoiser, ema_text = copy.deepcopy(denoiser), copy.deepcopy(text_encoder)
-    modules = {"denoiser": denoiser, "text": text_encoder, "ema_denoiser": ema_denoiser, "ema_text": ema_text}
+    modules = build_modules(toy, tokenizer, unet_channels, device)
+    denoiser, text_encoder, ema_denoiser, ema_text = modules.values()
     params = list(denoiser.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=device.type == "cuda")
     scheduler = architecture.train_scheduler()
@@ -483,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool-scenes", type=int, default=40_000, help="scenes rendered into a new pool")
     parser.add_argument(
         "--pool-weights",
-        default="relation=0.6,colored=0.2,and=0.12,object=0.08,empty=0",
+        default=TRAINING_WEIGHTS,
         help="caption-family weights of a new pool (empty captions come from --uncond instead)",
     )
     parser.add_argument("--uncond", type=float, default=0.1, help="share of captions dropped to '' (for CFG)")
@@ -545,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.out, args.vae_steps, args.vae_batch, args.seed, device, args.workers, args.vae_from, args.vae_lr
             )
     if args.stage == "export":
-        export_weights(args.out, args.kind, args.unet_channels and channels)
+        export_weights(args.out, args.kind, channels)
         return
     if args.stage in ("unet", "all"):
         pool_dir = args.pool or args.out / "pool"
@@ -581,11 +588,10 @@ def export_weights(out: Path, kind: str, unet_channels: tuple[int, ...] | None =
 
     toy = KINDS[kind]
     tokenizer = build_tokenizer()
-    denoiser, text_encoder = toy.build(tokenizer, unet_channels)
-    ema_denoiser, ema_text = copy.deepcopy(denoiser), copy.deepcopy(text_encoder)
-    modules = {"denoiser": denoiser, "text": text_encoder, "ema_denoiser": ema_denoiser, "ema_text": ema_text}
+    modules = build_modules(toy, tokenizer, unet_channels)
     step = load_weights(out / WEIGHTS_FILE, modules)
-    target = export_pipeline(out, toy, AutoencoderKL.from_pretrained(out / "vae"), ema_denoiser, ema_text, tokenizer)
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    target = export_pipeline(out, toy, vae, modules["ema_denoiser"], modules["ema_text"], tokenizer)
     log(out, stage="export", step=step, exported=str(target))
     return target
 
