@@ -2,7 +2,9 @@
 on resume and named by the report and the view — never a traceback, never another prompt's data."""
 
 import json
+import os
 import shutil
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -157,3 +159,111 @@ def test_prompt_files_are_read_as_people_write_them(tmp_path):
     family.write_text('{"prompt": "a red circle", "family": {"name": "x"}}\n')
     with pytest.raises(ValueError, match="row 1: 'family' must be a name"):
         read_prompts(family)
+
+
+# ---- links: a sweep folder no link can break --------------------------------------------------------------------
+_READS: list | None = None  # while a test watches: the real path of every file this process opens
+
+
+def _watch_opens(event, args):
+    if _READS is not None and event == "open" and isinstance(args[0], (str, bytes)):
+        path = os.fsdecode(args[0])
+        _READS.append(os.path.realpath(path) if os.path.isabs(path) or os.path.exists(path) else path)
+
+
+sys.addaudithook(_watch_opens)  # (an audit hook cannot be removed: it records only while _READS is a list)
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every file opened while the test runs, as the file it really is: Python's opens through the audit hook,
+    ``os.open`` (also relative to a folder's descriptor) through what /proc says the descriptor is, and the row
+    files Arrow opens by path (which no Python hook sees)."""
+    global _READS
+    _READS = []
+    real_open, real_table = os.open, pq.read_table
+
+    def os_open(path, flags, mode=0o777, *, dir_fd=None):
+        fd = real_open(path, flags, mode, dir_fd=dir_fd)
+        _READS.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return fd
+
+    def read_table(source, *args, **kwargs):
+        if isinstance(source, (str, os.PathLike)):
+            _READS.append(os.path.realpath(source))
+        return real_table(source, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(pq, "read_table", read_table)
+    yield _READS
+    _READS = None
+
+
+def read_outside(reads, outside):
+    return [path for path in reads if str(path).startswith(str(outside))]
+
+
+def test_a_looping_image_link_is_a_named_problem_then_run_again(sweep, capsys):
+    image = sweep / store.image_path(1, 8, 0)
+    image.unlink()
+    os.symlink(image.name, image)  # a link to itself: resolving it loops
+    rows, problems = store.load(sweep)
+    assert [p.prompt_id for p in problems] == [1] and "is a link" in problems[0].what
+    assert main(["report", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "prompt 1 (rows/00001.parquet)" in out and "Traceback" not in out
+    view = dl.SweepView(sweep)
+    assert [e["id"] for e in view.sweep_entries] == [0, 2] and "prompt 1" in view.message
+    report, _ = rerun(sweep)
+    assert report.processed == 1 and not image.is_symlink() and image.read_bytes().startswith(store.PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("linked", ["row file", "rows folder", "images folder"])
+def test_links_out_of_the_folder_are_never_read_nor_written_through(sweep, tmp_path, reads, linked):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    if linked == "row file":  # a whole, valid row file of that very prompt, only not inside the folder
+        target = outside / "00001.parquet"
+        shutil.move(store.row_file(sweep, 1), target)
+        os.symlink(target, store.row_file(sweep, 1))
+    else:
+        moved = sweep / ("rows" if linked == "rows folder" else "images/00001")
+        target = outside / moved.name
+        shutil.move(moved, target)
+        os.symlink(target, moved)
+    before = sorted((p.relative_to(outside), p.read_bytes()) for p in outside.rglob("*") if p.is_file())
+    reads.clear()  # (the test's own look at what is outside)
+    if linked == "rows folder":
+        with pytest.raises(FileNotFoundError, match=r"3 damaged: prompt 0 .*rows is a link"):
+            store.load(sweep)
+    else:
+        rows, problems = store.load(sweep)
+        assert [p.prompt_id for p in problems] == [1] and "is a link" in problems[0].what
+        assert 1 not in set(rows["prompt_id"])
+    expected = [0, 1, 2] if linked == "rows folder" else [1]
+    report, _ = rerun(sweep)
+    assert report.processed == len(expected)
+    assert read_outside(reads, outside) == []  # neither read ...
+    after = sorted((p.relative_to(outside), p.read_bytes()) for p in outside.rglob("*") if p.is_file())
+    assert after == before  # ... nor written, renamed or removed
+
+
+def test_a_fifo_named_like_an_image_cannot_hang_a_reader(sweep):
+    image = sweep / store.image_path(2, 0, 0)
+    image.unlink()
+    os.mkfifo(image)
+    rows, problems = store.load(sweep)  # a blocking open would wait here for a writer forever
+    assert [p.prompt_id for p in problems] == [2] and "not a regular file" in problems[0].what
+    rerun(sweep)
+
+
+def test_a_linked_manifest_is_refused_unread_and_replaced_by_a_resumed_sweep(sweep, tmp_path, reads, capsys):
+    outside = tmp_path / "elsewhere.json"
+    shutil.move(sweep / "manifest.json", outside)
+    os.symlink(outside, sweep / "manifest.json")
+    assert main(["report", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json is a link" in err and len(err.strip().splitlines()) == 1
+    report, _ = rerun(sweep)
+    assert report.processed == 0 and not (sweep / "manifest.json").is_symlink()
+    assert read_outside(reads, outside) == []

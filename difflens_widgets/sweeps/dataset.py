@@ -194,6 +194,8 @@ def prepare(out: str | Path, prompts: list[dict], spec: SweepSpec) -> Path:
         "spec": spec.as_json(),
         "prompts": [{k: v for k, v in p.items()} for p in prompts],
     }
+    if manifest_path.is_symlink():  # never followed: set aside, and the manifest written anew below
+        store.set_aside(out, store.Problem(-1, "manifest.json", "a link"))
     if manifest_path.exists():
         existing = store.read_manifest(out)
         for key in ("spec", "prompts"):
@@ -204,8 +206,9 @@ def prepare(out: str | Path, prompts: list[dict], spec: SweepSpec) -> Path:
                     "rerun with the same prompts and options to resume it, or choose another --out"
                 )
         return out
-    (out / "rows").mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    store.real_dir(out, "rows")
+    store.real_dir(out, "images")
     manifest = dict(wanted, versions=_versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     store.write_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
     return out
@@ -278,7 +281,7 @@ class PromptWorker:
 
         started = time.perf_counter()
         result = self.lens.execute(self.run.for_prompt(prompt["prompt"]))
-        (self.out / "images" / f"{prompt['id']:05d}").mkdir(parents=True, exist_ok=True)
+        store.real_dir(self.out, f"images/{prompt['id']:05d}")  # a link in its place is moved aside first
         options_text = json.dumps(
             {
                 k: v
@@ -311,6 +314,7 @@ class PromptWorker:
             records.append(record)
         buffer = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(records), buffer)
+        store.real_dir(self.out, "rows")
         store.write_atomic(store.row_file(self.out, prompt["id"]), buffer.getvalue().to_pybytes())  # the commit
         seconds = time.perf_counter() - started
         self.seconds += seconds

@@ -137,10 +137,10 @@ def write_report(out: str | Path) -> str:
     manifest = load_manifest(out)
     rows, problems = store.load(out)
     table = curves(rows)
-    folder = out / "report"
-    folder.mkdir(exist_ok=True)
-    (folder / "curves.json").write_text(
-        json.dumps(_clean({"spec": manifest["spec"], "rows": len(rows), "curves": table}), indent=1)
+    folder = store.real_dir(out, "report")  # a link named report/ is moved aside: the report stays inside
+    store.write_atomic(  # atomic writes replace a link planted in the folder, never write through it
+        folder / "curves.json",
+        json.dumps(_clean({"spec": manifest["spec"], "rows": len(rows), "curves": table}), indent=1).encode(),
     )
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures(table).values())]
     text = summary(table)
@@ -168,7 +168,7 @@ def write_report(out: str | Path) -> str:
         + "</pre><p>Made with difflens-widgets (Diffusion Lens, Toker et al., "
         "ACL 2024).</p></body></html>"
     )
-    (folder / "report.html").write_text(page, encoding="utf-8")
+    store.write_atomic(folder / "report.html", page.encode("utf-8"))
     return text
 
 

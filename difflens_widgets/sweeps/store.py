@@ -9,18 +9,26 @@ whose SHA-256 is the one recorded when it was written. Anything else — a corru
 from another prompt, a deleted or replaced image, a path that points outside the folder — is a *problem*: a rerun
 sets the row file aside and runs that prompt again, and the report and the SweepView name it (which prompt, which
 file) instead of failing or showing another prompt's data.
+
+Every file is read by :func:`read_inside`: a regular file below the folder, reached one directory at a time without
+following a link (a link that loops, or leads out, is refused unread, never resolved), opened without blocking (a
+FIFO named like an image cannot hang a reader). The writer never makes links, so a link is always damage. Folders
+the writer writes into are made by :func:`real_dir`, which moves a link found in their place aside first.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HAS_DIR_FD = os.open in os.supports_dir_fd  # every POSIX system; not Windows
 ROW_COLUMNS = ("prompt_id", "prompt", "layer", "seed", "image", "image_sha256", "spec_sha256")
 
 
@@ -40,14 +48,105 @@ class Problem:
         return f"prompt {self.prompt_id} ({self.file}): {self.what}"
 
 
+class OutsideFile(ValueError):
+    """A name in a sweep folder that does not lead to a regular file inside it (a link, a FIFO, ``..``)."""
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, then rename: readers see the whole file or none (a killed writer leaves none)."""
+    """Write to a temporary name, then rename: readers see the whole file or none (a killed writer leaves none).
+    The temporary file is created exclusively (a link planted under its name is not followed) and the rename
+    replaces a link at ``path`` itself, never what it points to."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "xb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _parts(relative: object) -> list[str]:
+    """The components of a relative name inside the folder; OutsideFile for an absolute one or one with ``..``."""
+    if not isinstance(relative, str) or not relative:
+        raise OutsideFile(f"names no file ({relative!r})")
+    path = PurePosixPath(relative.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or Path(relative).is_absolute():
+        raise OutsideFile(f"names {relative!r}, a path outside the sweep folder (refused, not read)")
+    return [part for part in path.parts if part != "."]
+
+
+def read_inside(out: Path, relative: object) -> bytes:
+    """The bytes of the regular file ``relative`` names inside the folder ``out``, reached without following a link.
+
+    FileNotFoundError when it does not exist; OutsideFile (a ValueError, with the reason) when the name leads out
+    of the folder, through or onto a link, or to something other than a regular file. Each directory is opened
+    relative to the one before with ``O_NOFOLLOW`` (no race between a check and the open); the file is opened
+    non-blocking and checked with ``fstat`` before a byte is read.
+    """
+    parts = _parts(relative)
+    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        folder = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as err:
+        raise SweepFolderError(f"{out} cannot be opened as a folder ({os.strerror(err.errno)})") from None
+    try:
+        for depth in range(len(parts)):
+            last = depth == len(parts) - 1
+            flags = os.O_RDONLY | nofollow | (0 if last else getattr(os, "O_DIRECTORY", 0))
+            try:
+                handle = _open_below(folder, out, parts[: depth + 1], flags)
+            except OSError as err:
+                if err.errno in (errno.ENOENT,):
+                    raise FileNotFoundError(f"{relative} is missing") from None
+                where = "/".join(parts[: depth + 1])
+                if _is_link(folder, out, parts[: depth + 1]):  # O_NOFOLLOW said ELOOP, or ENOTDIR for a folder
+                    raise OutsideFile(f"{where} is a link (links are not followed)") from None
+                if err.errno == errno.ENOTDIR:
+                    raise OutsideFile(f"{where} is not a folder") from None
+                raise OutsideFile(f"{relative} cannot be opened ({os.strerror(err.errno)})") from None
+            os.close(folder)
+            folder = handle
+        if not stat.S_ISREG(os.fstat(folder).st_mode):
+            raise OutsideFile(f"{relative} is not a regular file")
+        chunks = []
+        while chunk := os.read(folder, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(folder)
+
+
+def _open_below(folder: int, out: Path, parts: list[str], flags: int) -> int:
+    """Open ``parts[-1]`` in the already open directory ``folder`` (``dir_fd``); where the system has no ``dir_fd``
+    (Windows), the whole path from ``out``, after an ``lstat`` that refuses a link."""
+    if _HAS_DIR_FD:
+        return os.open(parts[-1], flags, dir_fd=folder)
+    path = Path(out, *parts)
+    if path.is_symlink():
+        raise OSError(errno.ELOOP, "a link")
+    return os.open(path, flags)
+
+
+def _is_link(folder: int, out: Path, parts: list[str]) -> bool:
+    try:
+        if _HAS_DIR_FD:
+            return stat.S_ISLNK(os.stat(parts[-1], dir_fd=folder, follow_symlinks=False).st_mode)
+        return Path(out, *parts).is_symlink()
+    except OSError:
+        return False
+
+
+def real_dir(out: Path, relative: str) -> Path:
+    """The folder ``out/relative``, made where missing; a link (or a file) found in the way of any part of it is
+    renamed ``<name>.damaged`` first, so what is written next lands inside the sweep folder."""
+    path = Path(out)
+    for part in _parts(relative):
+        path = path / part
+        if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
+            os.replace(path, path.with_name(path.name + ".damaged"))
+        path.mkdir(exist_ok=True)
+    return path
 
 
 def row_file(out: Path, prompt_id: int) -> Path:
@@ -72,10 +171,13 @@ def check_out_folder(out: Path) -> None:
 def read_manifest(out: Path) -> dict:
     """The manifest as a dict with ``spec`` and ``prompts``, or a SweepFolderError naming the file."""
     path = Path(out) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{out} is not a sweep folder (no manifest.json)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        text = read_inside(Path(out), "manifest.json").decode("utf-8")
+        manifest = json.loads(text)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{out} is not a sweep folder (no manifest.json)") from None
+    except OutsideFile as err:
+        raise SweepFolderError(f"{path} is not read: {err}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SweepFolderError(f"{path} is not valid JSON ({err}); it is not a sweep manifest") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
@@ -110,13 +212,12 @@ def read_image(out: Path, relative: object) -> bytes:
     ValueError saying what is wrong otherwise. No other file is ever read (a row may name ``../../etc/passwd``)."""
     if not isinstance(relative, str) or not relative:
         raise ValueError(f"names no image ({relative!r})")
-    root = Path(out).resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root) or Path(relative).is_absolute():
-        raise ValueError(f"names {relative!r}, a path outside the sweep folder (refused, not read)")
-    if not path.is_file():
-        raise ValueError(f"its image {relative} is missing")
-    data = path.read_bytes()
+    try:
+        data = read_inside(Path(out), relative)
+    except FileNotFoundError:
+        raise ValueError(f"its image {relative} is missing") from None
+    except OutsideFile as err:
+        raise ValueError(str(err) if "outside" in str(err) else f"its image {relative}: {err}") from None
     if not data.startswith(PNG_SIGNATURE):
         raise ValueError(f"its image {relative} is not a PNG")
     from PIL import Image
@@ -134,14 +235,19 @@ def read_rows_of(out: Path, prompt: dict, items: set | None, check_images: bool 
     """(the prompt's rows as a pandas DataFrame, None) when its row file is whole, else (None, Problem). When the
     rows were written under another spec than ``digest`` (an edited manifest), the manifest's (layer, seed) list is
     not held against them."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = row_file(out, prompt["id"])
     name = str(path.relative_to(out))
-    if not path.exists():
-        return None, Problem(prompt["id"], name, "no rows yet")
     try:
-        rows = pq.read_table(path).to_pandas()
+        data = read_inside(out, name)
+    except FileNotFoundError:
+        return None, Problem(prompt["id"], name, "no rows yet")
+    except OutsideFile as err:
+        return None, Problem(prompt["id"], name, f"not read: {err}")
+    try:
+        rows = pq.read_table(pa.BufferReader(data)).to_pandas()
     except Exception as err:  # noqa: BLE001 - any failure to read is a damaged file
         return None, Problem(prompt["id"], name, f"unreadable ({type(err).__name__}: {str(err)[:80]})")
     missing = [c for c in ROW_COLUMNS if c not in rows.columns]
@@ -166,9 +272,14 @@ def read_rows_of(out: Path, prompt: dict, items: set | None, check_images: bool 
 
 
 def set_aside(out: Path, problem: Problem) -> None:
-    """Move a damaged row file out of the way (kept as ``.damaged`` for a look), so its prompt is run again."""
-    path = out / problem.file
-    if path.exists():
+    """Move a damaged row file out of the way (kept as ``.damaged`` for a look), so its prompt is run again. A link
+    on the way to it (a linked ``rows/``) is what is moved, never what it points to: nothing outside is renamed."""
+    path = Path(out)
+    for part in _parts(problem.file):
+        path = path / part
+        if path.is_symlink() or not path.is_dir():
+            break
+    if os.path.lexists(path) and path != Path(out):
         os.replace(path, path.with_name(path.name + ".damaged"))
 
 
