@@ -183,6 +183,11 @@ def _run(args) -> int:
     result = panels[0].result
     for event in [e for p in panels for e in p.result.params.get("memory_events", [])]:
         print(f"difflens: {event}", file=sys.stderr)
+    for problem in dict.fromkeys(p.result.problem for p in panels if p.result.problem):
+        print(f"difflens: {problem}", file=sys.stderr)  # the non-finite images, left out of the grid
+    if not any(p.result.images for p in panels):
+        print(f"difflens: no image to write: {out} not written", file=sys.stderr)
+        return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     panels_grid(panels).save(out)
     if args.attention_word:

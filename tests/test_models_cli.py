@@ -135,7 +135,8 @@ def test_half_precision_pipeline_keeps_vae_in_fp32():
         (["--out", "grid.xyz"], "--out 'grid.xyz' must end in an image extension"),
         (["--seeds", "0,0"], "repeat a seed"),
         (["--steps", "0"], "num_inference_steps must be in 1..1000"),
-        (["--guidance", "inf"], "finite number"),
+        (["--guidance", "inf"], "guidance_scale must be a number in 0..100"),
+        (["--guidance", "1e20"], "published models use 1-20), got 1e+20"),
     ],
 )
 def test_cli_refuses_bad_arguments_in_one_line_before_loading_a_model(argv, message, capfd, monkeypatch):

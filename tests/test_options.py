@@ -65,8 +65,10 @@ def test_scalar_checks():
     with pytest.raises(TypeError):
         options.check_steps(2.5)
     assert options.check_guidance(0) == 0.0
-    with pytest.raises(ValueError, match="≥ 0"):
-        options.check_guidance(-1)
+    assert options.check_guidance(100) == 100.0
+    for bad in (-1, 100.5, 1e20):
+        with pytest.raises(ValueError, match=r"in 0\.\.100"):
+            options.check_guidance(bad)
     with pytest.raises(ValueError, match="multiple of 8"):
         options.check_size("height", 30, 8)
     with pytest.raises(ValueError, match="empty"):

@@ -234,7 +234,7 @@ def test_links_out_of_the_folder_are_never_read_nor_written_through(sweep, tmp_p
     before = sorted((p.relative_to(outside), p.read_bytes()) for p in outside.rglob("*") if p.is_file())
     reads.clear()  # (the test's own look at what is outside)
     if linked == "rows folder":
-        with pytest.raises(FileNotFoundError, match=r"3 damaged: prompt 0 .*rows is a link"):
+        with pytest.raises(FileNotFoundError, match=r"3 left out: prompt 0 .*rows is a link"):
             store.load(sweep)
     else:
         rows, problems = store.load(sweep)

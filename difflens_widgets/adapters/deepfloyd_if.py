@@ -4,6 +4,7 @@ the predicted clean image itself (no VAE)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -33,6 +34,11 @@ class DeepFloydIFAdapter(FamilyAdapter):
         return [(n, m, "added_kv") for n, m in self.denoiser.named_modules()
                 if getattr(m, "added_kv_proj_dim", None) is not None]  # fmt: skip
 
-    def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
-        images = (latents.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
-        return self.pipe.numpy_to_pil(images)
+    def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
+        return (latents.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+
+    def final_images(self, pixels: np.ndarray) -> list[Image.Image]:
+        images = self.pipe.numpy_to_pil(pixels)  # what IFPipeline does for output_type="pil", watermark included
+        if getattr(self.pipe, "watermarker", None) is not None:
+            images = self.pipe.watermarker.apply_watermark(images, self.denoiser.config.sample_size)
+        return images

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-from PIL import Image
 
 from .encoders import TextEncoderSpec
 from .family import FamilyAdapter
@@ -49,7 +49,7 @@ class FluxAdapter(FamilyAdapter):
     def assemble(self, parts: dict[str, Part]) -> dict:
         return {"prompt_embeds": parts["text_encoder_2"].seq, "pooled_prompt_embeds": parts["text_encoder"].pooled}
 
-    def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+    def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
         unpacked = self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
         return super().decode_preview(unpacked, height, width)
 

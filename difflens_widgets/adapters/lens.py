@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -316,13 +317,19 @@ class LensAdapter:
         return kwargs
 
     # ---- image side -------------------------------------------------------------------------------------------
-    def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
-        """A latent-diffusion preview: the VAE decode of (predicted clean) latents."""
+    def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """A latent-diffusion preview: the VAE decode of (predicted clean) latents, as the pipeline's
+        ``output_type="np"`` pixels (N × H × W × C in 0..1; the engine checks them finite before showing any)."""
         vae = self.pipe.vae
         with torch.no_grad():
             latents = latents.to(vae.dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", 0) or 0)
             images = vae.decode(latents, return_dict=False)[0]
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
+        return self.pipe.image_processor.postprocess(images, output_type="np")
+
+    def final_images(self, pixels: np.ndarray) -> list[Image.Image]:
+        """The pipeline's ``output_type="np"`` images as its ``output_type="pil"`` would give them (diffusers' own
+        conversion; a family that stamps its PIL images, DeepFloyd IF's watermark, does it here too)."""
+        return self.pipe.numpy_to_pil(pixels)
 
     @staticmethod
     def warn_truncated(prompt: str, kept: int, dropped: list[str], shown: int = 12) -> None:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..adapters import adapter_for
 from ..adapters.encoders import execution_device
-from . import lifecycle, memory, validate
+from . import finite, lifecycle, memory, validate
 from .attention import AttentionCapture, AttentionSettings, Site
 from .conditioning import Conditioner
 from .results import LensResult, Tokens
@@ -471,6 +471,7 @@ class Lens:
             self.device, run.height, run.width, len(queue), max_batch, getattr(self.adapter.denoiser, "dtype", None)
         )
         images: dict = {}
+        non_finite: dict = {}  # (layer, seed) → where it went wrong (finite.LATENTS / finite.PIXELS)
         state = _ChunkState(cancelled, total=run.num_inference_steps * memory.chunk_count(len(queue), plan.size))
         started = time.perf_counter()
         if progress is not None:  # at once: the first denoiser call of a large image may take minutes
@@ -502,12 +503,18 @@ class Lens:
                 if state.cancelled:
                     break
                 del queue[: len(chunk)]
-                images.update(zip(chunk, chunk_images))
+                for item, image in zip(chunk, chunk_images):
+                    if isinstance(image, str):  # non-finite: named, never kept as an image
+                        non_finite[item] = image
+                        job.snapshots.pop(item, None)
+                    else:
+                        images[item] = image
                 state.cancelled = state.stop_after_chunk and bool(queue)  # a stop at the last step
                 plan.after_chunk(len(chunk))
                 state.total = state.done + run.num_inference_steps * memory.chunk_count(len(queue), plan.size)
         maps, masses = capture.result() if capture is not None else ({}, {})
         extra = {} if job.variant is None else {"token_position": job.variant[0], "token": job.variant[1]}
+        problem = self._non_finite_summary(run, non_finite, len(images) + len(non_finite))
         params = {
             **run.params(),
             **self.pipeline_facts(),
@@ -531,7 +538,21 @@ class Lens:
             complete=not state.cancelled,
             attention_maps={k: v for k, v in maps.items() if k in images},  # finished images only
             attention_mass={k: v for k, v in masses.items() if k in images},
+            non_finite=non_finite,
+            problem=problem,
         )
+
+    def _non_finite_summary(self, run: LensRun, non_finite: dict, total: int) -> str:
+        if not non_finite:
+            return ""
+        vae = getattr(self.pipe, "vae", None)
+        cause = finite.likely_cause(
+            set(non_finite.values()),
+            run.guidance_scale,
+            getattr(self.adapter.denoiser, "dtype", None),
+            getattr(vae, "dtype", None),
+        )
+        return finite.summary(non_finite, total, cause)
 
     def _padded(self, chunk: list, size: int) -> list:
         """With ``compile=True`` every call has the same batch (the last chunk repeats its last item), so the
@@ -540,14 +561,16 @@ class Lens:
             return chunk
         return chunk + [chunk[-1]] * (size - len(chunk))
 
-    def _denoise_chunk(self, run: LensRun, chunk: list, job: _Job, state: _ChunkState, progress) -> list[Image.Image]:
-        """One pipeline call for the (layer, seed) pairs in ``chunk`` (repeated pairs are padding)."""
+    def _denoise_chunk(self, run: LensRun, chunk: list, job: _Job, state: _ChunkState, progress) -> list:
+        """One pipeline call for the (layer, seed) pairs in ``chunk`` (repeated pairs are padding): per pair its
+        image, or where it turned non-finite (:data:`finite.LATENTS` or :data:`finite.PIXELS`)."""
         steps, every = run.num_inference_steps, run.snapshot_every
         kwargs = self.adapter.pipeline_kwargs(
             [job.cond[l] for l, _ in chunk], None if job.uncond is None else [job.uncond[l] for l, _ in chunk]
         )
         generators = [torch.Generator(self.device).manual_seed(s) for _, s in chunk]
         predicted: list = [None]
+        latents_finite: list = [None]  # per image: the final latents finite (read at the last step's callback)
 
         if job.capture is not None:
             job.capture.begin_call(chunk, job.cfg, kwargs["prompt_embeds"].shape[1])
@@ -557,10 +580,14 @@ class Lens:
             if job.capture is not None:
                 job.capture.step_done()
             preview = None
+            if i + 1 == steps and tensors.get("latents") is not None:
+                latents_finite[0] = finite.finite_rows(tensors["latents"])
             if every and ((i + 1) % every == 0 or i + 1 == steps):
                 latents = predicted[0] if predicted[0] is not None else tensors["latents"]
-                previews = self.adapter.decode_preview(latents, run.height, run.width)
-                unique = dict(zip(chunk, previews))  # padding repeats an item: keep one preview of it
+                pixels = self.adapter.decode_preview(latents, run.height, run.width)
+                shown = [(item, px) for item, px, ok in zip(chunk, pixels, finite.finite_rows(pixels)) if ok]
+                previews = self.pipe.numpy_to_pil(np.stack([px for _, px in shown])) if shown else []
+                unique = dict(zip([item for item, _ in shown], previews))  # padding repeats an item: one preview
                 for item, img in unique.items():
                     job.snapshots.setdefault(item, []).append((i + 1, img))
                 preview = Preview(i + 1, list(unique), list(unique.values()))
@@ -587,11 +614,23 @@ class Lens:
                     height=run.height,
                     width=run.width,
                     generator=generators,
-                    output_type="pil",
+                    output_type="np",  # checked for NaN/inf before anything becomes an image
                 )
         except StopDenoising:
             return []
-        return out.images
+        return self._checked_images(out.images, latents_finite[0])
+
+    def _checked_images(self, pixels: np.ndarray, latents_finite: list | None) -> list:
+        """The pipeline's ``np`` output as its ``pil`` output would be, except that a non-finite image is replaced
+        by where it went wrong: its latents (the denoiser or the guided step) or only its pixels (the VAE)."""
+        pixels_finite = finite.finite_rows(pixels)
+        latents_finite = latents_finite or [True] * len(pixels)
+        kept = [index for index, ok in enumerate(pixels_finite) if ok and latents_finite[index]]
+        converted = iter(self.adapter.final_images(pixels[kept]) if kept else [])
+        return [
+            next(converted) if index in kept else (finite.PIXELS if latents_finite[index] else finite.LATENTS)
+            for index in range(len(pixels))
+        ]
 
     # ------------------------------------------------------------------------------------------------------------
     def _cache_key(self, prompt: str, run: LensRun) -> tuple:

@@ -72,7 +72,7 @@ OPTIONS: tuple[LensOption, ...] = (
         "float",
         7.5,
         "Guidance",
-        "classifier-free guidance scale (≤ 1 turns guidance off)",
+        "classifier-free guidance scale, 0..100 (≤ 1 turns guidance off)",
         aliases=("--guidance",),
     ),
     LensOption(

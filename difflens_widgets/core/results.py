@@ -80,6 +80,9 @@ class LensResult:
     # finest attention grid) and each token's summed probability per captured denoising step (steps × tokens)
     attention_maps: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     attention_mass: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    # the (layer, seed) pairs whose image came out NaN/inf, with where ("latents" or "pixels"): left out of images
+    non_finite: dict[tuple[int, int], str] = field(default_factory=dict)
+    problem: str = ""  # one line naming them, the likely cause and its fix (empty when every image is finite)
 
     def copy(self) -> LensResult:
         """An independent copy (images, arrays, parameters): what a cache hands out, so that changing one
@@ -96,6 +99,8 @@ class LensResult:
             complete=self.complete,
             attention_maps={k: v.copy() for k, v in self.attention_maps.items()},
             attention_mass={k: v.copy() for k, v in self.attention_mass.items()},
+            non_finite=dict(self.non_finite),
+            problem=self.problem,
         )
 
     def attention(self, layer: int, token: int | str, seed: int | None = None, *, overlay: bool = False):
@@ -144,7 +149,11 @@ class LensResult:
         """
         layers = [l for l in self.layers if any((l, s) in self.images for s in self.seeds)]
         if not layers:
-            raise ValueError("this result holds no image (the run was cancelled before any layer finished)")
+            raise ValueError(
+                f"this result holds no image: {self.problem}"
+                if self.problem
+                else "this result holds no image (the run was cancelled before any layer finished)"
+            )
         rows = [[self.images.get((l, s)) for l in layers] for s in self.seeds]
         return labelled_grid(
             rows,
@@ -176,6 +185,8 @@ class LensResult:
             "seeds": self.seeds,
             "tokens": self.tokens,
             "complete": self.complete,
+            "non_finite": [[layer, seed, where] for (layer, seed), where in sorted(self.non_finite.items())],
+            "problem": self.problem,
             "params": self.params,
             "files": files,
         }
@@ -183,7 +194,9 @@ class LensResult:
         return folder
 
     def __repr__(self) -> str:
-        state = "" if self.complete else ", cancelled"
+        state = ("" if self.complete else ", cancelled") + (
+            f", {len(self.non_finite)} non-finite" if self.non_finite else ""
+        )
         return f"LensResult({self.prompt!r}, layers={self.layers}, seeds={self.seeds}{state})"
 
 

@@ -16,6 +16,7 @@ MAX_SEED = 2**32  # torch's CPU generator keeps 32 bits of a seed: 0 and 2**32 w
 MAX_STEPS = 1000  # the noise schedules of every supported family have 1,000 training timesteps
 MAX_SIDE = 4096  # pixels; beyond this no supported model was trained, and one image no longer fits a GPU
 MAX_IMAGES = 4096  # images of one run (layers × seeds × prompts, × tokens per token, × panels side by side)
+MAX_GUIDANCE = 100.0  # published scales are 1-20; far above, the guided step overflows (1e20 gives NaN images)
 MAX_PIXELS = MAX_IMAGES * 1024 * 1024  # and their pixels together: 4096 one-megapixel images, or 16 at 16 MP
 
 LayerSpec = None | int | str | range | Sequence[int]
@@ -174,9 +175,10 @@ def check_steps(steps: object) -> int:
 def check_guidance(guidance: object) -> float:
     if not isinstance(guidance, numbers.Real) or isinstance(guidance, bool):
         raise TypeError(f"guidance_scale must be a number ≥ 0, got {guidance!r}")
-    if not math.isfinite(guidance) or guidance < 0:
+    if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise ValueError(
-            f"guidance_scale must be a finite number ≥ 0 (≤ 1 turns classifier-free guidance off), got {guidance}"
+            f"guidance_scale must be a number in 0..{MAX_GUIDANCE:g} (≤ 1 turns classifier-free guidance off; "
+            f"published models use 1-20), got {guidance:g}"
         )
     return float(guidance)
 

@@ -313,13 +313,13 @@ class PromptWorker:
                 record["attention"] = attention_column(result, layer, seed, image, prompt, self.scorers)
             records.append(record)
         buffer = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(records), buffer)
+        pq.write_table(store.rows_table(records, result.non_finite, result.problem), buffer)
         store.real_dir(self.out, "rows")
         store.write_atomic(store.row_file(self.out, prompt["id"]), buffer.getvalue().to_pybytes())  # the commit
         seconds = time.perf_counter() - started
         self.seconds += seconds
         self.images += len(records)
-        return {"id": prompt["id"], "images": len(records), "seconds": seconds}
+        return {"id": prompt["id"], "images": len(records), "seconds": seconds, "problem": result.problem}
 
 
 def attention_column(result, layer: int, seed: int, image, prompt: dict, scorers: list) -> str:
@@ -449,6 +449,8 @@ def _run_local(worker: PromptWorker, todo, log) -> tuple[int, list[str]]:
             f"  [{number}/{len(todo)}] {options.short(prompt['prompt'])}: {done['images']} images, "
             f"{done['seconds']:.1f} s" + (f"; about {left} left" if left else "")
         )
+        if done["problem"]:
+            log(f"  [{number}/{len(todo)}] {done['problem']}")
     return worker.images, worker.notes
 
 

@@ -247,18 +247,22 @@ def read_rows_of(out: Path, prompt: dict, items: set | None, check_images: bool 
     except OutsideFile as err:
         return None, Problem(prompt["id"], name, f"not read: {err}")
     try:
-        rows = pq.read_table(pa.BufferReader(data)).to_pandas()
+        table = pq.read_table(pa.BufferReader(data))
+        rows = table.to_pandas()
+        left_out, why = _non_finite_of(table)
     except Exception as err:  # noqa: BLE001 - any failure to read is a damaged file
         return None, Problem(prompt["id"], name, f"unreadable ({type(err).__name__}: {str(err)[:80]})")
     missing = [c for c in ROW_COLUMNS if c not in rows.columns]
     if missing:
         return None, Problem(prompt["id"], name, f"lacks the columns {missing}")
-    if set(rows["prompt_id"]) != {prompt["id"]} or set(rows["prompt"]) != {prompt["prompt"]}:
+    if len(rows) and (set(rows["prompt_id"]) != {prompt["id"]} or set(rows["prompt"]) != {prompt["prompt"]}):
         return None, Problem(prompt["id"], name, "holds another prompt's rows (a copied or moved file)")
-    if digest is not None and set(rows["spec_sha256"]) != {digest}:
+    if not len(rows) and not left_out:
+        return None, Problem(prompt["id"], name, "holds no row")
+    if digest is not None and len(rows) and set(rows["spec_sha256"]) != {digest}:
         items = None
     found = list(zip(rows["layer"].astype(int), rows["seed"].astype(int)))
-    if len(set(found)) != len(found) or (items is not None and set(found) != items):
+    if len(set(found)) != len(found) or (items is not None and set(found) | left_out != items) or set(found) & left_out:
         return None, Problem(prompt["id"], name, "does not hold every (layer, seed) of the run exactly once")
     if check_images:
         for relative, digest in zip(rows["image"], rows["image_sha256"]):
@@ -268,7 +272,42 @@ def read_rows_of(out: Path, prompt: dict, items: set | None, check_images: bool 
                 return None, Problem(prompt["id"], name, str(err))
             if sha256(data) != digest:
                 return None, Problem(prompt["id"], name, f"its image {relative} is not the one written")
+    rows.attrs["non_finite"] = why  # a whole prompt, some of whose images are not rows: load() names them
     return rows, None
+
+
+NON_FINITE_KEY = b"difflens.non_finite"  # the row file's metadata: the (layer, seed) pairs left out, and why
+
+
+def rows_table(records: list[dict], non_finite: dict, problem: str):
+    """A prompt's row file as an Arrow table: a row per finished image; the images that came out non-finite are
+    not rows but recorded in the file's metadata (with the engine's one line), so the prompt is whole, not redone
+    (it would come out the same), and the report names them."""
+    import pyarrow as pa
+
+    if records:
+        table = pa.Table.from_pylist(records)
+    else:  # every image non-finite: the columns still there, no row
+        types = {"prompt_id": pa.int64(), "layer": pa.int64(), "seed": pa.int64()}
+        table = pa.table({name: pa.array([], types.get(name, pa.string())) for name in ROW_COLUMNS})
+    if non_finite:
+        listed = [[layer, seed, where] for (layer, seed), where in sorted(non_finite.items())]
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), NON_FINITE_KEY: json.dumps({"items": listed, "problem": problem})}
+        )
+    return table
+
+
+def _non_finite_of(table) -> tuple[set[tuple[int, int]], str]:
+    """The (layer, seed) pairs a row file records as non-finite, and the line that says why (empty: none)."""
+    raw = (table.schema.metadata or {}).get(NON_FINITE_KEY)
+    if raw is None:
+        return set(), ""
+    try:
+        data = json.loads(raw)
+        return {(int(layer), int(seed)) for layer, seed, _ in data["items"]}, str(data["problem"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("its record of non-finite images is damaged") from None
 
 
 def set_aside(out: Path, problem: Problem) -> None:
@@ -295,7 +334,10 @@ def load(out: str | Path, check_images: bool = True):
     for prompt in manifest["prompts"]:
         rows, problem = read_rows_of(out, prompt, items, check_images, digest)
         if rows is not None:
-            frames.append(rows)
+            frames += [rows] if len(rows) else []  # (a prompt whose every image came out non-finite has no row)
+            if rows.attrs.get("non_finite"):
+                problems.append(Problem(prompt["id"], str(row_file(out, prompt["id"]).relative_to(out)),
+                                        rows.attrs["non_finite"]))  # fmt: skip
         elif problem is not None and problem.what != "no rows yet":
             problems.append(problem)
     edited = [int(f["prompt_id"].iloc[0]) for f in frames if set(f["spec_sha256"]) != {digest}]
@@ -309,7 +351,7 @@ def load(out: str | Path, check_images: bool = True):
             )
         )
     if not frames:
-        detail = f" ({len(problems)} damaged: {problems[0]})" if problems else ""
+        detail = f" ({len(problems)} left out: {problems[0]})" if problems else ""
         raise FileNotFoundError(f"{out} holds no whole sweep rows{detail}; run `difflens sweep` first")
     rows = pd.concat(frames, ignore_index=True)
     rows.attrs["problems"] = [str(p) for p in problems]

@@ -386,7 +386,7 @@ class LensDashboard(LensDisplay, LensInputs):
             panels = execute_panels(plan, progress, snapshot_every=max(1, steps // 5), max_batch=self.max_batch)
             if all(p.result.complete for p in panels):
                 self._show(panels, self.run_info)
-                self.status, self.message = "done", ""
+                self.status, self.message = "done", non_finite_line(panels)
             else:
                 self.message = self._after_cancel(panels, list(latest.values()))
                 self.status = "cancelled"
@@ -503,3 +503,9 @@ class LensDashboard(LensDisplay, LensInputs):
             self.message = str(err)
             return
         self.send({"action": "download", "name": name}, buffers=[data])
+
+
+def non_finite_line(panels: list[Panel]) -> str:
+    """The engine's line about images that came out NaN/inf (left out, with the likely cause), once per panel
+    that has one; empty when every image is finite."""
+    return "; ".join(dict.fromkeys(p.result.problem for p in panels if p.result.problem))
