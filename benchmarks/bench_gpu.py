@@ -23,6 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import difflens_widgets as dl
+from difflens_widgets.core.memory import memory_cap
 from difflens_widgets.core.models import place
 from difflens_widgets.testing import REAL_SIZE
 
@@ -75,12 +76,15 @@ def lens_flops(lens: dl.Lens, images: int, steps: int, size: int, guidance: floa
 
 
 def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """The config's rows, under its memory cap (a 16 GB card simulated on a bigger one), the cap lifted after."""
+    with memory_cap(device, CONFIGS[name][4]):
+        return bench_capped(name, args, device, dtype)
+
+
+def bench_capped(name: str, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
     key, size, steps, layers, cap = CONFIGS[name]
     size, steps = args.size or size, args.steps or steps
     layers = args.layers or layers
-    if cap and device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 2**30 / total), device)
     pipe = REAL_SIZE[key](device=device, dtype=dtype)
     dl.models.keep_vae_safe(pipe, dtype)
     place(pipe, device, channels_last=args.channels_last)
@@ -115,8 +119,6 @@ def bench(name: str, args, device: torch.device, dtype: torch.dtype) -> list[dic
             )
         rows.append(dict(speedup=sequential[0] / batched[0], model=rows[-1]["model"], seeds=seeds))
     del lens, pipe
-    if cap and device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
     return rows
 
 

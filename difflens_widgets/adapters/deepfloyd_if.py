@@ -34,6 +34,8 @@ class DeepFloydIFAdapter(FamilyAdapter):
         return [(n, m, "added_kv") for n, m in self.denoiser.named_modules()
                 if getattr(m, "added_kv_proj_dim", None) is not None]  # fmt: skip
 
+    latent_output_type = "pt"  # pixel space: its "latents" are the 64×64 images themselves
+
     def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
         return (latents.float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
 

@@ -317,6 +317,8 @@ class LensAdapter:
         return kwargs
 
     # ---- image side -------------------------------------------------------------------------------------------
+    latent_output_type = "latent"  # the output_type that stops the pipeline before decoding (the memory probe)
+
     def decode_preview(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
         """A latent-diffusion preview: the VAE decode of (predicted clean) latents, as the pipeline's
         ``output_type="np"`` pixels (N × H × W × C in 0..1; the engine checks them finite before showing any)."""

@@ -477,11 +477,15 @@ class Lens:
         if progress is not None:  # at once: the first denoiser call of a large image may take minutes
             progress(0, state.total, None)
         capture = job.capture
-        with quiet_progress_bar(self.pipe), capture or nullcontext():  # capture: its hooks removed in finally
+        with quiet_progress_bar(self.pipe):
+            if plan.probe_first:  # before the capture's hooks: the probe's step is not an image of the run
+                self._probe(run, job, plan, queue)
+                state.total = run.num_inference_steps * memory.chunk_count(len(queue), plan.size)
+        decoding = memory.decoding_in_sub_chunks(getattr(self.pipe, "vae", None), plan, self.device)
+        with quiet_progress_bar(self.pipe), decoding, capture or nullcontext():  # each undone in finally
             while queue and not state.cancelled:
                 chunk = _take(queue, plan.size, per_layer=run.sequential)
                 done_before = state.done
-                plan.before_chunk()
                 try:
                     chunk_images = self._denoise_chunk(run, self._padded(chunk, plan.size), job, state, progress)[
                         : len(chunk)
@@ -554,6 +558,36 @@ class Lens:
         )
         return finite.summary(non_finite, total, cause)
 
+    def _probe(self, run: LensRun, job: _Job, plan: memory.ChunkPlan, queue: list) -> None:
+        """Measure one denoising step and one decode of the run's first images (eager even with ``compile=True``:
+        the probe's batch would otherwise cost a compilation of its own), for :meth:`memory.ChunkPlan.probe`."""
+        items = queue[: memory.PROBE_CHUNK]
+        eager = torch.compiler.set_stance("force_eager") if self.compile else nullcontext()
+
+        def denoise_step(n: int):
+            with eager:
+                return self.pipe(
+                    **self._conditioning(job, items[:n]),
+                    **self.adapter.call_kwargs(),
+                    num_inference_steps=1,
+                    guidance_scale=run.guidance_scale,
+                    height=run.height,
+                    width=run.width,
+                    generator=[torch.Generator(self.device).manual_seed(s) for _, s in items[:n]],
+                    output_type=self.adapter.latent_output_type,
+                ).images
+
+        def decode(latents):
+            return self.adapter.decode_preview(latents, run.height, run.width)
+
+        plan.probe(denoise_step, decode, len(queue))
+
+    def _conditioning(self, job: _Job, chunk: list) -> dict:
+        """The pipeline's conditioning arguments for the (layer, seed) pairs of ``chunk``."""
+        return self.adapter.pipeline_kwargs(
+            [job.cond[l] for l, _ in chunk], None if job.uncond is None else [job.uncond[l] for l, _ in chunk]
+        )
+
     def _padded(self, chunk: list, size: int) -> list:
         """With ``compile=True`` every call has the same batch (the last chunk repeats its last item), so the
         compiled denoiser is not recompiled for a short last chunk."""
@@ -565,9 +599,7 @@ class Lens:
         """One pipeline call for the (layer, seed) pairs in ``chunk`` (repeated pairs are padding): per pair its
         image, or where it turned non-finite (:data:`finite.LATENTS` or :data:`finite.PIXELS`)."""
         steps, every = run.num_inference_steps, run.snapshot_every
-        kwargs = self.adapter.pipeline_kwargs(
-            [job.cond[l] for l, _ in chunk], None if job.uncond is None else [job.uncond[l] for l, _ in chunk]
-        )
+        kwargs = self._conditioning(job, chunk)
         generators = [torch.Generator(self.device).manual_seed(s) for _, s in chunk]
         predicted: list = [None]
         latents_finite: list = [None]  # per image: the final latents finite (read at the last step's callback)
