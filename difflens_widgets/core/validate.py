@@ -175,12 +175,13 @@ def check_steps(steps: object) -> int:
 def check_guidance(guidance: object) -> float:
     if not isinstance(guidance, numbers.Real) or isinstance(guidance, bool):
         raise TypeError(f"guidance_scale must be a number ≥ 0, got {guidance!r}")
+    guidance = float(guidance)
     if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise ValueError(
             f"guidance_scale must be a number in 0..{MAX_GUIDANCE:g} (≤ 1 turns classifier-free guidance off; "
             f"published models use 1-20), got {guidance:g}"
         )
-    return float(guidance)
+    return guidance
 
 
 def check_size(name: str, value: object, multiple: int) -> int:
