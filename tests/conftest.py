@@ -4,11 +4,25 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n 2` each worker has a core: one torch thread per worker, and the same for the kernels and
+    # subprocesses it starts (they inherit the environment). Two workers of two spinning OpenMP threads each on two
+    # cores made a notebook's fine-tuning 8x slower than alone.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 from difflens_widgets.testing import tiny_stable_diffusion
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests (notebooks, browsers, Ray, training) first: under `pytest -n 2` the long ones then start early
+    and the short ones fill the gaps on both workers, instead of one long test finishing alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

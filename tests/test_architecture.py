@@ -10,9 +10,19 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "difflens_widgets"
 
 # role → level: a module may import its own role or a lower level, never a higher one or a sibling role
-LEVELS = {"adapters": 0, "toy": 0, "core": 1, "analyses": 2, "denoiser": 2, "sweeps": 2, "widgets": 3, "faces": 4}
-# `python -m difflens_widgets.toy.<script>` kept working after the scripts moved to toy/studies: entry points, so faces
-COMPAT_SHIMS = {f"toy.{name}" for name in ("train", "report", "dreambooth", "handcheck", "probe_report")}
+# The studies (the scripts that made and measure the toy models) sit above everything: they use the library, and
+# nothing in it, the faces included, depends on them.
+LEVELS = {
+    "adapters": 0,
+    "toy": 0,
+    "core": 1,
+    "analyses": 2,
+    "denoiser": 2,
+    "sweeps": 2,
+    "widgets": 3,
+    "faces": 4,
+    "studies": 5,
+}
 
 
 def module_name(path: Path) -> str:
@@ -23,13 +33,8 @@ def module_name(path: Path) -> str:
 
 
 def role(module: str) -> str:
-    if (
-        module in COMPAT_SHIMS
-        or module.startswith("toy.studies")
-        or "." not in module
-        and module in ("", "cli", "magics", "testing")
-    ):
-        return "faces"  # the facade, the command line, the magics, the test helpers, the toy's scripts
+    if module in ("", "cli", "magics", "testing"):
+        return "faces"  # the facade, the command line, the magics, the test helpers
     return module.split(".")[0]
 
 
@@ -72,15 +77,44 @@ def test_every_module_has_a_role():
     assert {role(m) for m in GRAPH} <= set(LEVELS), {m: role(m) for m in GRAPH if role(m) not in LEVELS}
 
 
+def violation(module: str, target: str) -> str | None:
+    """Why ``module`` may not import ``target``, or None when it may."""
+    mine, theirs = role(module), role(target)
+    if target == "":
+        if LEVELS[mine] < LEVELS["faces"]:
+            return f"{module} imports the package facade; import the module that defines the name"
+    elif theirs != mine and LEVELS[theirs] >= LEVELS[mine]:
+        return f"{module} ({mine}) imports {target} ({theirs}): upward or sideways"
+    return None
+
+
 @pytest.mark.parametrize("module", sorted(GRAPH))
 def test_imports_go_downwards(module):
-    mine = role(module)
-    for target in GRAPH[module]:
-        theirs = role(target)
-        if target == "":
-            assert mine == "faces", f"{module} imports the package facade; import the module that defines the name"
-        elif theirs != mine:
-            assert LEVELS[theirs] < LEVELS[mine], f"{module} ({mine}) imports {target} ({theirs}): upward or sideways"
+    assert [v for target in GRAPH[module] if (v := violation(module, target))] == []
+
+
+@pytest.mark.parametrize(
+    ("module", "target"),
+    [
+        ("core.models", "studies.train"),  # the engine finds the embedded models by path, not through a script
+        ("toy.world", "studies.pool"),  # toy/ holds what ships: the world never reaches for its training scripts
+        ("cli", "studies.report"),  # not even a face: `difflens` works without the studies
+        ("sweeps.runner", "studies.report"),
+        ("toy.annotate", "core.engine"),  # toy sits at the bottom beside the adapters
+    ],
+)
+def test_upward_imports_are_refused(module, target):
+    assert violation(module, target) is not None
+
+
+def test_the_studies_may_use_everything():
+    assert all(violation("studies.report", target) is None for target in ("", "sweeps.store", "toy.annotate", "cli"))
+
+
+def test_toy_holds_only_what_ships():
+    scripts = [m for m in GRAPH if m.startswith("toy.") and any(role(t) != "toy" for t in GRAPH[m])]
+    assert scripts == []
+    assert not (PACKAGE / "toy" / "studies").exists()
 
 
 def test_no_import_circles():
@@ -120,6 +154,6 @@ def test_no_import_circles():
 def test_the_map_finds_what_the_old_layout_had_wrong():
     """The checker itself: it sees a lazy import inside a function, a relative import two levels up, and the
     facade; so an empty finding above means something."""
-    assert "toy.annotate" in GRAPH["toy.studies.train"]  # `from ..annotate import judge` inside a function
+    assert "toy.annotate" in GRAPH["studies.train"]  # `from ..toy.annotate import judge` inside a function
     assert "core.engine" in GRAPH["analyses.panels"]
     assert "" in GRAPH["cli"]  # `import difflens_widgets as dl`: allowed in a face

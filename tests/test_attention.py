@@ -209,7 +209,7 @@ def test_word_regions_are_the_named_objects_blobs():
 def test_the_toy_attention_study_counts_hits_against_a_shuffled_baseline():
     """The study's counts on a short toy run: every drawn object's word counted once per image, hits and baseline
     hits within n, the rates inside their Wilson intervals; a one-prompt group is refused (no blob to shuffle)."""
-    from difflens_widgets.toy.studies.attention import measure, rates
+    from difflens_widgets.studies.attention import measure, rates
 
     groups = {"single object": ["a red circle", "a blue square"]}
     counts = measure("toy", [0, 1], 3, groups=groups, layers=[0, 8])

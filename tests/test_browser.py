@@ -23,7 +23,9 @@ import pytest
 import difflens_widgets as dl
 from difflens_widgets.testing import tiny_stable_diffusion
 
-pytestmark = pytest.mark.slow  # the quick loop (pytest -m "not slow") leaves these out
+# slow: the quick loop (pytest -m "not slow") leaves these out; one xdist group: under `-n 2` the module's browser
+# and servers start once, on one worker, and two Chromiums never compete for the two cores
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("DIFFLENS_ARTIFACTS", Path(__file__).parent / "artifacts"))

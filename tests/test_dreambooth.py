@@ -7,7 +7,7 @@ import pytest
 
 import difflens_widgets as dl
 from difflens_widgets import similarity
-from difflens_widgets.toy.studies import dreambooth
+from difflens_widgets.studies import dreambooth
 from difflens_widgets.toy.world import World, render
 
 pytestmark = pytest.mark.slow  # the quick loop (pytest -m "not slow") leaves these out

@@ -23,6 +23,12 @@ FAMILY_PRECISION = {
 }
 
 
+# Another batch composition (a chunk halved, a decode split, a padded chunk) is the same images up to rounding: the
+# same noise, the same conditioning, but the CPU's GEMMs block a batch of 8 differently from one of 2, and with one
+# torch thread (as under `pytest -n 2`) that shows as 1/255 on a few pixels. Two threads happened to round alike.
+ROUNDING = 1
+
+
 def max_pixel_difference(a, b) -> int:
     return max(
         int(np.abs(np.asarray(a.image(l, s), dtype=int) - np.asarray(b.image(l, s), dtype=int)).max())
@@ -92,7 +98,7 @@ def test_out_of_memory_halves_the_chunk_and_loses_nothing(tiny_pipe, reference, 
         use_cache=False,
         progress=lambda done, total, _: seen.append((done, total)),
     )
-    assert res.complete and max_pixel_difference(res, reference) == 0
+    assert res.complete and max_pixel_difference(res, reference) <= ROUNDING
     assert res.params["memory_events"] == [
         "out of memory at 8 images per call; retried at 4",
         "out of memory at 4 images per call; retried at 2",
@@ -111,7 +117,7 @@ def test_out_of_memory_at_one_image_says_what_to_change(tiny_pipe, reference, mo
         dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, max_batch=2, use_cache=False)
     monkeypatch.undo()
     again = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, use_cache=False)
-    assert max_pixel_difference(again, reference) == 0
+    assert max_pixel_difference(again, reference) <= ROUNDING
 
 
 def test_other_errors_are_not_retried(tiny_pipe, monkeypatch):
@@ -184,7 +190,7 @@ def test_denoising_and_decoding_are_sized_apart_from_a_one_step_probe(tiny_pipe,
     assert res.params["memory_events"] == [  # 0.85 × 100 / 40 decoding = 2
         "measured 10 MiB per image denoising, 40 MiB decoding; 8 images per call, decoded 2 at a time"
     ]
-    assert max_pixel_difference(res, reference) == 0  # the same noise and the same pixels, decoded 2 at a time
+    assert max_pixel_difference(res, reference) <= ROUNDING  # the same noise and the same pixels, decoded 2 at a time
     assert "decode" not in vars(tiny_pipe.vae) or vars(tiny_pipe.vae)["decode"].__name__ == "vae_decode"
 
 
@@ -199,7 +205,7 @@ def test_probed_chunks_and_decode_sub_chunks_keep_every_familys_pixels(build, mo
     assert probed.params["memory_events"][0].startswith("measured 10 MiB per image denoising")
     if getattr(pipe, "vae", None) is not None:
         assert probed.params["memory_events"][0].endswith("decoded 2 at a time")
-    assert max_pixel_difference(probed, whole) == 0
+    assert max_pixel_difference(probed, whole) <= ROUNDING
 
 
 def test_a_decode_out_of_memory_halves_the_decode_and_keeps_the_denoising(tiny_pipe, reference, monkeypatch):
@@ -214,7 +220,7 @@ def test_a_decode_out_of_memory_halves_the_decode_and_keeps_the_denoising(tiny_p
     unet = tiny_pipe.unet.forward
     monkeypatch.setattr(tiny_pipe.unet, "forward", lambda s, *a, **k: batches.append(len(s)) or unet(s, *a, **k))
     res = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, max_batch=8, use_cache=False)
-    assert res.complete and max_pixel_difference(res, reference) == 0
+    assert res.complete and max_pixel_difference(res, reference) <= ROUNDING
     assert res.params["memory_events"] == [
         "out of memory decoding 8 images at once; decoding 4",
         "out of memory decoding 4 images at once; decoding 2",
@@ -263,7 +269,7 @@ def test_cpu_chunks_shrink_to_the_free_memory(tiny_pipe, reference, monkeypatch)
     res = dl.Lens(tiny_pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, use_cache=False)
     assert res.params["images_per_call"] == [3, 3, 3, 1]
     assert "3 images per call to fit" in res.params["memory_events"][0]
-    assert max_pixel_difference(res, reference) <= 1  # another batching: the lens's batched == sequential bound
+    assert max_pixel_difference(res, reference) <= ROUNDING  # another batching: the lens's batched == sequential bound
 
 
 def test_a_progress_event_comes_before_the_first_denoiser_call_returns(tiny_pipe, monkeypatch):
@@ -304,7 +310,7 @@ def test_lens_works_under_cpu_offload(mode, reference):
         except TypeError as err:  # accelerate cannot stream weights on a CPU-only torch build
             pytest.skip(f"diffusers' own pipeline cannot run with sequential offload here: {str(err)[:80]}")
     res = dl.Lens(pipe).run(PROMPT, seeds=[0, 1], num_inference_steps=3, use_cache=False)
-    assert max_pixel_difference(res, reference) == 0
+    assert max_pixel_difference(res, reference) <= ROUNDING
     vectors, _ = dl.Lens(pipe).embed(PROMPT, layers=[4])
     assert np.isfinite(vectors[4]).all()
 
@@ -336,7 +342,7 @@ def test_compile_compiles_once_and_keeps_every_chunk_the_same_shape(reference, m
     assert [m for m, _ in compiled] == [pipe.unet] and compiled[0][1]["dynamic"] is False
     res = lens.run(PROMPT, seeds=[0, 1], num_inference_steps=3, max_batch=4, use_cache=False, snapshot_every=3)
     assert set(batches) == {8}  # 10 images in chunks of 4: the last chunk of 2 padded to 4 (×2 for guidance)
-    assert max_pixel_difference(res, reference) == 0
+    assert max_pixel_difference(res, reference) <= ROUNDING
     assert all(len(res.snapshots[item]) == 1 for item in res.images)
 
 

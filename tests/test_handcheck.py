@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
+from difflens_widgets.studies import handcheck
 from difflens_widgets.toy import HANDCHECKED_T5_DIR
-from difflens_widgets.toy.studies import handcheck
 
 FOLDER = handcheck.DEFAULT_FOLDER
 

@@ -8,7 +8,9 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.slow  # each form starts an interpreter and loads the toy model
+# slow: each form starts an interpreter and loads the toy model; one xdist group: under `pytest -n 2` the forms run one
+# after another on one worker, so no two of them race for the cores while they wait on a run in flight
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lifecycle")]
 
 ABORT = "terminate called without an active exception"
 LONG_RUN = 'seeds="0,1,2,3", num_inference_steps=200'

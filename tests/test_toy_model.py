@@ -8,9 +8,9 @@ import torch
 
 import difflens_widgets as dl
 from difflens_widgets.core.models import EMBEDDED_MODELS, embedded_name, is_toy
+from difflens_widgets.studies.report import FAMILIES, TIER_FAMILIES, evaluation_prompts, run_report, summary
+from difflens_widgets.studies.report import balance as report_balance
 from difflens_widgets.toy.annotate import judge
-from difflens_widgets.toy.studies.report import FAMILIES, TIER_FAMILIES, evaluation_prompts, run_report, summary
-from difflens_widgets.toy.studies.report import balance as report_balance
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +83,14 @@ def test_toy_draws_single_coloured_objects(toy):
         assert sum(hits) >= 3, (result.prompt, hits)
 
 
+# plumbing, not pictures: 2 steps, 2 prompts per family for the curves, 3 for the last layer (540 images were 200)
+QUICK = dict(seeds=1, steps=2, per_family=2, ablation_per_family=1, last_layer_per_family=3)
+
+
 @pytest.mark.slow
 def test_report_on_a_tiny_subset(tmp_path):
     logs = []
-    table = run_report("toy", seeds=1, steps=2, per_family=2, ablation_per_family=1, out=tmp_path, log=logs.append)
+    table = run_report("toy", **QUICK, out=tmp_path, log=logs.append)
     saved = json.loads((tmp_path / "emergence.json").read_text())
     assert (tmp_path / "emergence.png").stat().st_size > 10_000
     for variant, prompts in (("final_norm", 2), ("no_final_norm", 1)):
@@ -96,14 +100,15 @@ def test_report_on_a_tiny_subset(tmp_path):
             assert curve["layers"] == list(range(9)) and curve["prompts"] == prompts
             assert all(lo <= m <= hi for lo, m, hi in zip(curve["low"], curve["mean"], curve["high"]))
     last = saved["last_layer"]
-    assert {f: e["prompts"] for f, e in last.items()} == {f: len(p) for f, p in evaluation_prompts(None).items()}
-    assert last["relation"]["relation"]["n"] == 44  # every relation prompt, one seed, the last layer only
+    assert {f: e["prompts"] for f, e in last.items()} == {f: 3 for f in evaluation_prompts(None)}
+    assert last["relation"]["relation"]["n"] == 3  # three relation prompts, one seed, the last layer only
+    assert "--last-layer-per-family 3" in saved["command"]
     assert saved["balance"]["relation"]["colors"] == {"blue": 1, "green": 1, "red": 1, "yellow": 1}
     assert [f["finding"] for f in saved["findings"]][-1] == "frequent colours before rare ones"
     assert set(saved["findings"][-1]["tiers"]) == set(TIER_FAMILIES)
     text = summary(table)
     assert "| relation | relation | 2 |" in text and "### findings" in text
-    again = run_report("toy", seeds=1, steps=2, per_family=2, ablation_per_family=1, out=tmp_path, log=logs.append)
+    again = run_report("toy", **QUICK, out=tmp_path, log=logs.append)
     assert any("0 to run" in line for line in logs[-3:])  # the datasets were complete: nothing regenerated
     assert again["variants"] == table["variants"]
 
@@ -145,7 +150,7 @@ def test_evaluation_prompts_are_balanced():
 def test_report_without_matplotlib_writes_numbers_and_says_what_to_install(tmp_path, monkeypatch, capsys):
     import builtins
 
-    from difflens_widgets.toy.studies import report
+    from difflens_widgets.studies import report
 
     real_import = builtins.__import__
 
@@ -177,7 +182,7 @@ def _curve(mean, n=40, emergence=None, interval=(None, None)):
 
 
 def test_findings_say_when_a_concept_is_not_learned():
-    from difflens_widgets.toy.studies.report import RELATION_CHANCE, findings, findings_text
+    from difflens_widgets.studies.report import RELATION_CHANCE, findings, findings_text
 
     rising = _curve([0.0, 0.2, 0.5, 0.9, 0.9], emergence=3, interval=(2, 3))
     early = _curve([0.0, 0.9, 0.9, 0.9, 0.9], emergence=1, interval=(1, 1))
@@ -202,7 +207,7 @@ def test_findings_say_when_a_concept_is_not_learned():
 
 
 def test_each_embedded_model_ships_its_report():
-    from difflens_widgets.toy.studies.report import shipped
+    from difflens_widgets.studies.report import shipped
 
     assert shipped()["model"] == "toy" and shipped("toy-t5")["model"] == "toy-t5"
     assert "--model toy-t5" in shipped("toy-t5")["command"]

@@ -11,9 +11,9 @@ from diffusers import AutoencoderKL
 
 import difflens_widgets as dl
 from difflens_widgets.core.models import TOY_MODEL_DIR
+from difflens_widgets.studies import campaign, train
+from difflens_widgets.studies.pool import build_pool, load_pool, parse_weights, render_scenes
 from difflens_widgets.toy.annotate import parse_caption
-from difflens_widgets.toy.studies import campaign, train
-from difflens_widgets.toy.studies.pool import build_pool, load_pool, parse_weights, render_scenes
 from difflens_widgets.toy.tokenizer import build_tokenizer
 from difflens_widgets.toy.world import INVERSE_RELATION, World
 

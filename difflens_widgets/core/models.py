@@ -241,7 +241,7 @@ def _resolve(model: str, download: bool) -> tuple[str, dict]:
         if not (folder / "model_index.json").exists():
             raise FileNotFoundError(
                 f"the embedded model {model!r} is missing from this installation ({folder}); reinstall "
-                "difflens-widgets, or train it: python -m difflens_widgets.toy.studies.train "
+                "difflens-widgets, or train it: python -m difflens_widgets.studies.train "
                 f"--kind {_TRAINING_KIND[model]} --out DIR"
             )
         return str(folder), {}

@@ -17,7 +17,7 @@ touching, sometimes a tinted noise field with no shape at all. Each step can be 
    person would say "there is something red, I cannot tell what".
 
 How far to trust it on generated images is measured, not assumed: ``toy/handchecked/`` holds generated images
-labelled by eye, and ``python -m difflens_widgets.toy.handcheck agreement`` re-measures the annotator against them.
+labelled by eye, and ``python -m difflens_widgets.studies.handcheck agreement`` re-measures the annotator against them.
 
 ``ask(image, "is the red triangle above the blue circle?")`` answers the paper's questions, and
 :func:`judge` scores an image against a caption (objects / colours / both / relation), which is what the emergence

@@ -15,7 +15,7 @@ Input: a square window around the blob (side 1.3 × its larger extent, so aspect
 paint strength in [0, 1], resized to :data:`SIDE` × :data:`SIDE`. Output: one of :data:`~.world.SHAPES` or
 :data:`OTHER`.
 
-    python -m difflens_widgets.toy.studies.train_shape_classifier   # retrain; writes shape_classifier.safetensors
+    python -m difflens_widgets.studies.train_shape_classifier   # retrain; writes shape_classifier.safetensors
 
 Weights: ``shape_classifier.safetensors`` (0.16 MB) shipped in the package; training (16,000 examples, 12 epochs)
 takes about five minutes on a 2-core CPU.

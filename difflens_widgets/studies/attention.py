@@ -1,7 +1,7 @@
 """Does a word's cross-attention land on the object it names, and from which lens layer on? Measured on the toy.
 
-    python -m difflens_widgets.toy.studies.attention --out runs/attention          # ~10 min on 2 CPU cores
-    python -m difflens_widgets.toy.studies.attention --out runs/attention --model runs/pC/pipeline --seeds 6
+    python -m difflens_widgets.studies.attention --out runs/attention          # ~10 min on 2 CPU cores
+    python -m difflens_widgets.studies.attention --out runs/attention --model runs/pC/pipeline --seeds 6
 
 For single-object prompts ("a red circle") and two-object prompts ("a red circle left of a blue square") the lens
 runs every layer with ``attention=True``. In every image the annotator finds each named object's blob
@@ -48,9 +48,9 @@ WORD_KINDS = ("colour", "shape")
 def measure(model, seeds: list[int], steps: int, groups: dict[str, list[str]] = GROUPS, layers=None) -> dict:
     """{group: {kind: {layer: counts}}} with counts = hits, baseline hits, n, summed inside mass. ``model``: a
     pipeline, a folder or "toy"; ``layers``: as ``Lens.run`` takes them (default: every layer)."""
-    from ... import Lens
-    from ...core.attention_stats import map_stats
-    from ..annotate import parse_caption, word_regions
+    from .. import Lens
+    from ..core.attention_stats import map_stats
+    from ..toy.annotate import parse_caption, word_regions
 
     lens = Lens(model)
     table: dict = {}
@@ -90,7 +90,7 @@ def measure(model, seeds: list[int], steps: int, groups: dict[str, list[str]] = 
 
 def _by_kind(regions: dict, prompt: str) -> dict:
     """The first drawn object's colour blob and shape blob of ``prompt`` (the shuffled baseline's regions)."""
-    from ..annotate import parse_caption
+    from ..toy.annotate import parse_caption
 
     out = {}
     for color, shape in parse_caption(prompt).objects:
@@ -103,7 +103,7 @@ def _by_kind(regions: dict, prompt: str) -> dict:
 
 def rates(counts: dict) -> dict:
     """Counts per layer → rates with Wilson intervals."""
-    from ...sweeps.report import wilson
+    from ..sweeps.report import wilson
 
     out = {}
     for layer, c in sorted(counts.items()):
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     table = {group: {kind: rates(c) for kind, c in kinds.items()} for group, kinds in counts.items()}
     report = {
         "command": " ".join(
-            ["python -m difflens_widgets.toy.studies.attention", *(sys.argv[1:] if argv is None else argv)]
+            ["python -m difflens_widgets.studies.attention", *(sys.argv[1:] if argv is None else argv)]
         ),
         "model": args.model,
         "seeds": args.seeds,

@@ -1,6 +1,6 @@
 """What the toy model's denoiser knows, per block and timestep (the Revelio side of the toy model).
 
-    python -m difflens_widgets.toy.probe_report --images 240 --out runs/probe
+    python -m difflens_widgets.studies.probe_report --images 240 --out runs/probe
 
 Renders single coloured objects (balanced over the common colours × shapes; random size and position), taps every
 U-Net block at each timestep, and prints linear-probe accuracy tables for colour, shape, size and side (left/right
@@ -15,9 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from ...core.models import load_pipeline
-from ...denoiser.probes import probe
-from ..world import world_probe_set
+from ..core.models import load_pipeline
+from ..denoiser.probes import probe
+from ..toy.world import world_probe_set
 
 
 def run(

@@ -1,7 +1,7 @@
 """Train the annotator's shape classifier (:mod:`difflens_widgets.toy.shape_classifier`) on world shapes and
 others, deformed the way generations are, passed through the toy VAE's round trip and softened.
 
-    python -m difflens_widgets.toy.studies.train_shape_classifier   # writes toy/shape_classifier.safetensors
+    python -m difflens_widgets.studies.train_shape_classifier   # writes toy/shape_classifier.safetensors
 
 16,000 examples, 12 epochs: about five minutes on a 2-core CPU.
 """
@@ -18,10 +18,10 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
-from .. import MODEL_DIR
-from ..annotate import background_of, segment
-from ..shape_classifier import CLASSES, OTHER, WEIGHTS, ShapeNet, load
-from ..world import BACKGROUND, COLORS, SHAPES, World, shape_polygon
+from ..toy import MODEL_DIR
+from ..toy.annotate import background_of, segment
+from ..toy.shape_classifier import CLASSES, OTHER, WEIGHTS, ShapeNet, load
+from ..toy.world import BACKGROUND, COLORS, SHAPES, World, shape_polygon
 from .train import images_to_tensor
 
 OTHER_SHARE = 0.2  # share of training objects that are not world shapes

@@ -4,10 +4,10 @@ The annotator is right on renders by construction; what the emergence report nee
 toy model *generates* — soft, faded, sometimes noise. So a fixed set of generated images, spread over layers,
 caption families and the no-final-norm ablation, was looked at one by one and what each shows was written down:
 
-    python -m difflens_widgets.toy.handcheck generate --model runs/toy2/pipeline   # the images, into handchecked/
-    python -m difflens_widgets.toy.handcheck generate --model toy-t5 --count 120 --out .../handchecked_t5
-    python -m difflens_widgets.toy.handcheck sheets          # contact sheets to look at (then write labels.jsonl)
-    python -m difflens_widgets.toy.handcheck agreement       # the annotator against the labels
+    python -m difflens_widgets.studies.handcheck generate --model runs/toy2/pipeline   # the images, into handchecked/
+    python -m difflens_widgets.studies.handcheck generate --model toy-t5 --count 120 --out .../handchecked_t5
+    python -m difflens_widgets.studies.handcheck sheets          # contact sheets to look at (then write labels.jsonl)
+    python -m difflens_widgets.studies.handcheck agreement       # the annotator against the labels
 
 ``labels.jsonl`` has one record per image: the prompt and how it was made, and what the labeller saw —
 ``seen``, the coloured shapes drawn (``"red square"``; ``"red blob"`` for paint of a clear colour whose shape cannot
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .. import HANDCHECKED_DIR
-from ..annotate import BLOB, QUESTIONS, Detection, annotate, judge, parse_caption
-from ..world import COLORS, RELATIONS, SHAPES
+from ..toy import HANDCHECKED_DIR
+from ..toy.annotate import BLOB, QUESTIONS, Detection, annotate, judge, parse_caption
+from ..toy.world import COLORS, RELATIONS, SHAPES
 
 DEFAULT_FOLDER = HANDCHECKED_DIR  # shipped: anyone can re-measure the annotator
 SHEET_COLUMNS, SHEET_ROWS, SHEET_SCALE = 5, 4, 3
@@ -65,8 +65,8 @@ def generate(
 ) -> list[dict]:
     """Generate the planned images (the first ``count``: the plan cycles through the families, so any prefix covers
     them all) into ``out/images`` and write ``out/items.jsonl`` (the labels come later)."""
-    from ...core.engine import Lens
-    from ...core.models import load_pipeline
+    from ..core.engine import Lens
+    from ..core.models import load_pipeline
 
     lens = Lens(load_pipeline(model), cache_size=1)
     (out / "images").mkdir(parents=True, exist_ok=True)

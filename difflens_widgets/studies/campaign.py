@@ -1,7 +1,7 @@
 """Several toy trainings on one machine, sharing one pool, inside one wall-clock budget; then their results packed
 into a few files small enough to carry off a time-limited machine.
 
-    python -m difflens_widgets.toy.studies.campaign --out /tmp/campaign --pack $OUT --minutes 8.5 \\
+    python -m difflens_widgets.studies.campaign --out /tmp/campaign --pack $OUT --minutes 8.5 \\
         --run t5:t5-dit:1e-3:512 --run t5-slow:t5-dit:3e-4:512 --run clip:clip-unet:1e-3:256
 
 Toy models are so small that one training leaves a GPU mostly idle (each step is kernel launches, not arithmetic),
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import MODEL_DIR
+from ..toy import MODEL_DIR
 from .pool import TRAINING_WEIGHTS
 from .train import KINDS, WEIGHTS_FILE
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     pool = args.out / "pool"
     if not (pool / "captions.json").exists():
         subprocess.run(
-            [sys.executable, "-m", "difflens_widgets.toy.studies.pool", "--out", str(pool), "--scenes",
+            [sys.executable, "-m", "difflens_widgets.studies.pool", "--out", str(pool), "--scenes",
              str(args.scenes), "--workers", str(args.workers), "--weights",
              TRAINING_WEIGHTS, *device],
             check=True,
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         run_dir = args.out / spec.name
         run_dir.mkdir(exist_ok=True)
         command = [
-            sys.executable, "-m", "difflens_widgets.toy.studies.train", "--out", str(run_dir), "--kind", spec.kind,
+            sys.executable, "-m", "difflens_widgets.studies.train", "--out", str(run_dir), "--kind", spec.kind,
             "--vae-from", str(MODEL_DIR / "vae"), "--vae-steps", "0", "--pool", str(pool), "--lr", str(spec.lr),
             "--batch", str(spec.batch), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
             "--checkpoint-every", "1000", "--export-every", "1000", "--max-minutes", f"{minutes:.2f}",

@@ -1,9 +1,9 @@
 """Train the toy text-to-image models from scratch on the shapes world.
 
-    python -m difflens_widgets.toy.studies.train --out runs/toy                 # VAE, pool, UNet + CLIP
-    python -m difflens_widgets.toy.studies.train --out runs/t5 --kind t5-dit \
+    python -m difflens_widgets.studies.train --out runs/toy                 # VAE, pool, UNet + CLIP
+    python -m difflens_widgets.studies.train --out runs/t5 --kind t5-dit \
         --vae-from difflens_widgets/toy/model/vae --vae-steps 0 --threads 1      # toy-t5 on one core, shipped VAE
-    python -m difflens_widgets.toy.studies.train --out runs/t5 --kind t5-dit --steps 60000   # resume, go further
+    python -m difflens_widgets.studies.train --out runs/t5 --kind t5-dit --steps 60000   # resume, go further
 
 Two stages. The VAE learns on batches rendered per step (``--workers`` loader processes). The denoiser and its text
 encoder then learn from a *pool* (:mod:`.pool`): scenes rendered, VAE-encoded and tokenized once, each draw a fresh
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.models import sd_pipeline
-from .. import architecture
-from ..tokenizer import build_tokenizer
-from ..world import World
+from ..core.models import sd_pipeline
+from ..toy import architecture
+from ..toy.tokenizer import build_tokenizer
+from ..toy.world import World
 from .pool import TRAINING_WEIGHTS
 
 
@@ -250,7 +250,7 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
     by the annotator — both objects drawn, the arrangement right, and the arrangement right given both drawn (what
     the pilot tracks every few hundred steps: compositional skills appear late and abruptly in small diffusion
     models, so the curve, not one number, is kept)."""
-    from ..annotate import judge
+    from ..toy.annotate import judge
 
     verdicts = []
     with torch.no_grad():
@@ -279,7 +279,7 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
 
 def _placement(image, prompt: str) -> dict:
     """The shape-blind relation check (annotate.placement) where the prompt names two different colours."""
-    from ..annotate import parse_caption, placement
+    from ..toy.annotate import parse_caption, placement
 
     colours = {c for c, _ in parse_caption(prompt).objects}
     return {f"by_{k}": v for k, v in placement(image, prompt).items()} if len(colours) == 2 else {}

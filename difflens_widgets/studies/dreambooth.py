@@ -1,7 +1,7 @@
 """DreamBooth on the toy model: bind the rare word "xon" to one particular striped triangle.
 
-    python -m difflens_widgets.toy.dreambooth --out runs/xon                  # ~300 steps, a few minutes on a CPU
-    python -m difflens_widgets.toy.dreambooth --out runs/xon --steps 60 --every 20   # a quick look
+    python -m difflens_widgets.studies.dreambooth --out runs/xon                  # ~300 steps, a few minutes on a CPU
+    python -m difflens_widgets.studies.dreambooth --out runs/xon --steps 60 --every 20   # a quick look
 
 What it does (Ruiz et al., 2023, shrunk to the shapes world):
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from ..world import BACKGROUND, SIZES, shape_polygon
+from ..toy.world import BACKGROUND, SIZES, shape_polygon
 from .train import images_to_tensor
 
 IDENTIFIER = "xon"
@@ -83,9 +83,9 @@ def stripe_share(image: Image.Image) -> float:
 def measure(pipe, seeds: list[int], steps: int = 20) -> dict:
     """Before/after numbers: cos(xon, triangle) per layer, stripe share of "a xon triangle" images, and whether "a
     triangle" still draws a triangle (prior preserved)."""
-    from ...analyses.similarity import token_similarity
-    from ...core.engine import Lens
-    from ..annotate import judge
+    from ..analyses.similarity import token_similarity
+    from ..core.engine import Lens
+    from ..toy.annotate import judge
 
     lens = Lens(pipe, cache_size=1)
     sims = token_similarity(lens, INSTANCE_PROMPT, IDENTIFIER, CLASS_PROMPT, CLASS_WORD)
@@ -102,7 +102,7 @@ def measure(pipe, seeds: list[int], steps: int = 20) -> dict:
 
 def class_images(pipe, n: int, seed: int, steps: int = 20) -> list[Image.Image]:
     """The prior-preservation set: what the base model draws for "a triangle" (seeds seed..seed+n-1)."""
-    from ...core.engine import quiet_progress_bar
+    from ..core.engine import quiet_progress_bar
 
     generators = [torch.Generator(pipe.device).manual_seed(seed + i) for i in range(n)]
     with quiet_progress_bar(pipe):
@@ -122,7 +122,7 @@ def fine_tune(
     log=print,
 ):
     """DreamBooth: train copies of the base's text encoder and UNet; returns the tuned pipeline."""
-    from ...analyses.tuning import derived_pipeline
+    from ..analyses.tuning import derived_pipeline
 
     torch.manual_seed(seed)
     tuned = derived_pipeline(base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder))
@@ -200,8 +200,8 @@ def run(
     log=print,
 ) -> dict:
     """The whole experiment; returns (and writes) the report."""
-    from ...analyses.tracker import LensTracker
-    from ...core.models import load_pipeline
+    from ..analyses.tracker import LensTracker
+    from ..core.models import load_pipeline
 
     base = base if base is not None else load_pipeline("toy", device="cpu")
     seeds = list(range(eval_seeds))

@@ -5,7 +5,7 @@ rendering shapes; a pool of a few hundred thousand scenes costs seconds to minut
 pure denoiser + text-encoder work. Each draw from the pool samples a fresh latent from the stored posterior
 (mean, std) and fresh noise, so a scene seen twice is never the same training example.
 
-    python -m difflens_widgets.toy.studies.pool --out runs/pool --scenes 40000 --vae difflens_widgets/toy/model/vae
+    python -m difflens_widgets.studies.pool --out runs/pool --scenes 40000 --vae difflens_widgets/toy/model/vae
 
 A pool folder holds ``latents.safetensors`` (posterior mean and std, fp16), ``captions.json`` (every caption with
 the index of its image: with ``paired``, a relation scene's image carries both of its phrasings) and ``pool.json``
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..world import FAMILY_WEIGHTS, World, render
+from ..toy.world import FAMILY_WEIGHTS, World, render
 
 CHUNK = 1000  # scenes per rendering task
 # The trainers' pool: relations weighted up, every relation scene said both ways; no empty captions, since the
@@ -166,7 +166,7 @@ def load_pool(folder: Path, tokenizer, device: torch.device) -> Pool:
     missing = [name for name in ("latents.safetensors", "captions.json") if not (folder / name).exists()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a pool folder (missing {', '.join(missing)}); build one with "
-                                "python -m difflens_widgets.toy.studies.pool")  # fmt: skip
+                                "python -m difflens_widgets.studies.pool")  # fmt: skip
     tensors = load_file(folder / "latents.safetensors")
     rows = json.loads((folder / "captions.json").read_text())
     captions = [caption for _, caption, _ in rows]
@@ -201,7 +201,7 @@ def parse_weights(text: str | None) -> dict[str, float] | None:
 def main(argv: list[str] | None = None) -> None:
     from diffusers import AutoencoderKL
 
-    from .. import MODEL_DIR
+    from ..toy import MODEL_DIR
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)

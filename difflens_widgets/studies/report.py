@@ -1,6 +1,6 @@
 """The emergence report: at which layer does each caption family appear in the lens images?
 
-    python -m difflens_widgets.toy.report --out runs/report          # resumable; prints what MODEL_CARD.md states
+    python -m difflens_widgets.studies.report --out runs/report          # resumable; prints what MODEL_CARD.md states
 
 For every caption family (the toy analogue of the paper's Figures 3 and 5), the share of lens images per layer that
 the annotator judges to match the prompt — objects / colours / both (and the relation, for relation captions) — with
@@ -28,9 +28,18 @@ import random
 import time
 from pathlib import Path
 
-from .. import REPORT_DIR, REPORT_T5_DIR
-from ..annotate import QUESTIONS
-from ..world import COLOR_TIERS, CORE_COLORS, INVERSE_RELATION, RELATIONS, SHAPES, held_out_pairs, noun_phrase, pair_key
+from ..toy import REPORT_DIR, REPORT_T5_DIR
+from ..toy.annotate import QUESTIONS
+from ..toy.world import (
+    COLOR_TIERS,
+    CORE_COLORS,
+    INVERSE_RELATION,
+    RELATIONS,
+    SHAPES,
+    held_out_pairs,
+    noun_phrase,
+    pair_key,
+)
 
 TIER_FAMILIES = tuple(f"{tier} colour" for tier in COLOR_TIERS)
 FAMILIES = ("object", "colored", "and", "and (held out)", "relation", "relation (held out)") + TIER_FAMILIES
@@ -133,7 +142,7 @@ def in_every_family(rows, prompts: dict[str, list[str]]):
 
 def balance(prompts: list[str]) -> dict[str, dict[str, int]]:
     """How often each colour and each shape is named in ``prompts`` (the report states these counts)."""
-    from ..annotate import parse_caption
+    from ..toy.annotate import parse_caption
 
     colors: dict[str, int] = {}
     shapes: dict[str, int] = {}
@@ -150,8 +159,8 @@ def judged(rows, folder: Path):
     of the installed version, so improving the annotator never needs the images to be generated again."""
     from PIL import Image
 
-    from ...sweeps.store import read_image
-    from ..annotate import judge
+    from ..sweeps.store import read_image
+    from ..toy.annotate import judge
 
     verdicts = [
         judge(Image.open(io.BytesIO(read_image(folder, image))), prompt)
@@ -167,7 +176,7 @@ def emergence_interval(rows, question: str, seed: int = 0) -> tuple[int | None, 
     """95% bootstrap interval of a family's emergence layer, resampling its prompts."""
     import numpy as np
 
-    from ...sweeps.report import emergence_layer
+    from ..sweeps.report import emergence_layer
 
     table = rows.pivot_table(index="prompt_id", columns="layer", values=question, aggfunc="mean")
     if table.empty:
@@ -189,7 +198,7 @@ def family_curves(rows) -> dict:
     ``relation_given_both`` is the relation's share among the images that drew both objects."""
     import pandas as pd
 
-    from ...sweeps.report import curves
+    from ..sweeps.report import curves
 
     if "relation" in rows and rows["relation"].notna().any():  # the arrangement, judged where both objects are drawn
         drawn = rows[(rows["both"] == True) & rows["relation"].notna()]  # noqa: E712 (object column)
@@ -282,7 +291,7 @@ def rises(curve: dict) -> bool:
 
 
 def _last_layer(rows) -> dict:
-    from ...sweeps.report import wilson
+    from ..sweeps.report import wilson
 
     out = {}
     for family, group in rows.groupby("family", sort=False):
@@ -365,8 +374,9 @@ def run_report(
     ablation_per_family: int | None = 5,
     last_layer: bool = True,
     log=print,
+    last_layer_per_family: int | None = None,
 ) -> dict:
-    from ... import sweeps
+    from .. import sweeps
 
     out = Path(out)
     prompts = evaluation_prompts(per_family)
@@ -378,7 +388,7 @@ def run_report(
     if ablation_per_family:
         jobs["no_final_norm"] = (evaluation_prompts(ablation_per_family), None, False)
     if last_layer:  # -1: the pipeline's own conditioning, whatever the encoder's depth
-        jobs["last_layer"] = (evaluation_prompts(None), [-1], True)
+        jobs["last_layer"] = (evaluation_prompts(last_layer_per_family), [-1], True)
     for name, (job_prompts, layers, final_norm) in jobs.items():
         sweeps.sweep(
             prompt_rows(job_prompts),
@@ -393,9 +403,11 @@ def run_report(
         )
         rows[name] = in_every_family(judged(sweeps.load_rows(out / name), out / name), job_prompts)
     table = {
-        "command": "python -m difflens_widgets.toy.studies.report "
+        "command": "python -m difflens_widgets.studies.report "
         + ("" if str(model) == "toy" else f"--model {model} ")
-        + f"--seeds {seeds} --per-family {per_family} --ablation-per-family {ablation_per_family} --out {out}",
+        + f"--seeds {seeds} --per-family {per_family} --ablation-per-family {ablation_per_family} "
+        + (f"--last-layer-per-family {last_layer_per_family} " if last_layer_per_family else "")
+        + f"--out {out}",
         "model": str(model),
         "seeds": seed_list,
         "steps": steps,
@@ -524,6 +536,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-last-layer", action="store_true", help="skip the last-layer accuracy over every evaluation prompt"
     )
+    parser.add_argument(
+        "--last-layer-per-family",
+        type=int,
+        default=0,
+        help="prompts per family for the last-layer accuracy (0 = every evaluation prompt; fewer for a quick look)",
+    )
     parser.add_argument("--out", default="report")
     args = parser.parse_args(argv)
     table = run_report(
@@ -535,6 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out,
         ablation_per_family=args.ablation_per_family,
         last_layer=not args.no_last_layer,
+        last_layer_per_family=args.last_layer_per_family or None,
     )
     print(summary(table))
     print(f"\nwrote {Path(args.out) / 'emergence.json'} ({table['seconds']} s)")
