@@ -139,6 +139,18 @@ def _check_folder(flag: str, folder: Path) -> None:
             return
 
 
+def _note_unknown_words(pipe, prompts: list[str]) -> None:
+    """On a toy model, one line per prompt that says words its world does not have, before any denoising: the run
+    goes on (a lens of unknown words is itself instructive), but nobody should read its images as a failure."""
+    from .core.models import is_toy
+
+    if is_toy(pipe):
+        from .toy.world import unknown_words_note
+
+        for note in dict.fromkeys(filter(None, map(unknown_words_note, prompts))):
+            print(f"difflens: note: {note}", file=sys.stderr)
+
+
 def _run(args) -> int:
     from tqdm.auto import tqdm
 
@@ -151,7 +163,7 @@ def _run(args) -> int:
     out = _check_out(args.out)  # everything that needs no model is checked before loading one
     if args.save_dir:
         _check_folder("--save-dir", Path(args.save_dir))
-    options.parse_prompts(args.prompt)
+    prompts = options.parse_prompts(args.prompt)
     values = lens_options.values_from(args)
     lens_options.precheck(values)
     _check_device(args.device)
@@ -176,6 +188,7 @@ def _run(args) -> int:
         plan = plan_panels(lens, args.prompt, compare=compare, tuned=tuned, max_batch=args.max_batch, **run_options)
         if args.attention_word:  # the word is checked against the prompt's tokens before any denoising
             token_positions(plan.tokens(), args.attention_word)
+        _note_unknown_words(pipe, prompts)  # once every argument is accepted: a refusal stays one line
         panels = execute_panels(plan, progress)
     finally:
         for bar in bars:

@@ -39,7 +39,7 @@ def test_foreground_embeds_beside_a_background_run_are_exact(skip_layers, shared
     worker = threading.Thread(target=background_runs, args=(background, skip_layers, stop, errors, runs))
     worker.start()
     try:
-        for i in range(800):
+        for i in range(400):  # each pass overlaps the background run's encoder pass at a different point
             prompt = PROMPTS[i % len(PROMPTS)]
             vectors, _ = foreground.embed(prompt, layers=[0, 2, 4])
             for layer, expected in reference[prompt].items():

@@ -188,7 +188,7 @@ def test_magic_lines_never_raise(pipe, tmp_path_factory, capsys):
         ]
     )
 
-    @settings(max_examples=120, **SETTINGS)
+    @settings(max_examples=80, **SETTINGS)  # each case that runs loads the pipeline from its folder
     @given(st.lists(st.one_of(pieces, TEXT.filter(lambda s: "\n" not in s)), max_size=5))
     def check(words):
         line = " ".join(words) + f" --model {folder} --steps 1 --layers 0"
@@ -206,7 +206,7 @@ def test_magic_lines_never_raise(pipe, tmp_path_factory, capsys):
     check()
     ip.run_line_magic("unload_ext", "difflens")
     print(f"\nmagic: {len(cases)} cases, {cases.count('done')} ran, {len(cases) - cases.count('done')} refused")
-    assert len(cases) >= 100 and cases.count("refused") >= 20 and "error" not in cases
+    assert len(cases) >= 70 and cases.count("refused") >= 13 and "error" not in cases
 
 
 DASHBOARD_INPUTS = {

@@ -83,7 +83,7 @@ def test_toy_draws_single_coloured_objects(toy):
         assert sum(hits) >= 3, (result.prompt, hits)
 
 
-# plumbing, not pictures: 2 steps, 2 prompts per family for the curves, 3 for the last layer (540 images were 200)
+# plumbing, not pictures: 2 steps, 2 prompts per family for the curves, 3 for the last layer (536 images were 300)
 QUICK = dict(seeds=1, steps=2, per_family=2, ablation_per_family=1, last_layer_per_family=3)
 
 

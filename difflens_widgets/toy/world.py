@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
@@ -383,6 +384,29 @@ def clearly(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
 def vocabulary() -> list[str]:
     """Every word a caption can contain."""
     return language.vocabulary(COLORS, SHAPES)
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of ``prompt`` the shapes world never says (lower-cased, first appearance first): a toy model saw
+    none of them in training, so the tokenizer splits them into pieces it never learned to read together."""
+    known = set(vocabulary())
+    words = re.findall(r"[^\W\d_]+|\d+", prompt.lower())
+    return list(dict.fromkeys(w for w in words if w not in known))
+
+
+def unknown_words_note(prompt: str) -> str:
+    """One plain line for a user who typed ``prompt`` into a toy model ("" when every word is the world's own):
+    which words it does not know, what it does know, and that the lens runs anyway."""
+    unknown = unknown_words(prompt)
+    if not unknown:
+        return ""
+    named = [f"'{w}'" for w in unknown[:6]] + ([f"{len(unknown) - 6} more"] if len(unknown) > 6 else [])
+    listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    return (
+        f"the toy model does not know {listed}: its world has only coloured shapes ({', '.join(SHAPES)}) in "
+        f"{len(COLORS)} colours, alone, side by side or above/below one another; the lens still runs, and shows "
+        "what the encoder makes of words it never saw"
+    )
 
 
 def world_probe_set(n: int, seed: int = 0, image_size: int = 64) -> tuple[list[Image.Image], dict[str, list[str]]]:

@@ -21,6 +21,7 @@ from ..core.engine import Lens
 from ..core.models import EMBEDDED_MODELS, embedded_name, is_toy
 from ..core.results import LensResult
 from ..toy.annotate import question_specs
+from ..toy.world import unknown_words_note
 from .assets import png_bytes
 from .display import WIDGET_OPTIONS, LensDisplay, attention_payload, panel_frames
 
@@ -112,6 +113,8 @@ class LensDashboard(LensDisplay, LensInputs):
         self._pending: PanelPlan | None = None
         self._plan: PanelPlan | None = None  # the inputs, resolved: what Run runs (None while they are invalid)
         self._lock = threading.Lock()
+        self._toy = False  # an embedded shapes-world model (set when it has loaded)
+        self._note = ""  # the run's words outside a toy model's world, kept beside every status message
         self.max_batch: int | None = None  # images per pipeline call (None: from free memory)
         self.on_msg(self._on_message)
         load = (pipe_or_model, tuned, text_from, annotator, kwargs.get("encoder", ""), on_loaded)
@@ -136,6 +139,7 @@ class LensDashboard(LensDisplay, LensInputs):
             tuned = Lens(load_tuned(base.pipe, tuned))  # load_tuned checks compatibility
         self._text_from = None if text_from is None else Lens.of(text_from)
         self._annotator = is_toy(base.pipe) if annotator is None else options.check_flag("annotator", annotator)
+        self._toy = is_toy(base.pipe)
         self._lenses = {base.adapter.encoder_name: (base, tuned)}
         self.encoder = encoder  # its validator picks the Lens (a set always validates)
         self.observe(
@@ -319,7 +323,9 @@ class LensDashboard(LensDisplay, LensInputs):
             self.attention_maps = {}
         if self.result is None or self.selected_layer not in run.layers:
             self.selected_layer = run.layers[-1]  # the model's normal image first
-        self.status, self.message, self.progress = "running", "", 0.0  # last: the new layout is already there
+        # a prompt outside a toy model's world: said before any denoising and kept beside every later message
+        self._note = unknown_words_note(plan.prompt) if self._toy else ""
+        self.status, self.message, self.progress = "running", self._note, 0.0  # last: the new layout is already there
         self._thread = threading.Thread(target=self._work, args=(plan,), daemon=True, name="difflens-run")
         lifecycle.track_worker(self._thread)  # joined, its run cancelled, if the interpreter exits meanwhile
         self._thread.start()
@@ -367,7 +373,7 @@ class LensDashboard(LensDisplay, LensInputs):
             now = time.perf_counter()
             if done and now - said[0] > 1.0:  # an estimate from the steps measured so far, once a second
                 said[0] = now
-                self.message = f"about {_duration((now - started) / done * (total - done))} left"
+                self.message = _joined(self._note, f"about {_duration((now - started) / done * (total - done))} left")
             if preview is not None:
                 if not first_preview:
                     first_preview.append(time.perf_counter() - started)
@@ -386,7 +392,7 @@ class LensDashboard(LensDisplay, LensInputs):
             panels = execute_panels(plan, progress, snapshot_every=max(1, steps // 5), max_batch=self.max_batch)
             if all(p.result.complete for p in panels):
                 self._show(panels, self.run_info)
-                self.status, self.message = "done", non_finite_line(panels)
+                self.status, self.message = "done", _joined(self._note, non_finite_line(panels))
             else:
                 self.message = self._after_cancel(panels, list(latest.values()))
                 self.status = "cancelled"
@@ -503,6 +509,11 @@ class LensDashboard(LensDisplay, LensInputs):
             self.message = str(err)
             return
         self.send({"action": "download", "name": name}, buffers=[data])
+
+
+def _joined(*parts: str) -> str:
+    """Status-line parts that say something, in order, as one line."""
+    return "; ".join(p for p in parts if p)
 
 
 def non_finite_line(panels: list[Panel]) -> str:
