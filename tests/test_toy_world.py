@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from difflens_widgets.toy import language
-from difflens_widgets.toy.annotate import annotate, ask, explain_color, judge, parse_caption
+from difflens_widgets.toy.annotate import Detection, annotate, ask, explain_color, judge, parse_caption
 from difflens_widgets.toy.tokenizer import MAX_LENGTH, build_tokenizer, learn_merges
 from difflens_widgets.toy.world import (
     BACKGROUND,
@@ -145,6 +145,25 @@ def test_annotator_positions_and_questions():
         ask(image, "how many shapes?")
     with pytest.raises(ValueError, match="not a shapes-world caption"):
         parse_caption("a cat on a mat")
+
+
+@pytest.mark.parametrize(
+    ("drawn", "caption", "objects"),
+    [
+        (["red circle"], "a red circle", True),
+        (["red circle", "red circle"], "a red circle", False),  # the first object drawn twice: an extra object
+        (["red circle", "blue square"], "a red circle", False),
+        (["red circle", "blue blob"], "a red circle", True),  # paint no shape can be called is not an object
+        (["red triangle", "blue circle"], "a red triangle above a blue circle", True),
+        (["red triangle", "blue circle", "blue circle"], "a red triangle above a blue circle", False),
+        (["red circle", "blue circle"], "a red circle and a blue circle", True),
+        (["red circle"], "a red circle and a blue circle", False),
+        ([], "a circle", False),
+    ],
+)
+def test_the_objects_check_refuses_extra_objects(drawn, caption, objects):
+    detections = [Detection(p.split()[1], p.split()[0], 8 + 16 * i, 32, 100, 0.9) for i, p in enumerate(drawn)]
+    assert judge(detections, caption)["objects"] is objects
 
 
 def test_blank_image_has_nothing():

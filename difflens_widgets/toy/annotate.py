@@ -27,6 +27,7 @@ report counts.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -246,7 +247,7 @@ def regions(image: Image.Image) -> list[tuple[Detection, np.ndarray]]:
 # The questions judge() answers — one home for every list of them (report, hand-check, sweeps, dashboards) — in the
 # order they are shown, each with its short label and its rule, which the dashboard shows one click away.
 QUESTIONS: dict[str, tuple[str, str]] = {
-    "objects": ("obj", "every shape the prompt names is drawn (a shape named twice, twice)"),
+    "objects": ("obj", "the shapes drawn are the shapes named, no more and no fewer (a shape named twice, twice)"),
     "colors": ("col", "every colour the prompt names is there, on whatever shape"),
     "both": ("bind", "each named colour is on its own named shape (two objects: two different shapes)"),
     "relation": (
@@ -281,7 +282,9 @@ def _find(detections: list[Detection], color: str | None, shape: str) -> list[De
 def judge(image_or_detections, caption: str) -> dict[str, bool]:
     """Score an image against a caption.
 
-    Returns ``objects`` (every named shape is present), ``colors`` (every named colour is present, vacuously true
+    Returns ``objects`` (the shapes drawn are exactly the shapes named, as many of each: an extra shape, such as
+    the first object drawn twice at an early layer, is wrong; paint the annotator cannot call a shape is not counted),
+    ``colors`` (every named colour is present, vacuously true
     when none is named), ``both`` (every named colour-shape pair is present, on distinct shapes) and, for
     relation captions, ``relation`` (both named objects present *and* in the named arrangement).
     """
@@ -290,7 +293,7 @@ def judge(image_or_detections, caption: str) -> dict[str, bool]:
     shapes = [d.shape for d in detections]
     colors = [d.color for d in detections]
     out = {
-        "objects": all(shapes.count(s) >= [o[1] for o in parsed.objects].count(s) for _, s in parsed.objects),
+        "objects": Counter(s for s in shapes if s != BLOB) == Counter(s for _, s in parsed.objects),
         "colors": all(c is None or c in colors for c, _ in parsed.objects),
     }
     (c1, s1), *rest = parsed.objects
