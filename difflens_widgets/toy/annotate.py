@@ -283,10 +283,10 @@ def judge(image_or_detections, caption: str) -> dict[str, bool]:
     """Score an image against a caption.
 
     Returns ``objects`` (the shapes drawn are exactly the shapes named, as many of each: an extra shape, such as
-    the first object drawn twice at an early layer, is wrong; paint the annotator cannot call a shape is not counted),
-    ``colors`` (every named colour is present, vacuously true
-    when none is named), ``both`` (every named colour-shape pair is present, on distinct shapes) and, for
-    relation captions, ``relation`` (both named objects present *and* in the named arrangement).
+    the first object drawn twice at an early layer, is wrong; paint the annotator cannot call a shape is not
+    counted), ``colors`` (every named colour is present, vacuously true when none is named), ``both`` (every named
+    colour-shape pair is present, on distinct shapes) and, for relation captions, ``relation`` (both named objects
+    present *and* in the named arrangement).
     """
     detections = image_or_detections if isinstance(image_or_detections, list) else annotate(image_or_detections)
     parsed = parse_caption(caption)
