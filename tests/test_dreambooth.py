@@ -26,7 +26,8 @@ def test_instance_is_one_striped_triangle_the_world_never_draws():
 def test_short_dreambooth_run_writes_tuned_model_tracker_and_report(tmp_path):
     toy = dl.load_pipeline("toy", device="cpu")
     lines = []
-    report = dreambooth.run(tmp_path, steps=2, every=1, eval_seeds=1, class_count=2, base=toy, log=lines.append)
+    run = dict(steps=2, every=1, eval_seeds=1, class_count=2, eval_steps=3)  # plumbing, not pictures
+    report = dreambooth.run(tmp_path, **run, base=toy, log=lines.append)
     assert (
         set(report["before"])
         == set(report["after"])

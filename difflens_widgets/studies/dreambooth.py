@@ -198,16 +198,22 @@ def run(
     class_count: int = 16,
     base=None,
     log=print,
+    eval_steps: int = 20,
 ) -> dict:
-    """The whole experiment; returns (and writes) the report."""
+    """The whole experiment; returns (and writes) the report. ``eval_steps``: denoising steps of the before/after
+    images and of the tracker's lens (fewer for a quick check of the plumbing)."""
     from ..analyses.tracker import LensTracker
     from ..core.models import load_pipeline
 
     base = base if base is not None else load_pipeline("toy", device="cpu")
     seeds = list(range(eval_seeds))
-    before = measure(base, seeds)
+    before = measure(base, seeds, steps=eval_steps)
     tracker = LensTracker(
-        INSTANCE_PROMPT, every=every, seed=0, pairs=[(INSTANCE_PROMPT, IDENTIFIER, CLASS_PROMPT, CLASS_WORD)]
+        INSTANCE_PROMPT,
+        every=every,
+        seed=0,
+        num_inference_steps=eval_steps,
+        pairs=[(INSTANCE_PROMPT, IDENTIFIER, CLASS_PROMPT, CLASS_WORD)],
     )
     started = time.perf_counter()
     tuned = fine_tune(
@@ -222,7 +228,7 @@ def run(
         log=log,
     )
     seconds = time.perf_counter() - started
-    after = measure(tuned, seeds)
+    after = measure(tuned, seeds, steps=eval_steps)
     out.mkdir(parents=True, exist_ok=True)
     tuned.text_encoder.save_pretrained(out / "tuned" / "text_encoder")
     tuned.unet.save_pretrained(out / "tuned" / "unet")
@@ -236,6 +242,7 @@ def run(
             "every": every,
             "seed": seed,
             "class_count": class_count,
+            "eval_steps": eval_steps,
         },
         "train_seconds": round(seconds, 1),
         "eval_seeds": seeds,
@@ -276,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-seeds", type=int, default=8)
     parser.add_argument("--class-images", type=int, default=16, help="prior-preservation images the base draws")
+    parser.add_argument("--eval-steps", type=int, default=20, help="denoising steps of the measured images")
     args = parser.parse_args(argv)
-    for name in ("steps", "batch", "every", "eval_seeds", "class_images"):
+    for name in ("steps", "batch", "every", "eval_seeds", "class_images", "eval_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be ≥ 1")
     run(
@@ -290,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         eval_seeds=args.eval_seeds,
         class_count=args.class_images,
+        eval_steps=args.eval_steps,
     )
 
 
