@@ -184,14 +184,15 @@ FIRST_CELL_RAN = (
 def run_first_cell(page, cell, patience_s: float = 120) -> None:
     """Shift+Enter on the first cell until the kernel has run it. A request sent before the page's kernel
     connection is up can be dropped (seen once in Notebook 7 on a loaded 2-core machine: the cell kept "[ ]" and the
-    kernel sat idle), so after 20 s without an execution count it is sent again (`%load_ext` twice is harmless)."""
+    kernel sat idle), so after 8 s without an execution count it is sent again (`%load_ext` twice is harmless, and a
+    second request only queues behind a first one that was not lost)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     deadline = time.monotonic() + patience_s
     while True:
         page.keyboard.press("Shift+Enter")
         try:
-            page.wait_for_function(FIRST_CELL_RAN, timeout=20_000)
+            page.wait_for_function(FIRST_CELL_RAN, timeout=8_000)
             return
         except PlaywrightTimeout:
             if time.monotonic() > deadline:

@@ -17,6 +17,7 @@ NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 # the toy-model tests measure that): the notebooks' own parameter cells (tagged "parameters", as papermill names
 # them) are overridden by a cell injected after them, as papermill injects one.
 QUICK = {
+    "01_quickstart": "steps = 2",
     "02_conceptual_combination": "seeds, steps = [0, 1], 2",
     "03_common_vs_uncommon": "seeds, steps = [0, 1], 2",
     "04_raw_vs_tuned": "train_steps, steps = 4, 2",
