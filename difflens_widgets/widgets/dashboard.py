@@ -138,8 +138,8 @@ class LensDashboard(LensDisplay, LensInputs):
         elif tuned is not None:
             tuned = Lens(load_tuned(base.pipe, tuned))  # load_tuned checks compatibility
         self._text_from = None if text_from is None else Lens.of(text_from)
-        self._annotator = is_toy(base.pipe) if annotator is None else options.check_flag("annotator", annotator)
         self._toy = is_toy(base.pipe)
+        self._annotator = self._toy if annotator is None else options.check_flag("annotator", annotator)
         self._lenses = {base.adapter.encoder_name: (base, tuned)}
         self.encoder = encoder  # its validator picks the Lens (a set always validates)
         self.observe(
