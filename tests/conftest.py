@@ -25,6 +25,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Under `-n 2 --dist loadgroup` a worker names each `xdist_group` test `nodeid@group`, and that suffix is what
+    keeps one Chromium and one Jupyter server per group on one worker. pytest 9.2 made xdist's renaming a silent
+    no-op (pytest-dev/pytest-xdist#1386: the groups were spread over both workers, each starting its own browser),
+    so a grouped test that lost its suffix fails at once, saying why, instead of running scattered."""
+    in_loadgroup = getattr(item.config.option, "loadgroup", False)  # set on the workers of a loadgroup run only
+    if in_loadgroup and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail(
+            f"--dist loadgroup does not group this test with pytest {pytest.__version__} and this pytest-xdist "
+            "(pytest-dev/pytest-xdist#1386); install the pytest that pyproject.toml's test extra pins",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe():
     return tiny_stable_diffusion(seed=0, num_layers=4)

@@ -118,7 +118,7 @@ def test_killed_driver_loses_nothing_and_duplicates_nothing(tmp_path, toy_lens):
 @pytest.mark.slow
 def test_ray_sweep_survives_a_killed_worker(tmp_path, toy_lens):
     pytest.importorskip("ray")
-    path, out = prompts_file(tmp_path, 6), tmp_path / "sweep"  # enough to outlive a worker's restart
+    path, out = prompts_file(tmp_path, 4), tmp_path / "sweep"  # the kill comes after 1: 3 prompts (≈ 3 s) are left
     command = [
         sys.executable,
         "-m",
@@ -139,7 +139,7 @@ def test_ray_sweep_survives_a_killed_worker(tmp_path, toy_lens):
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline, killed = time.time() + 240, None
     while child.poll() is None and time.time() < deadline:
-        if killed is None and len(list((out / "rows").glob("*.parquet"))) >= 2:
+        if killed is None and list((out / "rows").glob("*.parquet")):
             workers = subprocess.run(
                 ["pgrep", "-f", r"MapBatches\(PromptWorker\)"], capture_output=True, text=True
             ).stdout.split()
@@ -157,7 +157,7 @@ def test_ray_sweep_survives_a_killed_worker(tmp_path, toy_lens):
     assert child.returncode == 0, output[-3000:]
     assert dl.sweep(path, out, seeds="0,1", num_inference_steps=2, log=lambda *_: None).processed == 0
     prompts = sweeps.read_prompts(path)
-    check_dataset(out, prompts, toy_lens, tolerance=1, layers=range(9), steps=2, sample=[0, 3, 5])
+    check_dataset(out, prompts, toy_lens, tolerance=1, layers=range(9), steps=2, sample=[0, 3])
 
 
 def test_clip_scorer_and_missing_weights(tmp_path):
