@@ -159,6 +159,27 @@ def test_weights_files_round_trip_and_fall_back_to_the_ema(tmp_path):
         train.load_weights(tmp_path / "ema.safetensors", {"denoiser": e})
 
 
+def test_a_run_starts_from_a_shipped_pipeline_and_then_resumes_its_own(tmp_path):
+    from safetensors.torch import load_file
+
+    run, shipped = tmp_path / "t5cpu", TOY_MODEL_DIR.parent / "model_t5"
+    train.init_from_pipeline(run, shipped, "t5-dit", step=4825)
+    modules = train.build_modules(train.KINDS["t5-dit"], build_tokenizer())
+    assert train.load_weights(run / train.WEIGHTS_FILE, modules) == 4825
+    denoiser = load_file(shipped / "transformer" / "diffusion_pytorch_model.safetensors")
+    for module in ("denoiser", "ema_denoiser"):  # raw and EMA both start from the shipped (EMA) weights
+        state = modules[module].state_dict()
+        assert all(torch.equal(state[k].half(), v.half()) for k, v in denoiser.items())
+    assert torch.equal(modules["ema_text"].shared.weight.half(), modules["ema_text"].encoder.embed_tokens.weight.half())
+    assert (run / "vae" / "config.json").exists() and log_of(run)[-1]["stage"] == "init"
+    before = (run / train.WEIGHTS_FILE).read_bytes()
+    train.save_weights(run / train.WEIGHTS_FILE, {"ema_text": modules["text"]}, step=5000)  # the run went on
+    train.init_from_pipeline(run, shipped, "t5-dit", step=4825)  # the same command again: the run's own weights stay
+    assert (run / train.WEIGHTS_FILE).read_bytes() != before
+    with pytest.raises(ValueError, match="do not fit the CLIPTextModel"):  # the shipped CLIP toy speaks language v2
+        train.init_from_pipeline(tmp_path / "clip", TOY_MODEL_DIR, "clip-unet", step=3000)
+
+
 def test_campaign_packs_the_best_run_of_each_kind_in_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(campaign, "PART_BYTES", 1000)
     specs = [campaign.RunSpec.parse(s) for s in ("a:t5-dit:1e-3:8", "b:t5-dit:3e-4:8", "c:clip-unet:1e-3:8")]

@@ -166,6 +166,7 @@ class ClipUNet:
     tokens of a causal encoder) and the latent UNet, as a ``StableDiffusionPipeline``."""
 
     name = "clip-unet"
+    denoiser_folder = "unet"
 
     def build(self, tokenizer, unet_channels=None):
         unet = architecture.build_unet(channels=unet_channels) if unet_channels else architecture.build_unet()
@@ -188,6 +189,7 @@ class T5DiT:
     gets the same mask for its cross-attention (as ``PixArtAlphaPipeline`` passes it), as a ``PixArtAlphaPipeline``."""
 
     name = "t5-dit"
+    denoiser_folder = "transformer"
 
     def build(self, tokenizer, unet_channels=None):
         return architecture.build_dit(), architecture.build_t5_encoder(tokenizer)
@@ -529,6 +531,14 @@ def main(argv: list[str] | None = None) -> None:
         help="judge relation prompts with the raw and the EMA weights every N steps (logged as stage 'eval')",
     )
     parser.add_argument("--eval-prompts", type=int, default=24, help="relation prompts per check (44 at most)")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="a new run starts from this pipeline folder's weights (e.g. a shipped toy's model folder: its VAE, "
+        "denoiser and text encoder) with a fresh, re-warmed optimizer, at --init-step",
+    )
+    parser.add_argument("--init-step", type=int, default=0, help="the step the --init-from weights were taken at")
     args = parser.parse_args(argv)
     started = time.time()  # --max-minutes counts from here: loading and building a pool are part of the budget
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -544,6 +554,8 @@ def main(argv: list[str] | None = None) -> None:
         threads=torch.get_num_threads(),
         device=str(device),
     )
+    if args.init_from is not None:
+        init_from_pipeline(args.out, args.init_from, args.kind, args.init_step)
     if args.stage in ("vae", "all"):
         if args.vae_from is not None and args.vae_steps == 0:
             copy_vae(args.vae_from, args.out / "vae")
@@ -594,6 +606,39 @@ def export_weights(out: Path, kind: str, unet_channels: tuple[int, ...] | None =
     target = export_pipeline(out, toy, vae, modules["ema_denoiser"], modules["ema_text"], tokenizer)
     log(out, stage="export", step=step, exported=str(target))
     return target
+
+
+def init_from_pipeline(out: Path, pipeline_dir: Path, kind: str, step: int) -> None:
+    """Start ``out`` from a pipeline folder (its VAE, and its denoiser and text encoder as the EMA weights a carried
+    run resumes from): how a CPU session continues a shipped toy that was trained on a lent GPU. A run that already
+    has a checkpoint or weights of its own is left as it is, so rerunning the same command resumes."""
+    from safetensors.torch import load_file
+
+    if (out / "checkpoint.pt").exists() or (out / WEIGHTS_FILE).exists():
+        return
+    toy = KINDS[kind]
+    denoiser, text_encoder = toy.build(build_tokenizer())
+    denoiser.load_state_dict(load_file(pipeline_dir / toy.denoiser_folder / "diffusion_pytorch_model.safetensors"))
+    _load_with_tied_weights(text_encoder, load_file(pipeline_dir / "text_encoder" / "model.safetensors"))
+    copy_vae(pipeline_dir / "vae", out / "vae")
+    save_weights(out / WEIGHTS_FILE, {"ema_denoiser": denoiser, "ema_text": text_encoder}, step)
+    log(out, stage="init", pipeline=str(pipeline_dir), step=step)
+
+
+def _load_with_tied_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict`` for a file saved without a module's tied copies (T5's ``encoder.embed_tokens`` is its
+    ``shared`` embedding): a missing key is accepted only when its tensor is one the file did fill."""
+    try:
+        result = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:  # shapes that differ (another vocabulary, another width)
+        raise ValueError(f"weights do not fit the {type(module).__name__}: {error}") from None
+    state = module.state_dict()
+    filled = {state[key].data_ptr() for key in tensors}
+    untied = [key for key in result.missing_keys if state[key].data_ptr() not in filled]
+    if untied or result.unexpected_keys:
+        raise ValueError(
+            f"weights do not fit the {type(module).__name__}: missing {untied}, unexpected {result.unexpected_keys}"
+        )
 
 
 def copy_vae(source: Path, target: Path) -> None:
