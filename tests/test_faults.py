@@ -48,11 +48,13 @@ def pipeline_state(pipe) -> dict:
 
 
 def inject(stage, pipe, lens, monkeypatch):
-    """Arrange for ``stage`` to fail; returns extra run arguments."""
+    """Arrange for ``stage`` to fail; returns extra run arguments. Methods are replaced in the instance's
+    ``__dict__`` (``setitem``), so undoing removes them: ``setattr`` on an instance leaves the old bound method behind
+    as an instance attribute under pytest < 9.2, which the state check would read as a patch the run left."""
     error = KeyboardInterrupt if stage == "keyboard interrupt" else RuntimeError
     if stage == "encode":
         encoder = lens.adapter.text_encoder
-        monkeypatch.setattr(encoder, "forward", lambda *a, **k: (_ for _ in ()).throw(error("encoder failed")))
+        monkeypatch.setitem(vars(encoder), "forward", lambda *a, **k: (_ for _ in ()).throw(error("encoder failed")))
     elif stage == "second chunk":
         denoiser, calls = lens.adapter.denoiser, []
         original = denoiser.forward
@@ -63,14 +65,14 @@ def inject(stage, pipe, lens, monkeypatch):
                 raise error("denoiser failed")
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(denoiser, "forward", forward)
+        monkeypatch.setitem(vars(denoiser), "forward", forward)
     elif stage == "decode":
         if getattr(pipe, "vae", None) is None:
             pytest.skip("pixel-space family: no VAE decode")
-        monkeypatch.setattr(pipe.vae, "decode", lambda *a, **k: (_ for _ in ()).throw(error("decode failed")))
+        monkeypatch.setitem(vars(pipe.vae), "decode", lambda *a, **k: (_ for _ in ()).throw(error("decode failed")))
     elif stage == "preview":
-        monkeypatch.setattr(
-            lens.adapter, "decode_preview", lambda *a, **k: (_ for _ in ()).throw(error("preview failed"))
+        monkeypatch.setitem(
+            vars(lens.adapter), "decode_preview", lambda *a, **k: (_ for _ in ()).throw(error("preview failed"))
         )
     else:
 
