@@ -1,5 +1,6 @@
-"""Text encoders as pipelines use them: CLIP (causal, final LayerNorm, optional projection) and T5 (bidirectional,
-final RMS norm). One :class:`TextEncoderSpec` says how a pipeline tokenizes for an encoder and which of its outputs it
+"""Text encoders as pipelines use them: CLIP (causal, final LayerNorm, optional projection), T5 (bidirectional,
+final RMS norm) and decoder-only language models (Qwen, Llama, Mistral, Gemma, GLM: causal, final RMS norm ``norm``).
+One :class:`TextEncoderSpec` says how a pipeline tokenizes for an encoder and which of its outputs it
 conditions on; :func:`run_encoder` returns every hidden state *before* the final norm, so the lens of layer l is
 always ``final_norm(h^l)`` and a pipeline's own conditioning is one of those (or the raw penultimate state).
 
@@ -43,7 +44,7 @@ class TextEncoderSpec:
 
     component: str
     tokenizer: str
-    kind: str  # "clip" | "t5"
+    kind: str  # "clip" | "t5" | "llm" (a decoder-only language model)
     max_length: int | None = None
     penultimate: bool = False
     pooled: str | None = None
@@ -61,20 +62,35 @@ class EncoderRun:
     tokens: list[list[str]]
 
 
+def _norm_name(module) -> str | None:
+    """The attribute holding a text model's final norm: ``final_layer_norm`` (CLIP, T5) or ``norm`` next to its
+    ``layers`` (a decoder-only language model's base model)."""
+    if hasattr(module, "final_layer_norm"):
+        return "final_layer_norm"
+    if hasattr(module, "norm") and isinstance(getattr(module, "layers", None), torch.nn.ModuleList):
+        return "norm"
+    return None
+
+
 def inner_model(encoder) -> Any:
-    """The module holding ``encoder`` and ``final_layer_norm``: ``text_model`` (transformers 4 CLIP, any
-    ``CLIPTextModelWithProjection``), the model itself (transformers 5 ``CLIPTextModel``), or T5's ``encoder``."""
-    for name in ("text_model", "encoder"):
+    """The module holding the encoder's blocks and final norm: ``text_model`` (transformers 4 CLIP, any
+    ``CLIPTextModelWithProjection``), the model itself (transformers 5 ``CLIPTextModel``, a language model's base
+    model such as ``Qwen3Model``), T5's ``encoder``, or a ``...ForCausalLM``'s ``model``."""
+    for name in ("text_model", "encoder", "model"):
         inner = getattr(encoder, name, None)
-        if inner is not None and hasattr(inner, "final_layer_norm"):
+        if isinstance(inner, torch.nn.Module) and _norm_name(inner):
             return inner
-    if hasattr(encoder, "final_layer_norm"):
+    if _norm_name(encoder):
         return encoder
-    raise ValueError(f"{type(encoder).__name__} has no final_layer_norm; expected a CLIP or T5 text encoder")
+    raise ValueError(
+        f"{type(encoder).__name__} has no final norm; expected a CLIP or T5 text encoder or a decoder-only language "
+        "model (a base model with `layers` and `norm`, or its ...ForCausalLM)"
+    )
 
 
 def final_norm(encoder) -> torch.nn.Module:
-    return inner_model(encoder).final_layer_norm
+    inner = inner_model(encoder)
+    return getattr(inner, _norm_name(inner) or "final_layer_norm")
 
 
 def blocks(encoder) -> torch.nn.ModuleList:
@@ -82,6 +98,8 @@ def blocks(encoder) -> torch.nn.ModuleList:
     inner = inner_model(encoder)
     if hasattr(inner, "block"):  # T5Stack
         return inner.block
+    if isinstance(getattr(inner, "layers", None), torch.nn.ModuleList):  # a decoder-only language model
+        return inner.layers
     return inner.encoder.layers  # CLIP
 
 
@@ -166,7 +184,7 @@ def run_encoder(
             batch.input_ids.to(device), attention_mask=mask if spec.mask_to_encoder else None, output_hidden_states=True
         )
     hidden = list(out.hidden_states)
-    if captured:  # T5 reports its last state after the final norm; CLIP before it: keep the pre-norm state
+    if captured:  # T5 and language models report their last state after the final norm, CLIP before: keep pre-norm
         hidden[-1] = captured[-1]
     tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in batch.input_ids.tolist()]
     return EncoderRun(tuple(hidden), batch.input_ids, batch.attention_mask, tokens)
