@@ -112,7 +112,18 @@ def test_a_resolved_run_runs_only_where_it_was_resolved_and_varies_only_what_nee
         "family",
         "num_layers",
         "sequential",
+        "memory",
     }
+    memory = params["memory"]  # what the run will hold, known before it runs
+    pipe = tiny_stable_diffusion()
+    unet_bytes = sum(p.numel() * p.element_size() for p in pipe.unet.parameters())
+    assert memory["weights_bytes"]["unet"] == unet_bytes and set(memory["weights_bytes"]) == {
+        "unet",
+        "vae",
+        "text_encoder",
+    }
+    # 5 hidden states (layers 0..4) × 3 texts (prompt, negative, empty) × 16 tokens × width 32, fp32
+    assert memory["text_pass_bytes"] == 5 * 3 * 16 * 32 * 4 and memory["per_image_bytes"] > 0
 
 
 def test_normal_column_only_where_the_image_is_the_pipelines_own():

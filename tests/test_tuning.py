@@ -243,12 +243,13 @@ def test_lora_on_a_transformer_family(tmp_path):
 def test_similarity_counts_real_tokens_from_the_attention_mask(base, monkeypatch):
     """An end token of an unfamiliar name must not change which positions count: the mask decides."""
     from difflens_widgets import similarity
+    from difflens_widgets.core import results
 
     prompt = "a red circle"
     before = similarity.layer_similarity(base, prompt, layers=[0, 2, 4]).values
     run = dl.Lens(base).run(prompt, layers=[0, 4], num_inference_steps=1)
     heat_before = similarity.token_layer_similarity(run)[0]
-    monkeypatch.setattr(similarity, "END_TOKENS", ())  # as if the tokenizer named its end token differently
+    monkeypatch.setattr(results, "END_TOKENS", ())  # as if the tokenizer named its end token differently
     assert np.array_equal(similarity.layer_similarity(base, prompt, layers=[0, 2, 4]).values, before)
     assert np.array_equal(similarity.token_layer_similarity(run)[0], heat_before)
     assert heat_before.shape[0] == run.params["real_tokens"] == 5  # start, a, red, circle, end

@@ -67,6 +67,8 @@ class DenoiserTaps:
 
     # ---- cross-attention (the maps of core.attention) ----------------------------------------------------------
     attention_layout = "text"  # how text keys and image queries sit in the family's cross-attention calls
+    # where the pipeline puts its conditional branch under classifier-free guidance (core.attention's layouts)
+    guidance_layout = "batch"
 
     def attention_sites(self) -> list[tuple[str, torch.nn.Module, str]]:
         """(name, module, layout) of every cross-attention site: by default the ``attn2`` of U-Net and PixArt

@@ -10,6 +10,7 @@ Both transformers 4 and 5 module layouts are handled (transformers 5's ``CLIPTex
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 import weakref
 from contextlib import ExitStack
@@ -60,6 +61,9 @@ class EncoderRun:
     ids: torch.Tensor
     mask: torch.Tensor
     tokens: list[list[str]]
+    # the positions of the user's own text (bool, batch × tokens): every real position (start and end tokens
+    # included) unless the pipeline wraps prompts in a template, whose tokens are then left out
+    words: torch.Tensor
 
 
 def _norm_name(module) -> str | None:
@@ -141,14 +145,34 @@ def max_length(pipe, spec: TextEncoderSpec) -> int:
     return spec.max_length or getattr(pipe, spec.tokenizer).model_max_length
 
 
-def tokenize(pipe, spec: TextEncoderSpec, texts: list[str]):
+def tokenize(pipe, spec: TextEncoderSpec, texts: list[str], offsets: bool = False):
+    """The pipeline's tokenization of ``texts`` (padded to the encoder's length); with ``offsets``, also each
+    token's character span (``offset_mapping``, fast tokenizers), to find the user's words inside a template."""
     tokenizer = getattr(pipe, spec.tokenizer)
     limit = max_length(pipe, spec)
     with object_lock(tokenizer):
         batch = tokenizer(
-            texts, padding="max_length", max_length=limit, truncation=True, add_special_tokens=True, return_tensors="pt"
+            texts,
+            padding="max_length",
+            max_length=limit,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+            **({"return_offsets_mapping": True} if offsets else {}),
         )
     return tokenizer, batch, limit
+
+
+def word_positions(batch, spans: list[tuple[int, int]] | None) -> torch.Tensor:
+    """Which positions hold the user's own text: those whose characters overlap ``spans[i]`` (the user's text inside
+    the i-th templated text), or every real position when nothing is templated (``spans`` None)."""
+    real = batch["attention_mask"].bool()
+    if spans is None:
+        return real
+    offsets = batch["offset_mapping"]
+    starts = torch.tensor([start for start, _ in spans])[:, None]
+    ends = torch.tensor([end for _, end in spans])[:, None]
+    return real & (offsets[..., 0] < ends) & (offsets[..., 1] > starts)
 
 
 def word_pieces(pipe, spec: TextEncoderSpec, word: str) -> list[str]:
@@ -159,13 +183,18 @@ def word_pieces(pipe, spec: TextEncoderSpec, word: str) -> list[str]:
 
 
 def run_encoder(
-    pipe, spec: TextEncoderSpec, texts: list[str], skip: tuple[int, ...] = (), skip_rows: int | None = None
+    pipe,
+    spec: TextEncoderSpec,
+    texts: list[str],
+    skip: tuple[int, ...] = (),
+    skip_rows: int | None = None,
+    spans: list[tuple[int, int]] | None = None,
 ) -> EncoderRun:
     """Tokenize ``texts`` exactly as the pipeline does and run the encoder once, keeping every hidden state before
     the final norm. ``skip`` holds block numbers (1..L) whose output is replaced by their input, for the first
-    ``skip_rows`` texts (None: all)."""
+    ``skip_rows`` texts (None: all). ``spans``: where the user's text sits in each (templated) text."""
     encoder = getattr(pipe, spec.component)
-    tokenizer, batch, _ = tokenize(pipe, spec, texts)
+    tokenizer, batch, _ = tokenize(pipe, spec, texts, offsets=spans is not None)
     device = execution_device(pipe)
     mask = batch.attention_mask.to(device)
     captured: list[torch.Tensor] = []
@@ -181,13 +210,23 @@ def run_encoder(
         for number in skip:
             stack.callback(_bypass(blocks(encoder)[number - 1], skip_rows))
         out = encoder(
-            batch.input_ids.to(device), attention_mask=mask if spec.mask_to_encoder else None, output_hidden_states=True
+            batch.input_ids.to(device),
+            attention_mask=mask if spec.mask_to_encoder else None,
+            output_hidden_states=True,
+            **(_language_model_kwargs(encoder) if spec.kind == "llm" else {}),
         )
     hidden = list(out.hidden_states)
     if captured:  # T5 and language models report their last state after the final norm, CLIP before: keep pre-norm
         hidden[-1] = captured[-1]
     tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in batch.input_ids.tolist()]
-    return EncoderRun(tuple(hidden), batch.input_ids, batch.attention_mask, tokens)
+    return EncoderRun(tuple(hidden), batch.input_ids, batch.attention_mask, tokens, word_positions(batch, spans))
+
+
+def _language_model_kwargs(encoder) -> dict:
+    """A language model read for its hidden states: no key/value cache, and (a ``...ForCausalLM``) next-token
+    logits for one position only, not a (tokens × vocabulary) tensor nobody reads."""
+    parameters = inspect.signature(encoder.forward).parameters
+    return {"use_cache": False, **({"logits_to_keep": 1} if "logits_to_keep" in parameters else {})}
 
 
 def truncated(pipe, spec: TextEncoderSpec, text: str) -> list[str]:

@@ -28,6 +28,8 @@ from PIL import Image
 from . import encoders as enc
 from .encoders import EncoderRun, TextEncoderSpec
 
+_SENTINEL = "\ue000prompt\ue000"  # stands for the user's text when a template is rendered once to find its parts
+
 
 def denoiser_name(pipe) -> str:
     """The component a pipeline denoises with: ``unet`` (SD 1/2/XL, IF) or ``transformer`` (SD3, FLUX, PixArt)."""
@@ -80,6 +82,17 @@ class EncodedPrompts:
     @property
     def tokens(self) -> list[list[str]]:
         return self.runs[self.lensed].tokens
+
+    @property
+    def words(self) -> torch.Tensor:
+        """Positions of the user's own text per text (bool): every real position unless a template wraps it."""
+        return self.runs[self.lensed].words
+
+    def shown(self, index: int) -> tuple[int, int]:
+        """(first, end): the span of text ``index``'s positions a reader is shown (its words, its start and end
+        tokens; never padding or a template's tokens)."""
+        positions = self.words[index].nonzero().flatten().tolist()
+        return (positions[0], positions[-1] + 1) if positions else (0, 0)
 
     @property
     def empty_index(self) -> int:
@@ -149,6 +162,30 @@ class LensAdapter:
     def preprocess(self, texts: list[str]) -> list[str]:
         """The pipeline's own text clean-up before tokenizing (identity for CLIP pipelines)."""
         return list(texts)
+
+    def wrap(self, text: str) -> str:
+        """The text as the pipeline hands it to the lensed encoder's tokenizer: a chat template or an instruction
+        around the user's words (identity for CLIP and T5 pipelines)."""
+        return text
+
+    def templated(self, cleaned: list[str]) -> tuple[list[str], list[tuple[int, int]] | None]:
+        """Texts (already :meth:`preprocess`-ed) wrapped as the pipeline does, with the character span of the user's
+        text in each (None when nothing is wrapped): a template's tokens are the family's business, never a word
+        to show."""
+        wrapped = [self.wrap(t) for t in cleaned]
+        if wrapped == cleaned:
+            return cleaned, None
+        prefix, found, suffix = self.wrap(_SENTINEL).partition(_SENTINEL)
+        spans = []
+        for full, text in zip(wrapped, cleaned):
+            if found and full == prefix + text + suffix:
+                start = len(prefix)
+            elif text and text in full:
+                start = full.find(text)
+            else:
+                raise ValueError(f"the {self.family} template changed the prompt {text!r}: it is not in {full!r}")
+            spans.append((start, start + len(text)))
+        return wrapped, spans
 
     def call_kwargs(self) -> dict:
         """Extra arguments for the pipeline call (e.g. turning off resolution binning)."""
@@ -221,40 +258,47 @@ class LensAdapter:
     def encode(self, texts: list[str], skip: tuple[int, ...] = (), prompts: int | None = None) -> EncodedPrompts:
         """Every encoder once over ``texts`` + the empty prompt; ``skip`` bypasses blocks of the lensed one for
         the first ``prompts`` texts only (the negative and empty prompts keep their normal conditioning)."""
-        texts = self.preprocess(texts)
-        for text in texts:
-            dropped = enc.truncated(self.pipe, self.spec, text)
+        texts = self.preprocess(texts) + [""]
+        wrapped, spans = self.templated(texts)
+        for text, full in zip(texts[:-1], wrapped):
+            dropped = enc.truncated(self.pipe, self.spec, full)
             if dropped:
                 self.warn_truncated(text, enc.max_length(self.pipe, self.spec), dropped)
-        texts = list(texts) + [""]
+        rows = len(texts) - 1 if prompts is None else prompts
         runs = {
             s.component: enc.run_encoder(
-                self.pipe, s, texts, skip if s is self.spec else (), len(texts) - 1 if prompts is None else prompts
+                self.pipe, s, wrapped, skip if s is self.spec else (), rows, spans if s is self.spec else None
             )
             for s in self.specs
         }
         return EncodedPrompts(texts, runs, self.spec.component)
 
     def count_tokens(self, text: str) -> int:
-        """Real tokens of ``text`` in the lensed encoder (start, pieces, end; no padding): the tokenizer alone."""
-        _, batch, _ = enc.tokenize(self.pipe, self.spec, self.preprocess([text]))
-        return (
-            int(batch["attention_mask"][0].sum())
-            if "attention_mask" in batch
-            else len(
-                [
-                    t
-                    for t in batch["input_ids"][0].tolist()
-                    if t != getattr(getattr(self.pipe, self.spec.tokenizer), "pad_token_id", None)
-                ]
-            )
-        )
+        """Tokens of ``text`` a reader is shown in the lensed encoder (start, pieces, end; no padding, no template
+        token): the tokenizer alone."""
+        wrapped, spans = self.templated(self.preprocess([text]))
+        _, batch, _ = enc.tokenize(self.pipe, self.spec, wrapped, offsets=spans is not None)
+        if "attention_mask" not in batch:
+            pad = getattr(getattr(self.pipe, self.spec.tokenizer), "pad_token_id", None)
+            return len([t for t in batch["input_ids"][0].tolist() if t != pad])
+        return int(enc.word_positions(batch, spans)[0].sum())
+
+    @property
+    def max_tokens_per_text(self) -> int:
+        """Positions per text in the lensed encoder's pass (every text is padded to it)."""
+        return enc.max_length(self.pipe, self.spec)
 
     def lens(self, hidden: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
         if not final_norm:
             return hidden
         with torch.no_grad():
             return enc.final_norm(self.text_encoder)(hidden)
+
+    def lens_layer(self, hidden: tuple[torch.Tensor, ...], layer: int, rows: slice, final_norm: bool) -> torch.Tensor:
+        """The lensed encoder's sequence at ``layer`` for texts ``rows``, shaped as the pipeline's conditioning:
+        ``final_norm(h^l)`` (or ``h^l``). A family that reads several layers at once (FLUX.2) says here what
+        reading "at layer l" means."""
+        return self.lens(hidden[layer][rows], final_norm)
 
     def check_lens_pooled(self) -> None:
         if self.spec.pooled is None:
@@ -280,7 +324,9 @@ class LensAdapter:
         run = encoded.runs[component]
         rows = slice(index, index + 1)
         encoder = getattr(self.pipe, component)
-        if spec.penultimate:
+        if spec is self.spec:
+            seq = self.lens_layer(run.hidden, self.own_layer, rows, self.own_final_norm)
+        elif spec.penultimate:
             seq = run.hidden[-2][rows]
         else:
             with torch.no_grad():

@@ -18,7 +18,7 @@ from PIL import Image
 from ..core import options as lens_options
 from ..core import validate
 from ..core.engine import Lens, Preview, share_progress
-from ..core.results import LensResult, Tokens, colourise, labelled_grid
+from ..core.results import LensResult, Tokens, colourise, labelled_grid, readable
 from ..core.run import LensRun
 
 DIFFERENCE_LABEL = "|raw − tuned|"
@@ -68,7 +68,8 @@ class PanelPlan:
     def tokens(self) -> Tokens:
         """The prompt's tokens as the lensed encoder reads them (another model's, for a cross-model lens)."""
         encoded = (self.main.source or self.runs[0].lens.adapter).encode([self.prompt])
-        return Tokens(encoded.tokens[0], int(encoded.mask[0].sum()))
+        first, end = encoded.shown(0)
+        return Tokens(encoded.tokens[0], end, first)
 
     def specs(self) -> list[dict]:
         """The panels :func:`execute_panels` will return (their :meth:`Panel.spec`), known before any denoising so
@@ -76,8 +77,7 @@ class PanelPlan:
         if self.main.per_token:
             tokens = self.tokens()
             return [
-                {"key": f"token{p}", "label": f"token {p}:{tokens[p].replace('</w>', '')}", "scale": None}
-                for p in range(tokens.real)
+                {"key": f"token{p}", "label": f"token {p}:{readable(tokens[p])}", "scale": None} for p in tokens.shown
             ]
         specs = [{"key": r.key, "label": r.label, "scale": None} for r in self.runs]
         if self.tuned:

@@ -26,22 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import validate as options
-from ..core.results import LensResult
-
-END_TOKENS = ("<|endoftext|>", "</s>")
+from ..core.results import LensResult, readable, shown_span, word_spans
 
 
-def real_positions(tokens: list[str], result: LensResult | None = None) -> int:
-    """Number of non-padding positions, as the attention mask counted them (``Tokens.real`` from ``Lens.embed``,
-    ``params["real_tokens"]`` of a LensResult); results saved by older versions fall back to counting up to and
-    including the first end token."""
-    known = getattr(tokens, "real", None) or (result.params.get("real_tokens") if result is not None else None)
-    if known:
-        return int(known)
-    for i, tok in enumerate(tokens):
-        if i > 0 and tok in END_TOKENS:
-            return i + 1
-    return len(tokens)
+def shown_positions(tokens: list[str], result: LensResult | None = None) -> range:
+    """The positions a reader is shown (the user's tokens, start and end included; never padding or a chat
+    template's tokens): see :func:`~difflens_widgets.core.results.shown_span`."""
+    return shown_span(tokens, result.params if result is not None else None)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -50,16 +41,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def token_layer_similarity(result: LensResult) -> tuple[np.ndarray, list[str], list[int]]:
     """cos(token t at layer l, token t at the last computed layer): array (tokens × layers), token labels, layers."""
-    n = real_positions(result.tokens, result)
+    span = shown_positions(result.tokens, result)
+    rows = slice(span.start, span.stop)
     layers = result.layers
-    final = _unit(result.embeddings[layers[-1]][:n])
-    sims = np.stack([(_unit(result.embeddings[l][:n]) * final).sum(-1) for l in layers], axis=1)
-    return sims, [t.replace("</w>", "") for t in result.tokens[:n]], layers
+    final = _unit(result.embeddings[layers[-1]][rows])
+    sims = np.stack([(_unit(result.embeddings[l][rows]) * final).sum(-1) for l in layers], axis=1)
+    return sims, [readable(result.tokens[p]) for p in span], layers
 
 
 def layer_layer_similarity(result: LensResult) -> tuple[np.ndarray, list[int]]:
     """cos(pooled embedding at layer i, at layer j) for the run's layers: array (layers × layers), layers."""
-    return _pooled_cosines(result.embeddings, result.layers, real_positions(result.tokens, result)), result.layers
+    return _pooled_cosines(result.embeddings, result.layers, shown_positions(result.tokens, result)), result.layers
 
 
 def raw_tuned_similarity(raw: LensResult, tuned: LensResult) -> tuple[np.ndarray, list[str], list[int]]:
@@ -68,9 +60,9 @@ def raw_tuned_similarity(raw: LensResult, tuned: LensResult) -> tuple[np.ndarray
     if raw.layers != tuned.layers:
         raise ValueError(f"raw and tuned results must share their layers: {raw.layers} vs {tuned.layers}")
     _check_same_tokens(raw.tokens, tuned.tokens)
-    n = real_positions(raw.tokens, raw)
-    sims = _per_token_cosines(raw.embeddings, tuned.embeddings, raw.layers, n)
-    return sims, [t.replace("</w>", "") for t in raw.tokens[:n]], raw.layers
+    span = shown_positions(raw.tokens, raw)
+    sims = _per_token_cosines(raw.embeddings, tuned.embeddings, raw.layers, span)
+    return sims, [readable(raw.tokens[p]) for p in span], raw.layers
 
 
 def _token_heatmap(sims, tokens, layers, title: str, hover: str, raw_labels: bool = False, row_name: str = "token"):
@@ -192,12 +184,17 @@ def _lens_of(model):
 
 
 def word_position(tokens: list[str], pieces: list[str], word: str, prompt: str) -> int:
-    """Index of the last piece of the first occurrence of ``pieces`` in ``tokens`` (padding excluded)."""
-    real = tokens[: real_positions(tokens)]
-    for start in range(len(real) - len(pieces) + 1):
-        if real[start : start + len(pieces)] == pieces:
+    """Index of the last piece of the first occurrence of ``word`` among the shown ``tokens``: its ``pieces`` as the
+    tokenizer splits the word alone, or else the word the pieces spell in place (a byte-level BPE splits " cat",
+    as it stands in a sentence, otherwise than "cat" alone)."""
+    span = shown_positions(tokens)
+    for start in span[: max(0, len(span) - len(pieces) + 1)]:
+        if tokens[start : start + len(pieces)] == pieces:
             return start + len(pieces) - 1
-    shown = " ".join(t.replace("</w>", "") for t in real)
+    for text, positions in word_spans(tokens, span):
+        if text.lower() == word.strip().lower():
+            return positions[-1]
+    shown = " ".join(readable(tokens[p]) for p in span)
     raise ValueError(f"{word!r} (tokens {pieces}) is not in the prompt {prompt!r}, whose tokens are: {shown}")
 
 
@@ -248,10 +245,10 @@ def token_shift(
     raw_vecs, raw_tokens = raw_lens.embed(prompt, layers, final_norm=final_norm)
     tuned_vecs, tuned_tokens = tuned_lens.embed(prompt, layers, final_norm=final_norm)
     _check_same_tokens(raw_tokens, tuned_tokens)
-    n = real_positions(raw_tokens)
+    span = shown_positions(raw_tokens)
     chosen = sorted(raw_vecs)
-    sims = _per_token_cosines(raw_vecs, tuned_vecs, chosen, n)
-    return Similarity(sims, chosen, _labels(raw_tokens[:n]), f"raw vs tuned per token: {prompt!r}", "cos raw↔tuned")
+    sims = _per_token_cosines(raw_vecs, tuned_vecs, chosen, span)
+    return Similarity(sims, chosen, _labels(raw_tokens, span), f"raw vs tuned per token: {prompt!r}", "cos raw↔tuned")
 
 
 def layer_similarity(
@@ -261,7 +258,7 @@ def layer_similarity(
     vectors, tokens = _lens_of(model).embed(prompt, layers, final_norm=final_norm)
     chosen = sorted(vectors)
     return Similarity(
-        _pooled_cosines(vectors, chosen, real_positions(tokens)),
+        _pooled_cosines(vectors, chosen, shown_positions(tokens)),
         chosen,
         [str(l) for l in chosen],
         f"layer × layer: {prompt!r}",
@@ -269,24 +266,27 @@ def layer_similarity(
     )
 
 
-def _per_token_cosines(a: dict, b: dict, layers: list[int], n: int) -> np.ndarray:
-    """cos(a[l][t], b[l][t]) for the first ``n`` positions t and every layer l: array (n × layers)."""
-    return np.stack([(_unit(a[l][:n]) * _unit(b[l][:n])).sum(-1) for l in layers], axis=1)
+def _per_token_cosines(a: dict, b: dict, layers: list[int], span: range) -> np.ndarray:
+    """cos(a[l][t], b[l][t]) for the positions t of ``span`` and every layer l: array (positions × layers)."""
+    rows = slice(span.start, span.stop)
+    return np.stack([(_unit(a[l][rows]) * _unit(b[l][rows])).sum(-1) for l in layers], axis=1)
 
 
-def _pooled_cosines(vectors: dict, layers: list[int], real: int) -> np.ndarray:
-    """cos between the pooled (last real) position's vectors of every pair of layers: array (layers × layers)."""
-    pooled = _unit(np.stack([vectors[l][real - 1] for l in layers]))
+def _pooled_cosines(vectors: dict, layers: list[int], span: range) -> np.ndarray:
+    """cos between the pooled (last shown) position's vectors of every pair of layers: array (layers × layers)."""
+    pooled = _unit(np.stack([vectors[l][span.stop - 1] for l in layers]))
     return pooled @ pooled.T
 
 
-def _labels(tokens: list[str]) -> list[str]:
-    return [f"{i}:{t.replace('</w>', '')}" for i, t in enumerate(tokens)]
+def _labels(tokens: list[str], span: range | None = None) -> list[str]:
+    """``position:token`` for the shown positions (all of ``tokens`` when no span is given)."""
+    return [f"{p}:{readable(tokens[p])}" for p in (range(len(tokens)) if span is None else span)]
 
 
 def _check_same_tokens(raw_tokens: list[str], tuned_tokens: list[str]) -> None:
     if raw_tokens != tuned_tokens:
-        raw_real, tuned_real = raw_tokens[: real_positions(raw_tokens)], tuned_tokens[: real_positions(tuned_tokens)]
+        raw_real = [raw_tokens[p] for p in shown_positions(raw_tokens)]
+        tuned_real = [tuned_tokens[p] for p in shown_positions(tuned_tokens)]
         raise ValueError(
             "raw and tuned models tokenize the prompt differently, so tokens cannot be compared position by "
             f"position: raw {raw_real} vs tuned {tuned_real} (textual inversion adds tokens the raw model lacks)"

@@ -234,13 +234,11 @@ class Comparison:
 
     def token_shift(self):
         """cos(raw, tuned) lens embedding per token and layer (see :func:`similarity.raw_tuned_similarity`)."""
-        from .similarity import Similarity, _labels, raw_tuned_similarity
+        from .similarity import Similarity, _labels, raw_tuned_similarity, shown_positions
 
         sims, _, layers = raw_tuned_similarity(self.raw, self.tuned)
-        n = sims.shape[0]
-        return Similarity(
-            sims, layers, _labels(self.raw.tokens[:n]), f"raw vs tuned per token: {self.raw.prompt!r}", "cos raw↔tuned"
-        )
+        labels = _labels(self.raw.tokens, shown_positions(self.raw.tokens, self.raw))
+        return Similarity(sims, layers, labels, f"raw vs tuned per token: {self.raw.prompt!r}", "cos raw↔tuned")
 
     def grid(self) -> Image.Image:
         """Rows per seed: raw, tuned and |raw − tuned| (a viridis heatmap on one scale for the whole comparison, as

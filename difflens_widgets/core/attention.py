@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+GUIDANCE_LAYOUTS = ("batch", "batch-conditional-first", "calls")
 _local = threading.local()  # the capture active in this thread, and the site being called
 _patch_guard = threading.Lock()
 _patch_users = 0
@@ -80,8 +81,17 @@ class _Item:
 class AttentionCapture:
     """Accumulates every chunk item's maps while the pipeline runs (see the module docstring)."""
 
-    def __init__(self, sites: list[Site], settings: AttentionSettings, text: slice, aspect: float):
+    def __init__(
+        self, sites: list[Site], settings: AttentionSettings, text: slice, aspect: float, guidance: str = "batch"
+    ):
+        """``guidance``: where the conditional branch is when classifier-free guidance is on: ``"batch"`` (the
+        second half of one batch, diffusers' [unconditional; conditional]), ``"batch-conditional-first"`` (the
+        first half) or ``"calls"`` (the first of two denoiser calls per step: FLUX.2, Qwen-Image)."""
+        if guidance not in GUIDANCE_LAYOUTS:
+            raise ValueError(f"guidance layout must be one of {GUIDANCE_LAYOUTS}, got {guidance!r}")
         self.sites, self.settings, self.text, self.aspect = sites, settings, text, aspect
+        self.guidance = guidance
+        self._call = 0  # denoiser calls begun in this step (a call begins when its first site is entered)
         self.items: dict[tuple[int, int], _Item] = {}
         self._chunk: list[tuple[int, int]] = []
         self._cfg = False
@@ -106,6 +116,7 @@ class AttentionCapture:
                 f"run: its sites have query grids of side {', '.join(map(str, sorted(self._grids_seen)))}"
             )
         self._step += 1
+        self._call = 0
 
     # ---- installation --------------------------------------------------------------------------------------------
     def __enter__(self) -> AttentionCapture:
@@ -127,6 +138,8 @@ class AttentionCapture:
     def _enter_site(self, site: Site):
         def hook(module, args):
             _local.site = site
+            if site is self.sites[0]:
+                self._call += 1
 
         return hook
 
@@ -138,6 +151,8 @@ class AttentionCapture:
     def record(self, site: Site, query: torch.Tensor, key: torch.Tensor, attn_mask, scale) -> None:
         if self.settings.steps is not None and self._step not in self.settings.steps:
             return
+        if self._cfg and self.guidance == "calls" and self._call > 1:
+            return  # the unconditional call of this step
         batch, heads, n_query, dim = query.shape
         n_key = key.shape[2]
         text_len = self._text_len
@@ -158,7 +173,7 @@ class AttentionCapture:
         if grid is None or (self.settings.resolutions is not None and grid[0] not in self.settings.resolutions):
             return
         self._kept = True
-        rows = _conditional_rows(batch, self._cfg)
+        rows = _conditional_rows(batch, self._cfg, self.guidance)
         chosen = range(heads) if self.settings.heads is None else [h for h in self.settings.heads if h < heads]
         if not chosen:
             raise ValueError(f"attention_heads {self.settings.heads} name no head of this denoiser ({heads} heads)")
@@ -213,9 +228,12 @@ class AttentionCapture:
         return maps, masses
 
 
-def _conditional_rows(batch: int, cfg: bool) -> slice:
-    """The conditional half of a classifier-free guidance batch ([unconditional; conditional]), or all of it."""
-    return slice(batch // 2, batch) if cfg and batch % 2 == 0 else slice(0, batch)
+def _conditional_rows(batch: int, cfg: bool, guidance: str = "batch") -> slice:
+    """The conditional half of a classifier-free guidance batch ([unconditional; conditional], or the reverse), or
+    all of it (no guidance, or guidance in calls of its own)."""
+    if not cfg or batch % 2 or guidance == "calls":
+        return slice(0, batch)
+    return slice(0, batch // 2) if guidance == "batch-conditional-first" else slice(batch // 2, batch)
 
 
 def _mask_for(mask: torch.Tensor, rows: slice, head: int, queries: slice, like: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .results import LensResult, token_positions, word_spans
+from .results import LensResult, shown_span, token_positions, word_spans
 
 FLAT_SPREAD = math.sqrt(1 / 6)  # the spread of a uniform map over the unit square: √(1/12 + 1/12)
 
@@ -29,7 +29,7 @@ FLAT_SPREAD = math.sqrt(1 / 6)  # the spread of a uniform map over the unit squa
 def prompt_words(result: LensResult) -> list[str]:
     """The words of the prompt as the maps know them (start, end and padding tokens left out), first occurrences."""
     seen: list[str] = []
-    for word, _positions in word_spans(list(result.tokens)[: _real(result)]):
+    for word, _positions in word_spans(result.tokens, shown_span(result.tokens, result.params)):
         special = word.startswith("<") and word.endswith(">")
         if not special and word and word.lower() not in seen:
             seen.append(word.lower())
@@ -79,7 +79,3 @@ def word_stats(
             entry["share"] = round(float((word_mass / np.maximum(mass.sum(axis=1), 1e-12)).mean()), 5)
         stats[word] = entry
     return stats
-
-
-def _real(result: LensResult) -> int:
-    return int(getattr(result.tokens, "real", len(result.tokens)))

@@ -27,7 +27,7 @@ class Conditioner:
         self.negative_index = len(run.prompts)
 
     def lens_at(self, layer: int, row: int) -> torch.Tensor:
-        return self.source.lens(self.hidden[layer][row : row + 1], self.run.final_norm)
+        return self.source.lens_layer(self.hidden, layer, slice(row, row + 1), self.run.final_norm)
 
     def normal_seq(self, row: int) -> torch.Tensor:
         return self.source.normal_part(self.lensed, self.source.encoder_name, row).seq
@@ -71,11 +71,10 @@ class Conditioner:
         return cond, self.unconditional(), embeddings
 
     def per_token(self, index: int) -> Iterator[tuple]:
-        """One ((position, token), conditions) per real position of prompt ``index``: the empty prompt's lens
-        embedding at each layer with only that position taken from the prompt."""
+        """One ((position, token), conditions) per shown position of prompt ``index`` (its tokens, never a
+        template's): the empty prompt's lens embedding at each layer with only that position taken from the prompt."""
         layers = self.run.layers
-        mask = self.lensed.mask[index]
-        positions = [p for p in range(mask.shape[0]) if mask[p]]
+        positions = self.lensed.words[index].nonzero().flatten().tolist()
         if not positions:
             raise ValueError("per_token needs a prompt with at least one token")
         empty_mask = self.lensed.mask[self.empty : self.empty + 1].to(self.hidden[0].device)

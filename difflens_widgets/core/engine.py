@@ -167,9 +167,11 @@ class Lens:
         norm = self.adapter.own_final_norm if final_norm is None else final_norm
         encoded = self.adapter.encode(prompts)
         vectors = {
-            l: self.adapter.lens(encoded.hidden_states[l][:1], norm)[0].float().cpu().numpy() for l in layer_list
+            l: self.adapter.lens_layer(encoded.hidden_states, l, slice(0, 1), norm)[0].float().cpu().numpy()
+            for l in layer_list
         }
-        return vectors, Tokens(encoded.tokens[0], int(encoded.mask[0].sum()))
+        first, end = encoded.shown(0)
+        return vectors, Tokens(encoded.tokens[0], end, first)
 
     # ------------------------------------------------------------------------------------------------------------
     def run(
@@ -189,11 +191,12 @@ class Lens:
             progress: called as ``progress(done, total, preview)`` after every denoiser call (``preview`` is a
                 :class:`Preview` at snapshot steps, else None); returning True cancels the run.
             dry_run: only check the arguments and return the resolved parameters (a dict; :meth:`resolve` gives
-                them as a :class:`LensRun`); no denoising.
+                them as a :class:`LensRun`) and the memory the run will hold (``"memory"``, see
+                :func:`~difflens_widgets.core.memory.needs`); no text encoding, no denoising.
         """
         run = self.resolve(prompt, *args, **options)
         if validate.check_flag("dry_run", dry_run):
-            return {**run.params(), **self.pipeline_facts()}
+            return {**run.params(), **self.pipeline_facts(), "memory": self.memory_needs(run)}
         return self.execute(run, progress)
 
     def resolve(
@@ -342,7 +345,7 @@ class Lens:
             return None
         sites = [Site(name, module, layout) for name, module, layout in self.adapter.attention_sites()]
         text = self.adapter.attention_text() or slice(0, None)  # resolve refused an encoder with no place
-        return AttentionCapture(sites, run.attention, text, run.height / run.width)
+        return AttentionCapture(sites, run.attention, text, run.height / run.width, self.adapter.guidance_layout)
 
     def _attention_settings(self, attention, steps, resolutions, heads, num_steps: int):
         """The capture's settings, or None; refused where the family's denoiser cannot show where a token lands."""
@@ -378,6 +381,23 @@ class Lens:
         if pooled and not adapter.pooled_is_lensed and adapter.own_layer != adapter.num_layers:
             return None  # a pooled vector lensed at the penultimate layer is not the pipeline's
         return adapter.own_layer
+
+    def memory_needs(self, run: LensRun) -> dict:
+        """What ``run`` will hold, in bytes, known before it runs: see :func:`memory.needs`."""
+        source = run.source or self.adapter
+        config = source.text_encoder.config
+        guided = run.guidance_scale > 1.0 and self.adapter.uses_negative_embeddings
+        return memory.needs(
+            self.pipe.components,
+            hidden_states=run.num_layers + 1,
+            texts=len(run.prompts) + 1 + int(guided),  # the prompts, the negative text, the empty prompt
+            tokens=source.max_tokens_per_text,
+            width=int(getattr(config, "hidden_size", None) or config.d_model),
+            dtype=source.text_encoder.dtype,
+            per_image=memory.cpu_image_bytes(run.height, run.width, getattr(self.adapter.denoiser, "dtype", None))
+            if self.device.type == "cpu"
+            else None,
+        )
 
     def pipeline_facts(self) -> dict:
         """What a result records about the pipeline that made it (besides the run's options)."""
@@ -449,11 +469,12 @@ class Lens:
         results = []
         for index, text in enumerate(prompts):
             variants = conditioner.per_token(index) if run.per_token else [(None, conditioner.conditions(index))]
-            passes = int(lensed.mask[index].sum()) if run.per_token else 1  # one pass per real token
+            passes = int(lensed.words[index].sum()) if run.per_token else 1  # one pass per shown token
             for number, (variant, conditions) in enumerate(variants):
                 token = None if variant is None else variant[0]
                 cond, uncond, embeddings = conditions
-                job = _Job(text, int(lensed.mask[index].sum()), lensed.tokens[index], cond, uncond, embeddings, variant,
+                first, end = lensed.shown(index)
+                job = _Job(text, Tokens(lensed.tokens[index], end, first), cond, uncond, embeddings, variant,
                            cfg=do_cfg, capture=self._capture(run))  # fmt: skip
                 result = self._denoise_all(run, job, share_progress(progress, number, passes, token), cancelled)
                 if result.complete and run.use_cache and variant is None:
@@ -527,7 +548,8 @@ class Lens:
             "seconds": round(time.perf_counter() - started, 3),
             "images_per_call": plan.sizes_used,
             "memory_events": plan.events,
-            "real_tokens": job.real_tokens,
+            "real_tokens": job.tokens.real,
+            "first_token": job.tokens.first,
             **extra,
         }
         return LensResult(
@@ -726,8 +748,7 @@ class _Job:
     """One denoising job of a run: one prompt (or one of its tokens, per_token), its conditioning per layer."""
 
     text: str
-    real_tokens: int
-    tokens: list
+    tokens: Tokens  # the shown span: [first, real)
     cond: dict
     uncond: dict | None
     embeddings: dict

@@ -78,6 +78,32 @@ def release_cached(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def needs(
+    components: dict,
+    hidden_states: int,
+    texts: int,
+    tokens: int,
+    width: int,
+    dtype: torch.dtype,
+    per_image: float | None,
+) -> dict:
+    """What a lens run will hold, in bytes, before it runs (``Lens.run(..., dry_run=True)["memory"]``): the weights
+    of each component (with CPU offload only the one computing is on the GPU), the one text-encoder pass with every
+    hidden state kept (``hidden_states`` × ``texts`` × ``tokens`` × ``width``), and one image's share of a
+    denoising call (a CPU estimate; on a GPU a one-step probe measures it when the run starts: None)."""
+    weights = {
+        name: sum(p.numel() * p.element_size() for p in module.parameters())
+        for name, module in components.items()
+        if isinstance(module, torch.nn.Module)
+    }
+    element = torch.empty((), dtype=dtype).element_size()
+    return {
+        "weights_bytes": weights,
+        "text_pass_bytes": hidden_states * texts * tokens * width * element,
+        "per_image_bytes": None if per_image is None else int(per_image),
+    }
+
+
 def cpu_image_bytes(height: int, width: int, dtype: torch.dtype | None) -> float:
     """The CPU working set of one image in a denoiser call, estimated per output pixel (half for half precision)."""
     return height * width * CPU_BYTES_PER_PIXEL * (0.5 if dtype in (torch.float16, torch.bfloat16) else 1)

@@ -14,24 +14,59 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 class Tokens(list):
-    """A prompt's token strings, padding included, that also know how many are real (from the attention mask,
-    not from spotting end tokens by name)."""
+    """A prompt's token strings, padding included, that also know which are shown to a reader: positions
+    ``first .. real - 1``, the user's own tokens (from the attention mask, not from spotting end tokens by name;
+    ``first`` > 0 where a chat template comes before them)."""
 
-    def __init__(self, tokens, real: int):
+    def __init__(self, tokens, real: int, first: int = 0):
         super().__init__(tokens)
         self.real = int(real)
+        self.first = int(first)
+
+    @property
+    def shown(self) -> range:
+        return range(self.first, self.real)
 
 
-def word_spans(tokens: list[str]) -> list[tuple[str, list[int]]]:
-    """The tokens as words: (word, the positions of its pieces). CLIP's pieces end a word with ``</w>``, T5's begin
-    one with ``▁``; a vocabulary of whole words marks neither; start, end and padding tokens stand alone."""
-    marked = any(t.endswith("</w>") or t.startswith("▁") for t in tokens)
+END_TOKENS = ("<|endoftext|>", "</s>")
+WORD_STARTS = ("▁", "Ġ")  # sentencepiece (T5, Llama 2, Gemma) and byte-level BPE (GPT-2, Qwen, Llama 3) word starts
+
+
+def shown_span(tokens: list[str], params: dict | None = None) -> range:
+    """The positions a reader is shown: the user's own tokens (start and end tokens included; never padding or a
+    chat template's tokens), from :class:`Tokens` or a result's ``params``; a result saved by an older version
+    shows up to and including its first end token."""
+    end = getattr(tokens, "real", None) or (params or {}).get("real_tokens")
+    first = getattr(tokens, "first", None) or (params or {}).get("first_token") or 0
+    if not end:
+        ends = [i + 1 for i, t in enumerate(tokens) if i > 0 and t in END_TOKENS]
+        end = ends[0] if ends else len(tokens)
+    return range(int(first), int(end))
+
+
+def _span_ends(tokens: list[str]) -> tuple[int, int]:
+    """(real, first) of a token list: its own, if it is a :class:`Tokens`; else every position shown."""
+    return getattr(tokens, "real", len(tokens)), getattr(tokens, "first", 0)
+
+
+def readable(token: str) -> str:
+    """A token as a reader writes it: no word-end (``</w>``) or byte-level space (``Ġ``) marks, newlines as ⏎."""
+    return token.replace("</w>", "").replace("Ġ", "").replace("Ċ", "⏎")
+
+
+def word_spans(tokens: list[str], span: range | None = None) -> list[tuple[str, list[int]]]:
+    """The tokens in ``span`` (default: every one) as words: (word, the positions of its pieces). CLIP's pieces end
+    a word with ``</w>``, T5's and byte-level BPE's begin one with ``▁`` / ``Ġ``; a vocabulary of whole words marks
+    neither; start, end and padding tokens stand alone."""
+    span = range(len(tokens)) if span is None else span
+    chosen = [tokens[p] for p in span]
+    marked = any(t.endswith("</w>") or t.startswith(WORD_STARTS) for t in chosen)
     spans: list[tuple[str, list[int]]] = []
     open_word = False
-    for position, token in enumerate(tokens):
+    for position, token in zip(span, chosen):
         special = token.startswith("<") and token.endswith(">")
-        text = token.replace("</w>", "").replace("▁", "")
-        if not open_word or special or token.startswith("▁"):
+        text = readable(token).replace("▁", "")
+        if not open_word or special or token.startswith(WORD_STARTS):
             spans.append((text, [position]))
         else:
             spans[-1] = (spans[-1][0] + text, [*spans[-1][1], position])
@@ -48,12 +83,11 @@ def token_positions(tokens: list[str], token: int | str) -> list[int]:
         return [int(token)]
     if not isinstance(token, str) or not token.strip():
         raise TypeError(f"a token is a position (int) or a word (str), got {token!r}")
-    for word, positions in word_spans(tokens):
+    span = shown_span(tokens)
+    for word, positions in word_spans(tokens, span):
         if word.lower() == token.strip().lower():
             return positions
-    ends = [i + 1 for i, t in enumerate(tokens) if t in ("</s>", "<|endoftext|>")]
-    real = getattr(tokens, "real", None) or (ends[0] if ends else len(tokens))
-    shown = " ".join(t.replace("</w>", "") for t in tokens[:real])
+    shown = " ".join(readable(tokens[p]) for p in span)
     raise KeyError(f"{token!r} is not a word of this prompt, whose tokens are: {shown}")
 
 
@@ -93,7 +127,7 @@ class LensResult:
             seeds=list(self.seeds),
             images={k: im.copy() for k, im in self.images.items()},
             embeddings={k: v.copy() for k, v in self.embeddings.items()},
-            tokens=Tokens(self.tokens, getattr(self.tokens, "real", len(self.tokens))),
+            tokens=Tokens(self.tokens, *_span_ends(self.tokens)),
             params=copy.deepcopy(self.params),
             snapshots={k: [(step, im.copy()) for step, im in v] for k, v in self.snapshots.items()},
             complete=self.complete,

@@ -127,7 +127,7 @@ def _capture_call(pipe, adapter, height: int, width: int) -> tuple[tuple, dict]:
     try:
         with quiet_progress_bar(pipe):
             pipe(
-                "",
+                prompt="",
                 num_inference_steps=1,
                 guidance_scale=1.0,
                 height=height,
@@ -263,12 +263,13 @@ def generation_features(
         raise ValueError(f"at_steps must be step indices in 0..{steps - 1}, got {sorted(wanted)}")
     features = Features(list(chosen), [])
     device = execution_device(pipe)
+    guided = guidance_scale > 1 and adapter.uses_negative_embeddings
     for prompt in prompts:
         for seed in seed_list:
             sink: dict[str, list[torch.Tensor]] = {}
             with tapped(adapter, chosen, sink), torch.no_grad(), quiet_progress_bar(pipe):
                 out = pipe(
-                    prompt,
+                    prompt=prompt,
                     num_inference_steps=steps,
                     guidance_scale=guidance_scale,
                     generator=torch.Generator(device).manual_seed(seed),
@@ -279,7 +280,7 @@ def generation_features(
             for step in sorted(wanted):
                 _collect(
                     features,
-                    {name: _conditional(calls[step]) for name, calls in sink.items()},
+                    {name: _conditional(adapter, calls, step, guided) for name, calls in sink.items()},
                     timesteps[step],
                     keep_spatial,
                 )
@@ -287,6 +288,12 @@ def generation_features(
     return features
 
 
-def _conditional(feature: torch.Tensor) -> torch.Tensor:
-    """The prompt's half when classifier-free guidance ran both branches in one batch ([uncond, cond])."""
-    return feature[feature.shape[0] // 2 :] if feature.shape[0] == 2 else feature
+def _conditional(adapter, calls: list[torch.Tensor], step: int, guided: bool) -> torch.Tensor:
+    """The prompt's branch of denoising step ``step``: under classifier-free guidance, the conditional half of one
+    batch ([uncond, cond]; Z-Image's [cond, uncond]) or the first of the step's two calls (FLUX.2)."""
+    if guided and adapter.guidance_layout == "calls":
+        return calls[2 * step]
+    feature = calls[step]
+    if not guided or feature.shape[0] != 2:
+        return feature
+    return feature[:1] if adapter.guidance_layout == "batch-conditional-first" else feature[1:]

@@ -8,7 +8,7 @@ import traitlets as t
 
 from ..analyses.panels import Panel
 from ..core import options as lens_options
-from ..core.results import LensResult, word_spans
+from ..core.results import LensResult, shown_span, word_spans
 from .assets import BundledWidget, png_bytes
 
 WIDGET_OPTIONS = tuple(o for o in lens_options.OPTIONS if "widget" in o.surfaces)
@@ -28,8 +28,9 @@ def attention_payload(panels: list[Panel]) -> dict:
     first = panels[0].result
     if not first.attention_maps:
         return {}
-    real = int(first.params.get("real_tokens") or getattr(first.tokens, "real", len(first.tokens)))
-    words = [{"label": w, "positions": p} for w, p in word_spans(first.tokens[:real])]
+    shown = shown_span(first.tokens, first.params)  # the user's tokens: a chat template's are never offered
+    real = shown.stop
+    words = [{"label": w, "positions": p} for w, p in word_spans(first.tokens, shown)]
     frames, grid = [], None
     for panel in panels:
         for (layer, seed), maps in sorted(panel.result.attention_maps.items()):
