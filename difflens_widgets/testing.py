@@ -268,6 +268,106 @@ def tiny_flux(seed: int = 0):
     return pipe
 
 
+# a Qwen-style chat template (Qwen3's, reduced to one turn): the prompt between role markers, thinking switchable
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+
+
+def tiny_chat_tokenizer(max_length: int = 64):
+    """A byte-level BPE tokenizer as language models have (``Ġ`` word starts, words the vocabulary lacks split into
+    pieces), trained in a moment on the tiny words, with Qwen's special tokens and a chat template: no file."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator([" ".join([*TINY_WORDS, "user", "assistant"]), "\n\n"], trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>", model_max_length=max_length
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_qwen3(tokenizer, num_layers: int = 4, width: int = 16):
+    """A Qwen3ForCausalLM of a few thousand parameters per layer (as FLUX.2 [klein] and Z-Image load theirs)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen3ForCausalLM(config).eval()
+
+
+def tiny_flux2_klein(seed: int = 0, distilled: bool = False):
+    """Flux2KleinPipeline: a 36-layer Qwen3 of width 16 (the pipeline reads layers 9, 18, 27), one double and one
+    single transformer block, 4 latent channels patchified 2×2; 32×32 images by default. ``distilled``: no
+    guidance branch, as the step-distilled [klein] models."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer(max_length=512)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=3 * 16,
+        timestep_guidance_channels=32,
+        axes_dims_rope=(2, 2, 2, 2),
+        guidance_embeds=False,
+    ).eval()
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+    pipe = Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=tiny_qwen3(tokenizer, num_layers=36),
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=distilled,
+    )
+    pipe.default_sample_size = 16  # latent side before the 2× VAE: 32×32 images (the pipeline's own: 128)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_pixart(seed: int = 0):
     """PixArtAlphaPipeline: T5 (3 blocks) with attention mask, 32×32 images."""
     from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
@@ -354,6 +454,7 @@ TINY_FAMILIES = {
     "stable-diffusion-xl": tiny_sdxl,
     "stable-diffusion-3": tiny_sd3,
     "flux": tiny_flux,
+    "flux2-klein": tiny_flux2_klein,
     "pixart": tiny_pixart,
     "deepfloyd-if": tiny_deepfloyd_if,
 }

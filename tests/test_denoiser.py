@@ -13,7 +13,7 @@ from difflens_widgets.denoiser import probes
 from difflens_widgets.denoiser import taps as denoiser
 from difflens_widgets.toy.world import world_probe_set
 
-FAMILIES = ["tiny_stable_diffusion", "tiny_sdxl", "tiny_sd3", "tiny_flux", "tiny_pixart", "tiny_deepfloyd_if"]
+FAMILIES = [build.__name__ for build in testing.TINY_FAMILIES.values()]
 IMAGES = [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green")]
 
 
@@ -35,7 +35,7 @@ def test_taps_on_every_family_leave_the_pipeline_as_it_was(family):
         output_type="np",
         **denoiser._call_kwargs(pipe, adapter),
     )
-    before = pipe("a red circle", **kwargs).images
+    before = pipe(prompt="a red circle", **kwargs).images
     given = denoiser.image_features(pipe, IMAGES, timesteps=[100, 900], keep_spatial=True)
     generated = denoiser.generation_features(
         pipe, ["a red circle", "a blue square"], num_inference_steps=3, at_steps=[0, 2]
@@ -50,7 +50,7 @@ def test_taps_on_every_family_leave_the_pipeline_as_it_was(family):
     assert not np.allclose(given.pooled[(names[0], 100)], given.pooled[(names[0], 900)])  # t matters
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in adapter.denoiser.modules())
     kwargs["generator"] = torch.Generator().manual_seed(0)
-    assert np.array_equal(pipe("a red circle", **kwargs).images, before)
+    assert np.array_equal(pipe(prompt="a red circle", **kwargs).images, before)
 
 
 def test_unet_block_widths_match_the_model():

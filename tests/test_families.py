@@ -19,6 +19,7 @@ EXPECTED = {
     "stable-diffusion-xl": (5, 4, 5.0, {}),  # text_encoder_2, penultimate
     "stable-diffusion-3": (3, 3, 5.0, {}),  # T5
     "flux": (3, 3, 3.5, {"height": 32, "width": 32}),  # T5; guidance is FLUX's distilled guidance
+    "flux2-klein": (36, 27, 4.0, {}),  # Qwen3; its taps 9, 18, 27 scaled to depth l
     "pixart": (3, 3, 5.0, {}),
     "deepfloyd-if": (3, 3, 5.0, {}),
 }
@@ -33,7 +34,7 @@ def own_image(pipe, lens, guidance, size):
     if lens.adapter.family in ("pixart", "deepfloyd-if"):
         extra["clean_caption"] = False
     return pipe(
-        PROMPT,
+        prompt=PROMPT,
         num_inference_steps=3,
         guidance_scale=guidance,
         generator=torch.Generator().manual_seed(0),

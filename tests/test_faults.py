@@ -11,14 +11,7 @@ from difflens_widgets import testing
 from difflens_widgets.adapters import adapter_for
 
 PROMPT = "a red circle left of a blue square"
-FAMILIES = [
-    testing.tiny_stable_diffusion,
-    testing.tiny_sdxl,
-    testing.tiny_sd3,
-    testing.tiny_flux,
-    testing.tiny_pixart,
-    testing.tiny_deepfloyd_if,
-]
+FAMILIES = list(testing.TINY_FAMILIES.values())
 STAGES = ["encode", "second chunk", "decode", "preview", "callback", "keyboard interrupt"]
 RUN = dict(
     layers=[0, 1], seeds=[0], num_inference_steps=2, max_batch=1, snapshot_every=1, use_cache=False, skip_layers=[1]

@@ -18,6 +18,7 @@ FAMILY_PRECISION = {
     testing.tiny_sdxl: (torch.float16, True),
     testing.tiny_sd3: (torch.bfloat16, False),
     testing.tiny_flux: (torch.bfloat16, False),
+    testing.tiny_flux2_klein: (torch.bfloat16, False),
     testing.tiny_pixart: (torch.bfloat16, False),
     testing.tiny_deepfloyd_if: (torch.float16, False),
 }
@@ -200,7 +201,8 @@ def test_probed_chunks_and_decode_sub_chunks_keep_every_familys_pixels(build, mo
     lens = dl.Lens(pipe)
     run = dict(seeds=[0, 1], num_inference_steps=2, use_cache=False, guidance_scale=3.0)
     whole = lens.run(PROMPT, max_batch=64, **run)  # every image in one call, decoded at once
-    on_simulated_gpu(pipe, monkeypatch, rows_per_image=1 if lens.adapter.family == "flux" else 2)
+    one_row = lens.adapter.family == "flux" or lens.adapter.guidance_layout == "calls"  # no guidance batch rows
+    on_simulated_gpu(pipe, monkeypatch, rows_per_image=1 if one_row else 2)
     probed = lens.run(PROMPT, **run)
     assert probed.params["memory_events"][0].startswith("measured 10 MiB per image denoising")
     if getattr(pipe, "vae", None) is not None:

@@ -13,14 +13,7 @@ from difflens_widgets.core import finite
 from difflens_widgets.sweeps import store
 
 PROMPT = "a red circle left of a blue square"
-FAMILIES = [
-    testing.tiny_stable_diffusion,
-    testing.tiny_sdxl,
-    testing.tiny_sd3,
-    testing.tiny_flux,
-    testing.tiny_pixart,
-    testing.tiny_deepfloyd_if,
-]
+FAMILIES = list(testing.TINY_FAMILIES.values())
 
 
 def sample_of(out) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .deepfloyd_if import DeepFloydIFAdapter
 from .family import FamilyAdapter
 from .flux import FluxAdapter
+from .flux2 import Flux2KleinAdapter
 from .lens import EncodedPrompts, LensAdapter, denoiser_of
 from .pixart import PixArtAdapter
 from .sd3 import StableDiffusion3Adapter
@@ -19,6 +20,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     StableDiffusionXLAdapter,
     StableDiffusion3Adapter,
     FluxAdapter,
+    Flux2KleinAdapter,
     PixArtAdapter,
     DeepFloydIFAdapter,
 ]

@@ -1,0 +1,124 @@
+"""The families whose text encoder is a decoder-only language model (FLUX.2 [klein] so far), on tiny random
+pipelines built from configs: what "layer l" means for a multi-tap family, one encoder pass for every layer, and a
+chat template that never shows through (word chips, per-token lens, attention maps name the user's words only)."""
+
+import numpy as np
+import pytest
+import torch
+
+import difflens_widgets as dl
+from difflens_widgets import testing
+from difflens_widgets.analyses.panels import Panel
+from difflens_widgets.core.attention_stats import prompt_words
+from difflens_widgets.widgets.display import attention_payload
+
+PROMPT = "a red cat left of a blue dog"
+WORDS = ["a", "red", "cat", "left", "of", "a", "blue", "dog"]
+RUN = dict(num_inference_steps=2, seeds=[0])
+
+
+@pytest.fixture(scope="module")
+def klein():
+    return testing.tiny_flux2_klein()
+
+
+def shown_words(tokens) -> list[str]:
+    return [tokens[p].replace("Ġ", "") for p in tokens.shown]
+
+
+def test_the_lens_at_layer_l_is_the_pipelines_taps_scaled_to_depth_l(klein):
+    adapter = dl.Lens(klein).adapter
+    assert adapter.own_layer == 27 and adapter.own_final_norm is False
+    assert adapter.tap_layers(27) == [9, 18, 27] and adapter.tap_layers(36) == [12, 24, 36]
+    assert adapter.tap_layers(0) == [0, 0, 0] and adapter.tap_layers(3) == [1, 2, 3]
+    encoded = adapter.encode([PROMPT])
+    mine = adapter.lens_layer(encoded.hidden_states, 27, slice(0, 1), final_norm=False)
+    theirs = klein._get_qwen3_prompt_embeds(klein.text_encoder, klein.tokenizer, [PROMPT], max_sequence_length=512)
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=0)  # the pipeline's own conditioning, exactly
+    layer_9 = adapter.lens_layer(encoded.hidden_states, 9, slice(0, 1), final_norm=False)
+    width = encoded.hidden_states[0].shape[-1]
+    assert layer_9.shape == mine.shape == (1, 512, 3 * width)
+    torch.testing.assert_close(layer_9[..., 2 * width :], mine[..., :width])  # its deepest tap is layer 9
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_the_normal_column_is_the_pipelines_image_and_other_layers_differ(distilled, count_calls):
+    pipe = testing.tiny_flux2_klein(distilled=distilled)
+    lens = dl.Lens(pipe)
+    assert lens.adapter.uses_negative_embeddings is not distilled
+    encoder = count_calls(pipe.text_encoder)
+    res = lens.run(PROMPT, layers=[0, 9, 27, 36], guidance_scale=4.0, **RUN)
+    assert len(encoder) == 1  # one pass over prompt, negative and empty prompt, whatever the number of layers
+    assert lens.resolve(PROMPT, guidance_scale=4.0, **RUN).normal_layer == 27
+    own = pipe(prompt=PROMPT, guidance_scale=4.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    image = np.asarray(own.images[0], dtype=int)
+    assert np.abs(np.asarray(res.image(27), dtype=int) - image).max() <= 2
+    assert all(not np.array_equal(np.asarray(res.image(l)), np.asarray(res.image(27))) for l in (0, 9, 36))
+
+
+def test_the_chat_template_never_shows_through(klein):
+    lens = dl.Lens(klein)
+    vectors, tokens = lens.embed(PROMPT, layers=[27])
+    assert tokens.first > 0 and shown_words(tokens) == WORDS  # "<|im_start|> user ⏎" come before
+    assert tokens[0] == "<|im_start|>" and "<think>" in tokens[tokens.real :]
+    per_token = lens.run(PROMPT, layers=[27], per_token=True, num_inference_steps=1)
+    assert [r.params["token"].replace("Ġ", "") for r in per_token] == WORDS
+    assert [r.params["token_position"] for r in per_token] == list(tokens.shown)
+    mapped = lens.run(PROMPT, layers=[27], attention=True, **RUN)
+    assert prompt_words(mapped) == ["a", "red", "cat", "left", "of", "blue", "dog"]
+    payload = attention_payload([Panel("lens", "lens", mapped)])
+    assert [w["label"] for w in payload["words"]] == WORDS
+    assert payload["words"][1]["positions"] == [tokens.first + 1]
+    assert mapped.attention(27, "dog").shape == (32, 32)
+    with pytest.raises(KeyError, match="not a word of this prompt, whose tokens are: a red cat left of a blue dog"):
+        mapped.attention(27, "assistant")
+
+
+def test_a_word_the_vocabulary_lacks_is_one_word_of_several_pieces(klein):
+    _, tokens = dl.Lens(klein).embed("a red xyz")
+    pieces = [tokens[p] for p in tokens.shown]
+    assert pieces[:2] == ["a", "Ġred"] and len(pieces) > 3  # xyz: Ġ x y z, or whatever BPE made of it
+    from difflens_widgets.core.results import word_spans
+
+    assert [w for w, _ in word_spans(tokens, tokens.shown)] == ["a", "red", "xyz"]
+
+
+def test_guidance_in_calls_of_its_own_captures_the_conditional_call(klein):
+    """The base [klein] runs its unconditional branch as a second transformer call: at the first step (same
+    latents either way) the maps with guidance are those without it."""
+    lens = dl.Lens(klein)
+    options = dict(RUN, layers=[27], attention=True, attention_steps="0", use_cache=False)
+    guided = lens.run(PROMPT, guidance_scale=4.0, **options).attention_maps[(27, 0)]
+    plain = lens.run(PROMPT, guidance_scale=1.0, **options).attention_maps[(27, 0)]
+    np.testing.assert_array_equal(guided, plain)
+
+
+def test_a_text_encoder_too_shallow_for_the_pipelines_taps_is_refused():
+    pipe = testing.tiny_flux2_klein()
+    pipe.text_encoder.model.layers = pipe.text_encoder.model.layers[:20]
+    with pytest.raises(ValueError, match=r"has 20 layers, but the pipeline reads layers \[9, 18, 27\]"):
+        dl.Lens(pipe)
+
+
+def test_a_saved_klein_folder_loads_in_its_own_precision_and_runs(tmp_path):
+    testing.tiny_flux2_klein(distilled=True).save_pretrained(tmp_path)
+    pipe = dl.load_pipeline(str(tmp_path))
+    res = dl.Lens(pipe).run(PROMPT, layers=[9, 27], **RUN)
+    assert res.params["family"] == "flux2-klein" and sorted(res.images) == [(9, 0), (27, 0)]
+
+
+def test_dashboard_and_similarity_speak_the_users_words(klein):
+    from difflens_widgets import similarity
+
+    dash = dl.LensDashboard(klein)
+    assert dash.model_info["family"] == "flux2-klein"
+    dash.prompt, dash.num_inference_steps, dash.layers, dash.attention = PROMPT, 1, "9,27", True
+    dash.run()
+    assert dash.wait(60) and dash.status == "done", dash.message
+    assert [f["layer"] for f in dash.frames] == [9, 27]
+    assert [w["label"] for w in dash.attention_maps["words"]] == WORDS
+    heat = similarity.layer_similarity(klein, PROMPT, layers=[9, 27, 36])
+    assert heat.values.shape == (3, 3) and np.allclose(np.diag(heat.values), 1, atol=1e-5)
+    shift = similarity.token_shift(klein, klein, PROMPT, layers=[27])
+    assert [label.split(":")[1] for label in shift.labels] == WORDS and np.allclose(shift.values, 1, atol=1e-5)
+    assert similarity.token_similarity(klein, "a red cat", "cat", "a blue cat", "cat").values.shape == (37,)
