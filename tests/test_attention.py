@@ -225,3 +225,14 @@ def test_the_toy_attention_study_counts_hits_against_a_shuffled_baseline():
             assert r["baseline_interval"][0] <= r["baseline"] <= r["baseline_interval"][1]
     with pytest.raises(ValueError, match="at least two prompts"):
         measure("toy", [0], 2, groups={"one": ["a red circle"]}, layers=[8])
+
+
+def test_the_conditional_rows_follow_the_familys_guidance_layout():
+    from difflens_widgets.core.attention import AttentionCapture, AttentionSettings, _conditional_rows
+
+    assert _conditional_rows(4, cfg=True) == slice(2, 4)  # diffusers' [unconditional; conditional]
+    assert _conditional_rows(4, cfg=True, guidance="batch-conditional-first") == slice(0, 2)  # Z-Image's order
+    assert _conditional_rows(4, cfg=True, guidance="calls") == slice(0, 4)  # the unconditional call is skipped
+    assert _conditional_rows(4, cfg=False) == slice(0, 4)
+    with pytest.raises(ValueError, match="guidance layout must be one of"):
+        AttentionCapture([], AttentionSettings(), slice(0, None), 1.0, guidance="interleaved")
