@@ -368,6 +368,38 @@ def tiny_flux2_klein(seed: int = 0, distilled: bool = False):
     return pipe
 
 
+def tiny_z_image(seed: int = 0):
+    """ZImagePipeline: a 4-layer Qwen3 of width 16 read at its penultimate layer, two single-stream transformer
+    layers; pass height/width (e.g. 32): the pipeline's own size is 1024²."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer(max_length=512)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=4,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=16,
+        axes_dims=[8, 4, 4],
+        axes_lens=[512, 32, 32],
+    ).eval()
+    vae = _tiny_vae(latent_channels=4, scaling_factor=0.3611, shift_factor=0.1159)
+    pipe = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=tiny_qwen3(tokenizer, num_layers=4),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_pixart(seed: int = 0):
     """PixArtAlphaPipeline: T5 (3 blocks) with attention mask, 32×32 images."""
     from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel

@@ -122,3 +122,58 @@ def test_dashboard_and_similarity_speak_the_users_words(klein):
     shift = similarity.token_shift(klein, klein, PROMPT, layers=[27])
     assert [label.split(":")[1] for label in shift.labels] == WORDS and np.allclose(shift.values, 1, atol=1e-5)
     assert similarity.token_similarity(klein, "a red cat", "cat", "a blue cat", "cat").values.shape == (37,)
+
+
+# ---- Z-Image: one raw penultimate layer, padding removed, guidance above 0 -------------------------------------
+ZRUN = dict(num_inference_steps=2, seeds=[0], height=32, width=32)
+
+
+@pytest.fixture(scope="module")
+def z_image():
+    return testing.tiny_z_image()
+
+
+@pytest.mark.parametrize("guidance", [0.0, 4.0])
+def test_z_image_normal_column_is_the_pipelines_image(z_image, guidance, count_calls):
+    lens = dl.Lens(z_image)
+    assert lens.adapter.family == "z-image" and lens.num_layers == 4
+    assert lens.adapter.own_layer == 3 and lens.adapter.own_final_norm is False  # hidden_states[-2], raw
+    encoder = count_calls(z_image.text_encoder)
+    res = lens.run(PROMPT, guidance_scale=guidance, use_cache=False, **ZRUN)
+    assert len(encoder) == 1 and res.layers == [0, 1, 2, 3, 4]
+    assert lens.resolve(PROMPT, guidance_scale=guidance, **ZRUN).normal_layer == 3
+    own = z_image(
+        prompt=PROMPT,
+        guidance_scale=guidance,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert np.abs(np.asarray(res.image(3), dtype=int) - np.asarray(own, dtype=int)).max() <= 2
+    assert not np.array_equal(np.asarray(res.image(0)), np.asarray(res.image(3)))
+
+
+def test_z_image_hands_the_transformer_the_real_positions_only(z_image, count_calls):
+    lens = dl.Lens(z_image)
+    transformer = count_calls(z_image.transformer)
+    lens.run(PROMPT, layers=[3], guidance_scale=4.0, num_inference_steps=1, height=32, width=32, use_cache=False)
+    args, kwargs = transformer.calls[0]
+    captions = args[2] if len(args) > 2 else kwargs["cap_feats"]
+    encoded = lens.adapter.encode([PROMPT])
+    real = int(encoded.mask[0].sum())  # template and prompt, no padding
+    assert [c.shape[0] for c in captions] == [real, int(encoded.mask[1].sum())]  # conditional first, then ""
+    per_token = lens.run(PROMPT, layers=[3], per_token=True, num_inference_steps=1, height=32, width=32)
+    assert [r.params["token"].replace("Ġ", "") for r in per_token] == WORDS
+    with pytest.raises(ValueError, match="tokens='padding' is meaningless for z-image"):
+        lens.resolve(PROMPT, tokens="padding")
+
+
+def test_z_image_says_what_it_does_not_read_yet(z_image):
+    lens = dl.Lens(z_image)
+    with pytest.raises(ValueError, match="attention maps are not read for Z-Image yet"):
+        lens.resolve(PROMPT, attention=True, **ZRUN)
+    from difflens_widgets.denoiser import taps
+
+    with pytest.raises(ValueError, match="the denoiser taps do not read Z-Image yet"):
+        taps.block_names(z_image)

@@ -14,6 +14,7 @@ from .pixart import PixArtAdapter
 from .sd3 import StableDiffusion3Adapter
 from .sdxl import StableDiffusionXLAdapter
 from .stable_diffusion import StableDiffusionAdapter
+from .z_image import ZImageAdapter
 
 ADAPTERS: list[type[FamilyAdapter]] = [
     StableDiffusionAdapter,
@@ -23,6 +24,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     Flux2KleinAdapter,
     PixArtAdapter,
     DeepFloydIFAdapter,
+    ZImageAdapter,
 ]
 
 

@@ -127,6 +127,11 @@ class LensAdapter:
         self.spec = next(s for s in self.specs if s.component == encoder)
 
     # ---- what a family says -----------------------------------------------------------------------------------
+    def guides(self, guidance_scale: float) -> bool:
+        """Whether the pipeline runs a classifier-free guidance branch at this scale (diffusers: above 1; a family
+        without the branch: never; Z-Image, whose formula is pos + g·(pos − neg): above 0)."""
+        return guidance_scale > 1.0 and self.uses_negative_embeddings
+
     @classmethod
     def matches(cls, pipe) -> bool:
         return type(pipe).__name__ in cls.pipeline_classes
@@ -251,6 +256,7 @@ class LensAdapter:
                 getattr(denoiser.config, "cross_attention_dim", None)
                 or getattr(denoiser.config, "joint_attention_dim", None)
                 or getattr(denoiser.config, "caption_channels", None)
+                or getattr(denoiser.config, "cap_feat_dim", None)
             ),
         }
 

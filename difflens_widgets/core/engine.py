@@ -386,7 +386,7 @@ class Lens:
         """What ``run`` will hold, in bytes, known before it runs: see :func:`memory.needs`."""
         source = run.source or self.adapter
         config = source.text_encoder.config
-        guided = run.guidance_scale > 1.0 and self.adapter.uses_negative_embeddings
+        guided = self.adapter.guides(run.guidance_scale)
         return memory.needs(
             self.pipe.components,
             hidden_states=run.num_layers + 1,
@@ -459,7 +459,7 @@ class Lens:
 
     def _run_locked(self, run: LensRun, keys: list, progress, cancelled: threading.Event) -> list[LensResult]:
         source = run.source or self.adapter
-        do_cfg = run.guidance_scale > 1.0 and self.adapter.uses_negative_embeddings
+        do_cfg = self.adapter.guides(run.guidance_scale)
         prompts = list(run.prompts)
         texts = prompts + ([run.negative_prompt or ""] if do_cfg else [])
         skip, count = run.skip_layers, len(prompts)  # knock-outs apply to the prompts, not the negative

@@ -263,7 +263,7 @@ def generation_features(
         raise ValueError(f"at_steps must be step indices in 0..{steps - 1}, got {sorted(wanted)}")
     features = Features(list(chosen), [])
     device = execution_device(pipe)
-    guided = guidance_scale > 1 and adapter.uses_negative_embeddings
+    guided = adapter.guides(guidance_scale)
     for prompt in prompts:
         for seed in seed_list:
             sink: dict[str, list[torch.Tensor]] = {}

@@ -1,0 +1,82 @@
+"""Z-Image: one decoder-only language model (Qwen3) reads the prompt through its chat template, and the transformer
+conditions on the **raw penultimate** hidden state (``hidden_states[-2]``, no final norm) of the real positions
+only: the pipeline hands it one tensor per prompt with padding removed, so padding never reaches the image.
+
+So Z-Image is a single-tap family, read as SDXL's CLIPs are read: layer l is the raw hˡ, layer L − 1 is the
+pipeline's own conditioning, and ``final_norm=True`` applies Qwen3's final RMS norm. Guidance is
+``pos + g·(pos − neg)``: on for any scale above 0 (the Turbo model runs with 0), both branches in one batch with
+the conditional one first. Only the user's words are shown; the template's tokens are the family's business.
+
+Not read yet: attention maps (the single-stream transformer packs each image's tokens and its own number of text
+tokens into one padded sequence) and the denoiser taps (it takes a list of latents, not a batch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .encoders import TextEncoderSpec
+from .family import FamilyAdapter
+from .lens import Part
+
+TOKENS = 512  # the pipeline's default max_sequence_length
+SIZE = 1024  # the pipeline's default height and width
+
+
+class ZImageAdapter(FamilyAdapter):
+    family = "z-image"
+    description = "Z-Image (Qwen3 through its chat template; raw penultimate layer, padding removed)"
+    pipeline_classes = ("ZImagePipeline",)
+    cuda_dtype = torch.bfloat16
+    noise_schedule = "flow"
+    masks_padding = True  # the transformer gets the real positions only
+    guidance_layout = "batch-conditional-first"
+
+    def encoder_specs(self):
+        return (
+            TextEncoderSpec(
+                "text_encoder", "tokenizer", "llm", max_length=TOKENS, penultimate=True, mask_to_encoder=True
+            ),
+        )
+
+    def wrap(self, text: str) -> str:
+        message = [{"role": "user", "content": text}]
+        return self.pipe.tokenizer.apply_chat_template(
+            message, tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )
+
+    def guides(self, guidance_scale: float) -> bool:
+        return guidance_scale > 0
+
+    def assemble(self, parts: dict[str, Part]) -> dict:
+        part = parts["text_encoder"]
+        return {"prompt_embeds": part.seq, "prompt_attention_mask": part.mask}
+
+    def pipeline_kwargs(self, conds: list[dict], unconds: list[dict] | None) -> dict:
+        """One tensor per image, its masked positions only, as the pipeline's own encoding gives them."""
+
+        def real(cond: dict) -> torch.Tensor:
+            return cond["prompt_embeds"][0][cond["prompt_attention_mask"][0].bool().to(cond["prompt_embeds"].device)]
+
+        kwargs = {"prompt_embeds": [real(c) for c in conds]}
+        if unconds is not None:
+            kwargs["negative_prompt_embeds"] = [real(u) for u in unconds]
+        return kwargs
+
+    def default_size(self) -> tuple[int, int]:
+        return SIZE, SIZE
+
+    @property
+    def size_multiple(self) -> int:
+        return math.lcm(8, 2 * int(self.pipe.vae_scale_factor))  # latents are patchified 2×2
+
+    def attention_sites(self) -> list:
+        raise ValueError(
+            "attention maps are not read for Z-Image yet: its single-stream transformer packs each image's tokens "
+            "and its own number of text tokens into one padded sequence"
+        )
+
+    def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
+        raise ValueError("the denoiser taps do not read Z-Image yet: its transformer takes a list of latents")
