@@ -235,7 +235,8 @@ class Lens:
                 ``"0:12:2"`` (a Python slice over 0..L) or ``"0,4,8"``.
             seeds: the image for seed s starts from the noise ``pipe(prompt, generator=manual_seed(s))`` draws,
                 the same for every layer.
-            guidance_scale: ≤ 1 turns classifier-free guidance off (FLUX: the distilled guidance value).
+            guidance_scale: ≤ 1 turns classifier-free guidance off (FLUX: the distilled guidance value; Z-Image:
+                only 0 does, its formula being pos + g·(pos − neg)).
             negative_prompt: the unconditional branch's text (default: what the pipeline uses), kept at its normal
                 conditioning unless ``lens_negative`` lenses it at the same layer as the prompt.
             height, width: the image size (default: the pipeline's own).
