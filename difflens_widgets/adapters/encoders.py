@@ -163,6 +163,13 @@ def tokenize(pipe, spec: TextEncoderSpec, texts: list[str], offsets: bool = Fals
     return tokenizer, batch, limit
 
 
+def chat_prompt(tokenizer, text: str, **template_options) -> str:
+    """``text`` as one user turn of the tokenizer's chat template, ready for the assistant's answer (the way
+    FLUX.2 and Z-Image hand a prompt to their language model; ``template_options`` such as ``enable_thinking``)."""
+    message = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True, **template_options)
+
+
 def word_positions(batch, spans: list[tuple[int, int]] | None) -> torch.Tensor:
     """Which positions hold the user's own text: those whose characters overlap ``spans[i]`` (the user's text inside
     the i-th templated text), or every real position when nothing is templated (``spans`` None)."""

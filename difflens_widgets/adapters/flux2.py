@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .encoders import TextEncoderSpec
+from .encoders import TextEncoderSpec, chat_prompt
 from .flux import FluxAdapter
 from .lens import Part
 
@@ -50,10 +50,7 @@ class Flux2KleinAdapter(FluxAdapter):
         return (TextEncoderSpec("text_encoder", "tokenizer", "llm", max_length=TOKENS, mask_to_encoder=True),)
 
     def wrap(self, text: str) -> str:
-        message = [{"role": "user", "content": text}]
-        return self.pipe.tokenizer.apply_chat_template(
-            message, tokenize=False, add_generation_prompt=True, enable_thinking=False
-        )
+        return chat_prompt(self.pipe.tokenizer, text, enable_thinking=False)
 
     @property
     def own_layer(self) -> int:

@@ -212,6 +212,12 @@ class LensAdapter:
         return [s.component for s in self.specs] + [denoiser_name(self.pipe)]
 
     @property
+    def text_width(self) -> int:
+        """The lensed encoder's hidden width (``hidden_size``; T5's ``d_model``)."""
+        config = self.text_encoder.config
+        return int(getattr(config, "hidden_size", None) or config.d_model)
+
+    @property
     def encoder_name(self) -> str:
         return self.spec.component
 
@@ -244,12 +250,11 @@ class LensAdapter:
     def signature(self) -> dict:
         """What must match for two pipelines to be compared layer by layer (see tuning.check_compatible)."""
         denoiser = self.denoiser
-        text = self.text_encoder.config
         return {
             "pipeline family": self.family,
             "lensed encoder": self.spec.component,
             "text-encoder layers": self.num_layers,
-            "text-encoder width": int(getattr(text, "hidden_size", None) or text.d_model),
+            "text-encoder width": self.text_width,
             "denoiser input channels": int(denoiser.config.in_channels),
             "denoiser sample size": getattr(denoiser.config, "sample_size", None),
             "denoiser conditioning width": (

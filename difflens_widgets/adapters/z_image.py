@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .encoders import TextEncoderSpec
+from .encoders import TextEncoderSpec, chat_prompt
 from .family import FamilyAdapter
 from .lens import Part
 
@@ -42,10 +42,7 @@ class ZImageAdapter(FamilyAdapter):
         )
 
     def wrap(self, text: str) -> str:
-        message = [{"role": "user", "content": text}]
-        return self.pipe.tokenizer.apply_chat_template(
-            message, tokenize=False, add_generation_prompt=True, enable_thinking=True
-        )
+        return chat_prompt(self.pipe.tokenizer, text, enable_thinking=True)
 
     def guides(self, guidance_scale: float) -> bool:
         return guidance_scale > 0

@@ -68,8 +68,7 @@ class PanelPlan:
     def tokens(self) -> Tokens:
         """The prompt's tokens as the lensed encoder reads them (another model's, for a cross-model lens)."""
         encoded = (self.main.source or self.runs[0].lens.adapter).encode([self.prompt])
-        first, end = encoded.shown(0)
-        return Tokens(encoded.tokens[0], end, first)
+        return Tokens.shown_in(encoded, 0)
 
     def specs(self) -> list[dict]:
         """The panels :func:`execute_panels` will return (their :meth:`Panel.spec`), known before any denoising so

@@ -170,8 +170,7 @@ class Lens:
             l: self.adapter.lens_layer(encoded.hidden_states, l, slice(0, 1), norm)[0].float().cpu().numpy()
             for l in layer_list
         }
-        first, end = encoded.shown(0)
-        return vectors, Tokens(encoded.tokens[0], end, first)
+        return vectors, Tokens.shown_in(encoded, 0)
 
     # ------------------------------------------------------------------------------------------------------------
     def run(
@@ -386,14 +385,13 @@ class Lens:
     def memory_needs(self, run: LensRun) -> dict:
         """What ``run`` will hold, in bytes, known before it runs: see :func:`memory.needs`."""
         source = run.source or self.adapter
-        config = source.text_encoder.config
         guided = self.adapter.guides(run.guidance_scale)
         return memory.needs(
             self.pipe.components,
             hidden_states=run.num_layers + 1,
             texts=len(run.prompts) + 1 + int(guided),  # the prompts, the negative text, the empty prompt
             tokens=source.max_tokens_per_text,
-            width=int(getattr(config, "hidden_size", None) or config.d_model),
+            width=source.text_width,
             dtype=source.text_encoder.dtype,
             per_image=memory.cpu_image_bytes(run.height, run.width, getattr(self.adapter.denoiser, "dtype", None))
             if self.device.type == "cpu"
@@ -471,11 +469,11 @@ class Lens:
         for index, text in enumerate(prompts):
             variants = conditioner.per_token(index) if run.per_token else [(None, conditioner.conditions(index))]
             passes = int(lensed.words[index].sum()) if run.per_token else 1  # one pass per shown token
+            tokens = Tokens.shown_in(lensed, index)
             for number, (variant, conditions) in enumerate(variants):
                 token = None if variant is None else variant[0]
                 cond, uncond, embeddings = conditions
-                first, end = lensed.shown(index)
-                job = _Job(text, Tokens(lensed.tokens[index], end, first), cond, uncond, embeddings, variant,
+                job = _Job(text, tokens, cond, uncond, embeddings, variant,
                            cfg=do_cfg, capture=self._capture(run))  # fmt: skip
                 result = self._denoise_all(run, job, share_progress(progress, number, passes, token), cancelled)
                 if result.complete and run.use_cache and variant is None:

@@ -23,6 +23,12 @@ class Tokens(list):
         self.real = int(real)
         self.first = int(first)
 
+    @classmethod
+    def shown_in(cls, encoded, index: int) -> Tokens:
+        """Text ``index``'s tokens of an encoder pass (``adapters.EncodedPrompts``), with the span a reader sees."""
+        first, end = encoded.shown(index)
+        return cls(encoded.tokens[index], end, first)
+
     @property
     def shown(self) -> range:
         return range(self.first, self.real)
