@@ -319,6 +319,76 @@ def tiny_qwen3(tokenizer, num_layers: int = 4, width: int = 16):
     return Qwen3ForCausalLM(config).eval()
 
 
+def tiny_qwen2_5_vl(tokenizer, num_layers: int = 4, width: int = 16):
+    """A Qwen2_5_VLForConditionalGeneration with a one-block vision tower (never run: Qwen-Image reads text only)
+    and a language model of a few thousand parameters per layer."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        rope_scaling={"type": "default", "mrope_section": [1, 1, 2]},
+    )
+    vision = dict(
+        depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=width, fullatt_block_indexes=[0]
+    )
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
+    config = Qwen2_5_VLConfig(text_config={**text, **ids}, vision_config=vision, **ids)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwen_image(seed: int = 0):
+    """QwenImagePipeline: a 4-layer Qwen2.5-VL of width 16, two transformer blocks, a one-level video VAE (4
+    latent channels, 2× down) and 32×32 images by default. The pipeline drops its instruction's prefix tokens: as
+    many as this tokenizer makes of it (the real tokenizer makes 34)."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer(max_length=1024)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False],
+        latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[1.5, 2.0, 0.8, 1.2],
+    ).eval()
+    pipe = QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=tiny_qwen2_5_vl(tokenizer),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    prefix = pipe.prompt_template_encode.partition("{}")[0]
+    pipe.prompt_template_encode_start_idx = len(tokenizer(prefix).input_ids)
+    pipe.default_sample_size = 16  # latent side before the 2× VAE: 32×32 images (the pipeline's own: 1024²)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_flux2_klein(seed: int = 0, distilled: bool = False):
     """Flux2KleinPipeline: a 36-layer Qwen3 of width 16 (the pipeline reads layers 9, 18, 27), one double and one
     single transformer block, 4 latent channels patchified 2×2; 32×32 images by default. ``distilled``: no
@@ -487,6 +557,7 @@ TINY_FAMILIES = {
     "stable-diffusion-3": tiny_sd3,
     "flux": tiny_flux,
     "flux2-klein": tiny_flux2_klein,
+    "qwen-image": tiny_qwen_image,
     "pixart": tiny_pixart,
     "deepfloyd-if": tiny_deepfloyd_if,
 }

@@ -20,6 +20,7 @@ EXPECTED = {
     "stable-diffusion-3": (3, 3, 5.0, {}),  # T5
     "flux": (3, 3, 3.5, {"height": 32, "width": 32}),  # T5; guidance is FLUX's distilled guidance
     "flux2-klein": (36, 27, 4.0, {}),  # Qwen3; its taps 9, 18, 27 scaled to depth l
+    "qwen-image": (4, 4, 4.0, {"negative_prompt": ""}),  # Qwen2.5-VL's last layer; true CFG needs a negative
     "pixart": (3, 3, 5.0, {}),
     "deepfloyd-if": (3, 3, 5.0, {}),
 }
@@ -36,7 +37,7 @@ def own_image(pipe, lens, guidance, size):
     return pipe(
         prompt=PROMPT,
         num_inference_steps=3,
-        guidance_scale=guidance,
+        **lens.adapter.guidance_kwargs(guidance),
         generator=torch.Generator().manual_seed(0),
         **size,
         **extra,

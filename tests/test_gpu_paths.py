@@ -19,6 +19,7 @@ FAMILY_PRECISION = {
     testing.tiny_sd3: (torch.bfloat16, False),
     testing.tiny_flux: (torch.bfloat16, False),
     testing.tiny_flux2_klein: (torch.bfloat16, False),
+    testing.tiny_qwen_image: (torch.bfloat16, False),
     testing.tiny_pixart: (torch.bfloat16, False),
     testing.tiny_deepfloyd_if: (torch.float16, False),
 }

@@ -1,6 +1,6 @@
-"""The families whose text encoder is a decoder-only language model (FLUX.2 [klein] so far), on tiny random
+"""The families whose text encoder is a language model (FLUX.2 [klein], Z-Image, Qwen-Image, ...), on tiny random
 pipelines built from configs: what "layer l" means for a multi-tap family, one encoder pass for every layer, and a
-chat template that never shows through (word chips, per-token lens, attention maps name the user's words only)."""
+template that never shows through (word chips, per-token lens, attention maps name the user's words only)."""
 
 import numpy as np
 import pytest
@@ -177,3 +177,60 @@ def test_z_image_says_what_it_does_not_read_yet(z_image):
 
     with pytest.raises(ValueError, match="the denoiser taps do not read Z-Image yet"):
         taps.block_names(z_image)
+
+
+# ---- Qwen-Image: the last layer final-normed, the instruction's prefix dropped, true CFG in calls of its own ------
+@pytest.fixture(scope="module")
+def qwen_image():
+    return testing.tiny_qwen_image()
+
+
+def test_qwen_image_drops_the_instructions_prefix_as_the_pipeline_does(qwen_image):
+    adapter = dl.Lens(qwen_image).adapter
+    assert adapter.family == "qwen-image" and adapter.own_layer == 4 and adapter.own_final_norm is True
+    encoded = adapter.encode([PROMPT])
+    mine = adapter.lens_layer(encoded.hidden_states, 4, slice(0, 1), final_norm=True)
+    theirs, mask = qwen_image._get_qwen_prompt_embeds([PROMPT])
+    real = int(mask.sum())
+    torch.testing.assert_close(mine[:, :real], theirs)  # the pipeline's own conditioning (it pads to the longest)
+    assert encoded.mask[0].sum() == real and not encoded.mask[0, real:].any()
+    _, tokens = dl.Lens(qwen_image).embed(PROMPT, layers=[4])
+    assert tokens.first == 0 and shown_words(tokens) == WORDS  # the prefix is gone; words come first
+    assert tokens[tokens.real : tokens.real + 3] == ["<|im_end|>", "Ċ", "<|im_start|>"]  # the closing ones are kept
+    assert "system" not in "".join(tokens)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_qwen_image_normal_column_is_the_pipelines_image(qwen_image, guidance, count_calls):
+    lens = dl.Lens(qwen_image)
+    encoder = count_calls(qwen_image.text_encoder)
+    transformer = count_calls(qwen_image.transformer)
+    res = lens.run(PROMPT, guidance_scale=guidance, use_cache=False, **RUN)
+    assert len(encoder) == 1 and res.layers == [0, 1, 2, 3, 4]
+    assert len(transformer) == 2 * (1 + int(guidance > 1))  # two steps; the negative branch is a call of its own
+    own = qwen_image(
+        prompt=PROMPT,
+        negative_prompt="",
+        true_cfg_scale=guidance,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert np.abs(np.asarray(res.image(4), dtype=int) - np.asarray(own, dtype=int)).max() <= 2
+    assert not np.array_equal(np.asarray(res.image(0)), np.asarray(res.image(4)))
+    _, kwargs = transformer.calls[0]
+    assert kwargs["encoder_hidden_states"].shape[1] == int(lens.adapter.encode([PROMPT]).mask[0].sum())  # no padding
+
+
+def test_qwen_image_per_token_and_attention_maps_name_the_users_words(qwen_image):
+    lens = dl.Lens(qwen_image)
+    per_token = lens.run(PROMPT, layers=[4], per_token=True, num_inference_steps=1)
+    assert [r.params["token"].replace("Ġ", "") for r in per_token] == WORDS
+    options = dict(RUN, layers=[4], attention=True, attention_steps="0", use_cache=False)
+    guided = lens.run(PROMPT, guidance_scale=4.0, **options)
+    plain = lens.run(PROMPT, guidance_scale=1.0, **options)
+    np.testing.assert_array_equal(guided.attention_maps[(4, 0)], plain.attention_maps[(4, 0)])  # conditional call
+    assert prompt_words(guided) == ["a", "red", "cat", "left", "of", "blue", "dog"]
+    maps = guided.attention_maps[(4, 0)]
+    real = int(lens.adapter.encode([PROMPT]).mask[0].sum())  # the words and the template's closing tokens
+    assert maps.shape[0] == len(guided.tokens) and maps[:real].all() and not maps[real:].any()  # padding: none
+    assert guided.attention(4, "dog").shape == (32, 32)

@@ -11,6 +11,7 @@ from .flux import FluxAdapter
 from .flux2 import Flux2KleinAdapter
 from .lens import EncodedPrompts, LensAdapter, denoiser_of
 from .pixart import PixArtAdapter
+from .qwen_image import QwenImageAdapter
 from .sd3 import StableDiffusion3Adapter
 from .sdxl import StableDiffusionXLAdapter
 from .stable_diffusion import StableDiffusionAdapter
@@ -25,6 +26,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     PixArtAdapter,
     DeepFloydIFAdapter,
     ZImageAdapter,
+    QwenImageAdapter,
 ]
 
 

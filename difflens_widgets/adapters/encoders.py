@@ -40,7 +40,9 @@ class TextEncoderSpec:
     otherwise on the final norm of the last block. ``pooled``: None, ``"pooler"`` (final-normed end-token state,
     CLIP's ``pooler_output``) or ``"projection"`` (``text_projection`` of it, CLIP's ``text_embeds``).
     ``mask_to_encoder``: the pipeline passes the attention mask to the encoder (T5 in IF and PixArt).
-    ``max_length``: tokens per prompt (None: the tokenizer's ``model_max_length``).
+    ``max_length``: tokens per prompt (None: the tokenizer's ``model_max_length``). ``drop_first``: the pipeline
+    keeps the encoder's output only from this position on (Qwen-Image drops its template's 34 prefix tokens), so the
+    lens does too: every position the engine sees (tokens, words, attention maps) is one the denoiser sees.
     """
 
     component: str
@@ -51,6 +53,7 @@ class TextEncoderSpec:
     pooled: str | None = None
     mask_to_encoder: bool = False
     sequence: bool = True  # False: the pipeline uses only this encoder's pooled output (FLUX's CLIP)
+    drop_first: int = 0
 
 
 @dataclass
@@ -79,11 +82,17 @@ def _norm_name(module) -> str | None:
 def inner_model(encoder) -> Any:
     """The module holding the encoder's blocks and final norm: ``text_model`` (transformers 4 CLIP, any
     ``CLIPTextModelWithProjection``), the model itself (transformers 5 ``CLIPTextModel``, a language model's base
-    model such as ``Qwen3Model``), T5's ``encoder``, or a ``...ForCausalLM``'s ``model``."""
+    model such as ``Qwen3Model``), T5's ``encoder``, a ``...ForCausalLM``'s ``model``, or the text half of a
+    vision-language model (Qwen2.5-VL's ``model.language_model``: Qwen-Image reads text only)."""
     for name in ("text_model", "encoder", "model"):
         inner = getattr(encoder, name, None)
-        if isinstance(inner, torch.nn.Module) and _norm_name(inner):
+        if not isinstance(inner, torch.nn.Module):
+            continue
+        if _norm_name(inner):
             return inner
+        text_half = getattr(inner, "language_model", None)
+        if isinstance(text_half, torch.nn.Module) and _norm_name(text_half):
+            return text_half
     if _norm_name(encoder):
         return encoder
     raise ValueError(
@@ -226,7 +235,15 @@ def run_encoder(
     if captured:  # T5 and language models report their last state after the final norm, CLIP before: keep pre-norm
         hidden[-1] = captured[-1]
     tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in batch.input_ids.tolist()]
-    return EncoderRun(tuple(hidden), batch.input_ids, batch.attention_mask, tokens, word_positions(batch, spans))
+    words = word_positions(batch, spans)
+    kept = slice(spec.drop_first, None)  # the positions the pipeline hands on
+    return EncoderRun(
+        tuple(h[:, kept] for h in hidden),
+        batch.input_ids[:, kept],
+        batch.attention_mask[:, kept],
+        [t[kept] for t in tokens],
+        words[:, kept],
+    )
 
 
 def _language_model_kwargs(encoder) -> dict:

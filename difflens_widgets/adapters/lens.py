@@ -132,6 +132,11 @@ class LensAdapter:
         without the branch: never; Z-Image, whose formula is pos + g·(pos − neg): above 0)."""
         return guidance_scale > 1.0 and self.uses_negative_embeddings
 
+    def guidance_kwargs(self, guidance_scale: float) -> dict:
+        """The pipeline arguments that set its guidance to ``guidance_scale`` (diffusers' ``guidance_scale``;
+        Qwen-Image calls classifier-free guidance ``true_cfg_scale``)."""
+        return {"guidance_scale": guidance_scale}
+
     @classmethod
     def matches(cls, pipe) -> bool:
         return type(pipe).__name__ in cls.pipeline_classes

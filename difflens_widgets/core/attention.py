@@ -209,9 +209,10 @@ class AttentionCapture:
         return (h, w) if h * w == n_image else None
 
     # ---- results -------------------------------------------------------------------------------------------------
-    def result(self) -> tuple[dict, dict]:
+    def result(self, positions: int | None = None) -> tuple[dict, dict]:
         """({(layer, seed): maps (tokens, h, w) at the finest site's grid}, {(layer, seed): mass (steps, tokens)}):
-        summed over steps, averaged over sites (and heads)."""
+        summed over steps, averaged over sites (and heads). ``positions``: the lensed encoder's positions; those
+        past the text the denoiser was handed (a family that cuts padding, Qwen-Image) drew no attention: zeros."""
         maps, masses = {}, {}
         for item, state in self.items.items():
             if not state.per_resolution:
@@ -222,10 +223,20 @@ class AttentionCapture:
                 for g, m in state.per_resolution.items()
             )
             sites_per_step = max(state.calls.values())
-            maps[item] = (total / sites_per_step).numpy().astype(np.float32)
+            maps[item] = _zero_padded((total / sites_per_step).numpy().astype(np.float32), 0, positions)
             steps = sorted(state.mass)
-            masses[item] = np.stack([(state.mass[s] / state.calls[s]).numpy() for s in steps]).astype(np.float32)
+            mass = np.stack([(state.mass[s] / state.calls[s]).numpy() for s in steps]).astype(np.float32)
+            masses[item] = _zero_padded(mass, 1, positions)
         return maps, masses
+
+
+def _zero_padded(array: np.ndarray, axis: int, length: int | None) -> np.ndarray:
+    """``array`` with zeros appended along ``axis`` up to ``length`` (unchanged when None or already as long)."""
+    if length is None or array.shape[axis] >= length:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, length - array.shape[axis])
+    return np.pad(array, widths)
 
 
 def _conditional_rows(batch: int, cfg: bool, guidance: str = "batch") -> slice:

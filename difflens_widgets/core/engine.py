@@ -536,7 +536,7 @@ class Lens:
                 state.cancelled = state.stop_after_chunk and bool(queue)  # a stop at the last step
                 plan.after_chunk(len(chunk))
                 state.total = state.done + run.num_inference_steps * memory.chunk_count(len(queue), plan.size)
-        maps, masses = capture.result() if capture is not None else ({}, {})
+        maps, masses = capture.result(len(job.tokens)) if capture is not None else ({}, {})
         extra = {} if job.variant is None else {"token_position": job.variant[0], "token": job.variant[1]}
         problem = self._non_finite_summary(run, non_finite, len(images) + len(non_finite))
         params = {
@@ -591,7 +591,7 @@ class Lens:
                     **self._conditioning(job, items[:n]),
                     **self.adapter.call_kwargs(),
                     num_inference_steps=1,
-                    guidance_scale=run.guidance_scale,
+                    **self.adapter.guidance_kwargs(run.guidance_scale),
                     height=run.height,
                     width=run.width,
                     generator=[torch.Generator(self.device).manual_seed(s) for _, s in items[:n]],
@@ -663,7 +663,7 @@ class Lens:
                     **self.adapter.call_kwargs(),
                     **callbacks,
                     num_inference_steps=steps,
-                    guidance_scale=run.guidance_scale,
+                    **self.adapter.guidance_kwargs(run.guidance_scale),
                     height=run.height,
                     width=run.width,
                     generator=generators,

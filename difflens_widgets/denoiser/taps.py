@@ -129,7 +129,7 @@ def _capture_call(pipe, adapter, height: int, width: int) -> tuple[tuple, dict]:
             pipe(
                 prompt="",
                 num_inference_steps=1,
-                guidance_scale=1.0,
+                **adapter.guidance_kwargs(1.0),
                 height=height,
                 width=width,
                 output_type="latent",
@@ -271,7 +271,7 @@ def generation_features(
                 out = pipe(
                     prompt=prompt,
                     num_inference_steps=steps,
-                    guidance_scale=guidance_scale,
+                    **adapter.guidance_kwargs(guidance_scale),
                     generator=torch.Generator(device).manual_seed(seed),
                     **_call_kwargs(pipe, adapter),
                 )
