@@ -224,10 +224,29 @@ def tiny_sd3(seed: int = 0, with_t5: bool = True):
     return pipe
 
 
+def _flux_vae():
+    """A one-level VAE with FLUX.1's latent shift and scale, 1 latent channel (FLUX.1 and Chroma)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    ).eval()
+
+
 def tiny_flux(seed: int = 0):
     """FluxPipeline: CLIP (4 blocks, pooled) and T5 (3 blocks), 1-channel latents packed 2×2; pass height/width
     (e.g. 32): the pipeline's default size is 128·vae_scale_factor."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
     tok, t5_tok = tiny_clip_tokenizer(), tiny_t5_tokenizer()
@@ -242,28 +261,47 @@ def tiny_flux(seed: int = 0):
         pooled_projection_dim=32,
         axes_dims_rope=[4, 4, 8],
     ).eval()
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    ).eval()
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
+        vae=_flux_vae(),
         text_encoder=tiny_clip(tok, 4),
         tokenizer=tok,
         text_encoder_2=tiny_t5(t5_tok),
         tokenizer_2=t5_tok,
         transformer=transformer,
     )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_chroma(seed: int = 0):
+    """ChromaPipeline: FLUX.1's tiny transformer without CLIP (T5 of 3 blocks, its mask passed on), 1-channel latents
+    packed 2×2, 32×32 images by default."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    t5_tok = tiny_t5_tokenizer()
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        approximator_num_channels=16,
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+    ).eval()
+    pipe = ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flux_vae(),
+        text_encoder=tiny_t5(t5_tok),
+        tokenizer=t5_tok,
+        transformer=transformer,
+    )
+    pipe.default_sample_size = 32  # with the 1× VAE: 32×32 images (the pipeline's own: 128 latents × 8)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -556,6 +594,7 @@ TINY_FAMILIES = {
     "stable-diffusion-xl": tiny_sdxl,
     "stable-diffusion-3": tiny_sd3,
     "flux": tiny_flux,
+    "chroma": tiny_chroma,
     "flux2-klein": tiny_flux2_klein,
     "qwen-image": tiny_qwen_image,
     "pixart": tiny_pixart,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import difflens_widgets as dl
-from difflens_widgets.testing import TINY_FAMILIES, tiny_pixart, tiny_sdxl, tiny_stable_diffusion
+from difflens_widgets.testing import TINY_FAMILIES, tiny_chroma, tiny_pixart, tiny_sdxl, tiny_stable_diffusion
 
 PROMPT = "a red circle"
 # family → (expected lensed blocks L, the pipeline's own layer, guidance, extra call kwargs)
@@ -19,6 +19,7 @@ EXPECTED = {
     "stable-diffusion-xl": (5, 4, 5.0, {}),  # text_encoder_2, penultimate
     "stable-diffusion-3": (3, 3, 5.0, {}),  # T5
     "flux": (3, 3, 3.5, {"height": 32, "width": 32}),  # T5; guidance is FLUX's distilled guidance
+    "chroma": (3, 3, 4.0, {}),  # T5 with its mask, one padding token kept; CFG as a second call
     "flux2-klein": (36, 27, 4.0, {}),  # Qwen3; its taps 9, 18, 27 scaled to depth l
     "qwen-image": (4, 4, 4.0, {"negative_prompt": ""}),  # Qwen2.5-VL's last layer; true CFG needs a negative
     "pixart": (3, 3, 5.0, {}),
@@ -286,3 +287,20 @@ def test_similarity_and_dashboard_work_on_other_families():
     dash.run()
     assert dash.wait(60) and dash.status == "done", dash.message
     assert [f["layer"] for f in dash.frames] == [3, 4, 5]
+
+
+def test_chroma_keeps_the_first_padding_token_and_guides_in_a_call_of_its_own(count_calls):
+    from difflens_widgets.adapters.chroma import with_first_padding
+
+    pipe = tiny_chroma()
+    lens = dl.Lens(pipe)
+    transformer = count_calls(pipe.transformer)
+    lens.run(PROMPT, layers=[3], guidance_scale=4.0, num_inference_steps=1, use_cache=False)
+    assert len(transformer) == 2  # the conditional call, then the unconditional one
+    real = int(lens.adapter.encode([PROMPT]).mask[0].sum())
+    text_mask = transformer.calls[0][1]["attention_mask"][0, :512]  # then come the image tokens
+    assert text_mask[: real + 1].all() and not text_mask[real + 1 :].any()
+    opened = with_first_padding(torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1]]))
+    assert opened.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]  # a per-token mask keeps its holes
+    with pytest.raises(ValueError, match="tokens='padding' is meaningless for chroma"):
+        lens.resolve(PROMPT, tokens="padding")

@@ -18,6 +18,7 @@ FAMILY_PRECISION = {
     testing.tiny_sdxl: (torch.float16, True),
     testing.tiny_sd3: (torch.bfloat16, False),
     testing.tiny_flux: (torch.bfloat16, False),
+    testing.tiny_chroma: (torch.bfloat16, False),
     testing.tiny_flux2_klein: (torch.bfloat16, False),
     testing.tiny_qwen_image: (torch.bfloat16, False),
     testing.tiny_pixart: (torch.bfloat16, False),

@@ -5,6 +5,7 @@ Each family adapter is a :class:`~.lens.LensAdapter` (the text side: encoders, t
 
 from __future__ import annotations
 
+from .chroma import ChromaAdapter
 from .deepfloyd_if import DeepFloydIFAdapter
 from .family import FamilyAdapter
 from .flux import FluxAdapter
@@ -22,6 +23,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     StableDiffusionXLAdapter,
     StableDiffusion3Adapter,
     FluxAdapter,
+    ChromaAdapter,
     Flux2KleinAdapter,
     PixArtAdapter,
     DeepFloydIFAdapter,
