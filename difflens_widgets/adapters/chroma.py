@@ -43,6 +43,7 @@ class ChromaAdapter(FluxAdapter):
     def assemble(self, parts: dict[str, Part]) -> dict:
         part = parts["text_encoder"]
         seq = part.tensor("seq")
+        assert part.mask is not None  # every encoder pass has a tokenizer mask
         # the pipeline's mask is in the embeddings' dtype (its transformer multiplies it into a (text × text) mask)
         mask = with_first_padding(part.mask.to(seq.device)).to(seq.dtype)
         return {"prompt_embeds": seq, "prompt_attention_mask": mask}
