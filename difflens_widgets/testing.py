@@ -315,13 +315,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_chat_tokenizer(max_length: int = 64):
+def tiny_chat_tokenizer(max_length: int = 64, bos: bool = False):
     """A byte-level BPE tokenizer as language models have (``Ġ`` word starts, words the vocabulary lacks split into
-    pieces), trained in a moment on the tiny words, with Qwen's special tokens and a chat template: no file."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    pieces), trained in a moment on the tiny words, with Qwen's special tokens and a chat template: no file.
+    ``bos``: every text starts with ``<bos>``, as Gemma's and Llama's tokenizers add one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<bos>"]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -332,8 +333,17 @@ def tiny_chat_tokenizer(max_length: int = 64):
         show_progress=False,
     )
     backend.train_from_iterator([" ".join([*TINY_WORDS, "user", "assistant"]), "\n\n"], trainer)
+    if bos:
+        start = ("<bos>", backend.token_to_id("<bos>"))
+        backend.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[start]
+        )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>", model_max_length=max_length
+        tokenizer_object=backend,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        model_max_length=max_length,
+        **({"bos_token": "<bos>"} if bos else {}),
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -508,6 +518,101 @@ def tiny_z_image(seed: int = 0):
     return pipe
 
 
+def tiny_gemma2(tokenizer, num_layers: int = 4, width: int = 16):
+    """A Gemma2Model of a few thousand parameters per layer (as Lumina 2 and Sana load theirs)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return Gemma2Model(config).eval()
+
+
+def tiny_lumina2(seed: int = 0):
+    """Lumina2Pipeline: a 4-layer Gemma 2 of width 16 read at its penultimate layer, two joint transformer layers
+    (and one refiner per side), 32×32 images by default."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer(max_length=256, bos=True)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=16,
+        num_layers=2,
+        num_refiner_layers=1,
+        num_attention_heads=2,
+        num_kv_heads=2,
+        multiple_of=4,
+        axes_dim_rope=(4, 2, 2),
+        axes_lens=(256, 32, 32),
+        cap_feat_dim=16,
+    ).eval()
+    pipe = Lumina2Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_tiny_vae(scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=tiny_gemma2(tokenizer),
+        tokenizer=tokenizer,
+    )
+    pipe.vae_scale_factor = 4  # the pipeline assumes 8; this VAE's 3 levels make 4 (latents 8×8 for 32×32 images)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sana(seed: int = 0):
+    """SanaPipeline: a 4-layer Gemma 2 of width 16 behind the pipeline's own instruction, two linear-attention
+    blocks with cross-attention, a two-level deep-compression autoencoder, 32×32 images by default."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer(max_length=1024, bos=True)
+    transformer = SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=2,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,
+        sample_size=16,
+        patch_size=1,
+    ).eval()
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "ResBlock"),
+        decoder_block_types=("ResBlock", "ResBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        encoder_qkv_multiscales=((), ()),
+        decoder_qkv_multiscales=((), ()),
+        scaling_factor=0.41407,
+    ).eval()
+    scheduler = DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+    pipe = SanaPipeline(
+        tokenizer=tokenizer, text_encoder=tiny_gemma2(tokenizer), vae=vae, transformer=transformer, scheduler=scheduler
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_pixart(seed: int = 0):
     """PixArtAlphaPipeline: T5 (3 blocks) with attention mask, 32×32 images."""
     from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
@@ -597,6 +702,8 @@ TINY_FAMILIES = {
     "chroma": tiny_chroma,
     "flux2-klein": tiny_flux2_klein,
     "qwen-image": tiny_qwen_image,
+    "lumina2": tiny_lumina2,
+    "sana": tiny_sana,
     "pixart": tiny_pixart,
     "deepfloyd-if": tiny_deepfloyd_if,
 }

@@ -22,6 +22,8 @@ EXPECTED = {
     "chroma": (3, 3, 4.0, {}),  # T5 with its mask, one padding token kept; CFG as a second call
     "flux2-klein": (36, 27, 4.0, {}),  # Qwen3; its taps 9, 18, 27 scaled to depth l
     "qwen-image": (4, 4, 4.0, {"negative_prompt": ""}),  # Qwen2.5-VL's last layer; true CFG needs a negative
+    "lumina2": (4, 3, 4.0, {}),  # Gemma 2's raw penultimate layer behind a system prompt
+    "sana": (4, 4, 4.0, {"height": 32, "width": 32}),  # Gemma 2's last layer, most of the instruction dropped
     "pixart": (3, 3, 5.0, {}),
     "deepfloyd-if": (3, 3, 5.0, {}),
 }

@@ -21,6 +21,8 @@ FAMILY_PRECISION = {
     testing.tiny_chroma: (torch.bfloat16, False),
     testing.tiny_flux2_klein: (torch.bfloat16, False),
     testing.tiny_qwen_image: (torch.bfloat16, False),
+    testing.tiny_lumina2: (torch.bfloat16, False),
+    testing.tiny_sana: (torch.bfloat16, False),
     testing.tiny_pixart: (torch.bfloat16, False),
     testing.tiny_deepfloyd_if: (torch.float16, False),
 }

@@ -10,6 +10,7 @@ import difflens_widgets as dl
 from difflens_widgets import testing
 from difflens_widgets.analyses.panels import Panel
 from difflens_widgets.core.attention_stats import prompt_words
+from difflens_widgets.core.results import Tokens
 from difflens_widgets.widgets.display import attention_payload
 
 PROMPT = "a red cat left of a blue dog"
@@ -234,3 +235,89 @@ def test_qwen_image_per_token_and_attention_maps_name_the_users_words(qwen_image
     real = int(lens.adapter.encode([PROMPT]).mask[0].sum())  # the words and the template's closing tokens
     assert maps.shape[0] == len(guided.tokens) and maps[:real].all() and not maps[real:].any()  # padding: none
     assert guided.attention(4, "dog").shape == (32, 32)
+
+
+# ---- Lumina 2: Gemma 2's raw penultimate layer behind a system prompt, the negative bare, real tokens packed first --
+@pytest.fixture(scope="module")
+def lumina2():
+    return testing.tiny_lumina2()
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_lumina2_normal_column_is_the_pipelines_image(lumina2, guidance, count_calls):
+    lens = dl.Lens(lumina2)
+    assert lens.adapter.family == "lumina2" and lens.adapter.own_layer == 3 and lens.adapter.own_final_norm is False
+    encoder = count_calls(lumina2.text_encoder)
+    res = lens.run(PROMPT, guidance_scale=guidance, use_cache=False, **RUN)
+    assert len(encoder) == 1 and res.layers == [0, 1, 2, 3, 4]
+    own = lumina2(
+        prompt=PROMPT, guidance_scale=guidance, num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    )
+    assert np.abs(np.asarray(res.image(3), dtype=int) - np.asarray(own.images[0], dtype=int)).max() <= 2
+    assert not np.array_equal(np.asarray(res.image(0)), np.asarray(res.image(3)))
+
+
+def test_lumina2_wraps_the_prompt_but_not_the_negative(lumina2):
+    adapter = dl.Lens(lumina2).adapter
+    encoded = adapter.encode([PROMPT, "a blue cat"], prompts=1)  # the prompt, then the negative
+    embeds, mask, negative, negative_mask = lumina2.encode_prompt(PROMPT, negative_prompt="a blue cat")
+    mine = adapter.normal_part(encoded, "text_encoder", 0)
+    torch.testing.assert_close(mine.seq, embeds)
+    unconditional = adapter.unconditional(encoded, 1, negative_given=True)
+    torch.testing.assert_close(unconditional["prompt_embeds"], negative)  # encoded bare, as the pipeline does
+    assert unconditional["prompt_attention_mask"].tolist() == negative_mask.tolist()
+    assert encoded.tokens[1][:2] == ["<bos>", "a"] and encoded.tokens[0][1] != "a"  # the system prompt comes first
+    _, tokens = dl.Lens(lumina2).embed(PROMPT, layers=[3])
+    assert tokens.first > 2 and shown_words(tokens) == WORDS
+
+
+def test_lumina2_maps_land_on_the_encoders_positions_also_per_token(lumina2):
+    lens = dl.Lens(lumina2)
+    options = dict(RUN, layers=[3], attention=True, attention_steps="0", use_cache=False)
+    guided = lens.run(PROMPT, guidance_scale=4.0, **options)
+    plain = lens.run(PROMPT, guidance_scale=1.0, **options)
+    np.testing.assert_array_equal(guided.attention_maps[(3, 0)], plain.attention_maps[(3, 0)])  # conditional call
+    assert prompt_words(guided) == ["a", "red", "cat", "left", "of", "blue", "dog"]
+    real = int(lens.adapter.encode([PROMPT]).mask[0].sum())
+    maps = guided.attention_maps[(3, 0)]
+    assert maps.shape[0] == len(guided.tokens) and maps[:real].all() and not maps[real:].any()
+    # per token: the empty prompt's tokens and the one word, packed first for the transformer, put back here
+    per_token = lens.run(PROMPT, per_token=True, **options)
+    empty = int(lens.adapter.encode([""]).mask[0].sum())
+    dog = per_token[-1]
+    position = dog.params["token_position"]
+    assert dog.params["token"] == "Ġdog" and position > empty
+    rows = np.flatnonzero(dog.attention_maps[(3, 0)].any(axis=(1, 2)))
+    assert rows.tolist() == [*range(empty), position]
+
+
+# ---- Sana: Gemma 2's last layer behind a long instruction, of which only the first and last positions are kept ----
+@pytest.fixture(scope="module")
+def sana():
+    return testing.tiny_sana()
+
+
+def test_sana_keeps_the_positions_the_pipeline_keeps(sana, count_calls):
+    lens = dl.Lens(sana)
+    adapter = lens.adapter
+    assert adapter.family == "sana" and adapter.own_layer == 4 and adapter.instruction.startswith("Given a user")
+    encoded = adapter.encode([PROMPT, "a blue cat"], prompts=1)
+    instruction = adapter.instruction.split("\n")  # what __call__ hands encode_prompt by default
+    embeds, mask, negative, negative_mask = sana.encode_prompt(
+        PROMPT, negative_prompt="a blue cat", complex_human_instruction=instruction
+    )
+    torch.testing.assert_close(adapter.normal_part(encoded, "text_encoder", 0).seq, embeds)
+    assert encoded.mask[0].tolist() == mask[0].tolist() and embeds.shape[1] == 300
+    unconditional = adapter.unconditional(encoded, 1, negative_given=True)  # encoded bare, as the pipeline does
+    torch.testing.assert_close(unconditional["prompt_embeds"], negative)
+    assert unconditional["prompt_attention_mask"].tolist() == negative_mask.tolist()
+    tokens = encoded.tokens[0]
+    assert tokens[0] == "<bos>" and shown_words(Tokens.shown_in(encoded, 0)) == WORDS
+    # the instruction ends "User Prompt: ", whose space the first word's token absorbs: counted alone the instruction
+    # has one token more than inside the prompt, so the pipeline keeps the start token, then the words
+    assert Tokens.shown_in(encoded, 0).first == 1
+    encoder = count_calls(sana.text_encoder)
+    per_token = lens.run(PROMPT, layers=[4], per_token=True, num_inference_steps=1, height=32, width=32)
+    assert len(encoder) == 1 and [r.params["token"].replace("Ġ", "") for r in per_token] == WORDS
+    mapped = lens.run(PROMPT, layers=[4], attention=True, num_inference_steps=2, height=32, width=32)
+    assert prompt_words(mapped) == ["a", "red", "cat", "left", "of", "blue", "dog"]

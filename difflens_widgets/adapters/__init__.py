@@ -11,8 +11,10 @@ from .family import FamilyAdapter
 from .flux import FluxAdapter
 from .flux2 import Flux2KleinAdapter
 from .lens import EncodedPrompts, LensAdapter, denoiser_of
+from .lumina2 import Lumina2Adapter
 from .pixart import PixArtAdapter
 from .qwen_image import QwenImageAdapter
+from .sana import SanaAdapter
 from .sd3 import StableDiffusion3Adapter
 from .sdxl import StableDiffusionXLAdapter
 from .stable_diffusion import StableDiffusionAdapter
@@ -29,6 +31,8 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     DeepFloydIFAdapter,
     ZImageAdapter,
     QwenImageAdapter,
+    Lumina2Adapter,
+    SanaAdapter,
 ]
 
 

@@ -75,6 +75,12 @@ class DenoiserTaps:
         blocks, whose keys are all text and queries all image."""
         return [(n, m, self.attention_layout) for n, m in self.denoiser.named_modules() if n.endswith("attn2")]
 
+    def attention_positions(self, cond: dict) -> list[int] | None:
+        """The lensed encoder's positions of the text the denoiser attends to under conditioning ``cond``, in its
+        order (None: text index i is position i, for every family that hands its text on uncut or only cut at
+        the end)."""
+        return None
+
     def attention_text(self) -> slice | None:
         """Where the lensed encoder's tokens sit in the text sequence the denoiser attends to (None: nowhere, as
         for an encoder that only gives a pooled vector)."""

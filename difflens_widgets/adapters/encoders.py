@@ -40,9 +40,7 @@ class TextEncoderSpec:
     otherwise on the final norm of the last block. ``pooled``: None, ``"pooler"`` (final-normed end-token state,
     CLIP's ``pooler_output``) or ``"projection"`` (``text_projection`` of it, CLIP's ``text_embeds``).
     ``mask_to_encoder``: the pipeline passes the attention mask to the encoder (T5 in IF and PixArt).
-    ``max_length``: tokens per prompt (None: the tokenizer's ``model_max_length``). ``drop_first``: the pipeline
-    keeps the encoder's output only from this position on (Qwen-Image drops its template's 34 prefix tokens), so the
-    lens does too: every position the engine sees (tokens, words, attention maps) is one the denoiser sees.
+    ``max_length``: tokens per prompt (None: the tokenizer's ``model_max_length``).
     """
 
     component: str
@@ -53,7 +51,6 @@ class TextEncoderSpec:
     pooled: str | None = None
     mask_to_encoder: bool = False
     sequence: bool = True  # False: the pipeline uses only this encoder's pooled output (FLUX's CLIP)
-    drop_first: int = 0
 
 
 @dataclass
@@ -179,16 +176,18 @@ def chat_prompt(tokenizer, text: str, **template_options) -> str:
     return tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True, **template_options)
 
 
-def word_positions(batch, spans: list[tuple[int, int]] | None) -> torch.Tensor:
+def word_positions(batch, spans: list[tuple[int, int] | None] | None) -> torch.Tensor:
     """Which positions hold the user's own text: those whose characters overlap ``spans[i]`` (the user's text inside
-    the i-th templated text), or every real position when nothing is templated (``spans`` None)."""
+    the i-th templated text), or every real position when nothing is templated (``spans`` None, or a text's span
+    None: a negative prompt that the pipeline does not wrap)."""
     real = batch["attention_mask"].bool()
     if spans is None:
         return real
     offsets = batch["offset_mapping"]
-    starts = torch.tensor([start for start, _ in spans])[:, None]
-    ends = torch.tensor([end for _, end in spans])[:, None]
-    return real & (offsets[..., 0] < ends) & (offsets[..., 1] > starts)
+    bare = torch.tensor([span is None for span in spans])[:, None]
+    starts = torch.tensor([span[0] if span else 0 for span in spans])[:, None]
+    ends = torch.tensor([span[1] if span else 0 for span in spans])[:, None]
+    return real & (bare | ((offsets[..., 0] < ends) & (offsets[..., 1] > starts)))
 
 
 def word_pieces(pipe, spec: TextEncoderSpec, word: str) -> list[str]:
@@ -204,11 +203,14 @@ def run_encoder(
     texts: list[str],
     skip: tuple[int, ...] = (),
     skip_rows: int | None = None,
-    spans: list[tuple[int, int]] | None = None,
+    spans: list[tuple[int, int] | None] | None = None,
+    kept: list[list[int]] | None = None,
 ) -> EncoderRun:
     """Tokenize ``texts`` exactly as the pipeline does and run the encoder once, keeping every hidden state before
     the final norm. ``skip`` holds block numbers (1..L) whose output is replaced by their input, for the first
-    ``skip_rows`` texts (None: all). ``spans``: where the user's text sits in each (templated) text."""
+    ``skip_rows`` texts (None: all). ``spans``: where the user's text sits in each (templated) text. ``kept``: the
+    positions of each text the pipeline hands on (Qwen-Image and Sana drop most of their instruction's), so that
+    every position the engine sees (tokens, words, attention maps) is one the denoiser sees."""
     encoder = getattr(pipe, spec.component)
     tokenizer, batch, _ = tokenize(pipe, spec, texts, offsets=spans is not None)
     device = execution_device(pipe)
@@ -235,14 +237,26 @@ def run_encoder(
     if captured:  # T5 and language models report their last state after the final norm, CLIP before: keep pre-norm
         hidden[-1] = captured[-1]
     tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in batch.input_ids.tolist()]
-    words = word_positions(batch, spans)
-    kept = slice(spec.drop_first, None)  # the positions the pipeline hands on
+    run = EncoderRun(tuple(hidden), batch.input_ids, batch.attention_mask, tokens, word_positions(batch, spans))
+    return run if kept is None else _gathered(run, kept)
+
+
+def _gathered(run: EncoderRun, kept: list[list[int]]) -> EncoderRun:
+    """``run`` with only the ``kept`` positions of each text, in that order (as many for every text)."""
+    index = torch.tensor(kept)
+
+    def gather(tensor: torch.Tensor) -> torch.Tensor:
+        rows = index.to(tensor.device)
+        return torch.gather(
+            tensor, 1, rows.view(*rows.shape, *[1] * (tensor.ndim - 2)).expand(*rows.shape, *tensor.shape[2:])
+        )
+
     return EncoderRun(
-        tuple(h[:, kept] for h in hidden),
-        batch.input_ids[:, kept],
-        batch.attention_mask[:, kept],
-        [t[kept] for t in tokens],
-        words[:, kept],
+        tuple(gather(h) for h in run.hidden),
+        gather(run.ids),
+        gather(run.mask),
+        [[tokens[p] for p in positions] for tokens, positions in zip(run.tokens, kept)],
+        gather(run.words),
     )
 
 

@@ -114,6 +114,7 @@ class LensAdapter:
     vae_in_fp32: bool = False  # its VAE overflows in fp16 (NaN → black images): keep it in fp32 under fp16
     uses_negative_embeddings: bool = True  # False: the family has no classifier-free guidance branch (FLUX)
     masks_padding: bool = False  # True: the denoiser never sees padding positions (attention mask passed to it)
+    wraps_negative: bool = True  # False: the pipeline hands its negative prompt to the encoder bare (Lumina 2, Sana)
 
     def __init__(self, pipe, encoder: str | None = None):
         self.pipe = pipe
@@ -178,16 +179,21 @@ class LensAdapter:
         around the user's words (identity for CLIP and T5 pipelines)."""
         return text
 
-    def templated(self, cleaned: list[str]) -> tuple[list[str], list[tuple[int, int]] | None]:
+    def templated(
+        self, cleaned: list[str], bare: range = range(0)
+    ) -> tuple[list[str], list[tuple[int, int] | None] | None]:
         """Texts (already :meth:`preprocess`-ed) wrapped as the pipeline does, with the character span of the user's
-        text in each (None when nothing is wrapped): a template's tokens are the family's business, never a word
-        to show."""
-        wrapped = [self.wrap(t) for t in cleaned]
+        text in each (None when nothing is wrapped; a text's None: left ``bare``, as a pipeline that does not wrap
+        its negative prompt): a template's tokens are the family's business, never a word to show."""
+        wrapped = [text if i in bare else self.wrap(text) for i, text in enumerate(cleaned)]
         if wrapped == cleaned:
             return cleaned, None
         prefix, found, suffix = self.wrap(_SENTINEL).partition(_SENTINEL)
-        spans = []
-        for full, text in zip(wrapped, cleaned):
+        spans: list[tuple[int, int] | None] = []
+        for i, (full, text) in enumerate(zip(wrapped, cleaned)):
+            if i in bare:
+                spans.append(None)
+                continue
             if found and full == prefix + text + suffix:
                 start = len(prefix)
             elif text and text in full:
@@ -196,6 +202,12 @@ class LensAdapter:
                 raise ValueError(f"the {self.family} template changed the prompt {text!r}: it is not in {full!r}")
             spans.append((start, start + len(text)))
         return wrapped, spans
+
+    def kept_positions(self, length: int, bare: bool = False) -> list[int] | None:
+        """Which of a text's ``length`` encoder positions the pipeline hands its denoiser, in order (None: all;
+        Qwen-Image drops its instruction's prefix, Sana keeps the first and the last ``max_sequence_length − 1``).
+        ``bare``: a text the pipeline does not wrap (a negative prompt, for some families)."""
+        return None
 
     def call_kwargs(self) -> dict:
         """Extra arguments for the pipeline call (e.g. turning off resolution binning)."""
@@ -275,15 +287,26 @@ class LensAdapter:
         """Every encoder once over ``texts`` + the empty prompt; ``skip`` bypasses blocks of the lensed one for
         the first ``prompts`` texts only (the negative and empty prompts keep their normal conditioning)."""
         texts = self.preprocess(texts) + [""]
-        wrapped, spans = self.templated(texts)
+        rows = len(texts) - 1 if prompts is None else prompts
+        negatives = range(0) if self.wraps_negative else range(rows, len(texts) - 1)
+        wrapped, spans = self.templated(texts, bare=negatives)
         for text, full in zip(texts[:-1], wrapped):
             dropped = enc.truncated(self.pipe, self.spec, full)
             if dropped:
                 self.warn_truncated(text, enc.max_length(self.pipe, self.spec), dropped)
-        rows = len(texts) - 1 if prompts is None else prompts
+        length = enc.max_length(self.pipe, self.spec)
+        kept = [self.kept_positions(length, bare=i in negatives) for i in range(len(texts))]
         runs = {
             s.component: enc.run_encoder(
-                self.pipe, s, wrapped, skip if s is self.spec else (), rows, spans if s is self.spec else None
+                self.pipe,
+                s,
+                wrapped,
+                skip if s is self.spec else (),
+                rows,
+                spans if s is self.spec else None,
+                [k if k is not None else list(range(length)) for k in kept]
+                if s is self.spec and any(k is not None for k in kept)
+                else None,
             )
             for s in self.specs
         }

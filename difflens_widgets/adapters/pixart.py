@@ -17,7 +17,7 @@ class PixArtAdapter(FamilyAdapter):
     description = "PixArt-α/Σ (T5 with attention mask to the transformer)"
     masks_padding = True
 
-    pipeline_classes = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+    pipeline_classes: tuple[str, ...] = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
     cuda_dtype = torch.bfloat16
 
     @property

@@ -6,7 +6,7 @@ user's words and the template's closing tokens, with an attention mask over padd
 
 So Qwen-Image is a single-tap family read as T5 is: layer l is ``norm(h^l)`` at the kept positions, layer L is the
 pipeline's own conditioning, ``final_norm=False`` shows the raw states. The dropped prefix never reaches the lens
-either (:attr:`~.encoders.TextEncoderSpec.drop_first`), so every position the engine names — word chips, per-token
+either (:meth:`kept_positions`), so every position the engine names — word chips, per-token
 lens, attention maps — is one the transformer sees. The lens's ``guidance_scale`` is the pipeline's
 ``true_cfg_scale`` (two transformer calls per step, the conditional one first, then a rescale to the conditional
 prediction's norm), with the empty prompt (or ``negative_prompt``) as the negative.
@@ -36,15 +36,20 @@ class QwenImageAdapter(FamilyAdapter):
     masks_padding = True
     guidance_layout = "calls"
 
+    @property
+    def dropped(self) -> int:
+        """The instruction's prefix tokens the pipeline drops."""
+        return int(getattr(self.pipe, "prompt_template_encode_start_idx", DROPPED))
+
     def encoder_specs(self):
-        dropped = int(getattr(self.pipe, "prompt_template_encode_start_idx", DROPPED))
         # tokenized up to the kept length: the encoder is causal, so the kept positions are the same as the pipeline's
         # own (which tokenizes up to 1,024 + 34 and then keeps 512)
         return (
-            TextEncoderSpec(
-                "text_encoder", "tokenizer", "llm", max_length=dropped + KEPT, mask_to_encoder=True, drop_first=dropped
-            ),
+            TextEncoderSpec("text_encoder", "tokenizer", "llm", max_length=self.dropped + KEPT, mask_to_encoder=True),
         )
+
+    def kept_positions(self, length: int, bare: bool = False) -> list[int] | None:
+        return list(range(self.dropped, length))
 
     def wrap(self, text: str) -> str:
         return self.pipe.prompt_template_encode.format(text)

@@ -96,16 +96,21 @@ class AttentionCapture:
         self._chunk: list[tuple[int, int]] = []
         self._cfg = False
         self._text_len = 0
+        self._positions: list[int] | None = None
         self._step = 0
         self._handles: list = []
         self._grids_seen: set[int] = set()  # query-grid sides of the sites called in the first step
         self._kept = False  # whether any site's map was kept in the first step
 
     # ---- the pipeline call ---------------------------------------------------------------------------------------
-    def begin_call(self, chunk: list[tuple[int, int]], cfg: bool, text_len: int) -> None:
+    def begin_call(
+        self, chunk: list[tuple[int, int]], cfg: bool, text_len: int, positions: list[int] | None = None
+    ) -> None:
         """A new pipeline call for ``chunk``'s (layer, seed) items (padding repeats the last one), with guidance or
-        not, over a text sequence of ``text_len`` positions."""
+        not, over a text sequence of ``text_len`` positions: the lensed encoder's ``positions`` in that order (None:
+        its positions from 0, uncut; a family that packs its real tokens first says where each came from)."""
         self._chunk, self._cfg, self._text_len, self._step = list(chunk), cfg, int(text_len), 0
+        self._positions = positions
 
     def step_done(self) -> None:
         """After each denoiser step; after the first, refuses a selection of sites that kept nothing (before any
@@ -211,8 +216,8 @@ class AttentionCapture:
     # ---- results -------------------------------------------------------------------------------------------------
     def result(self, positions: int | None = None) -> tuple[dict, dict]:
         """({(layer, seed): maps (tokens, h, w) at the finest site's grid}, {(layer, seed): mass (steps, tokens)}):
-        summed over steps, averaged over sites (and heads). ``positions``: the lensed encoder's positions; those
-        past the text the denoiser was handed (a family that cuts padding, Qwen-Image) drew no attention: zeros."""
+        summed over steps, averaged over sites (and heads), one row per lensed-encoder position (``positions`` of
+        them): a position the denoiser was not handed (padding a family cuts, Qwen-Image, Lumina 2) drew none."""
         maps, masses = {}, {}
         for item, state in self.items.items():
             if not state.per_resolution:
@@ -223,20 +228,25 @@ class AttentionCapture:
                 for g, m in state.per_resolution.items()
             )
             sites_per_step = max(state.calls.values())
-            maps[item] = _zero_padded((total / sites_per_step).numpy().astype(np.float32), 0, positions)
+            maps[item] = self._placed((total / sites_per_step).numpy().astype(np.float32), 0, positions)
             steps = sorted(state.mass)
             mass = np.stack([(state.mass[s] / state.calls[s]).numpy() for s in steps]).astype(np.float32)
-            masses[item] = _zero_padded(mass, 1, positions)
+            masses[item] = self._placed(mass, 1, positions)
         return maps, masses
 
-
-def _zero_padded(array: np.ndarray, axis: int, length: int | None) -> np.ndarray:
-    """``array`` with zeros appended along ``axis`` up to ``length`` (unchanged when None or already as long)."""
-    if length is None or array.shape[axis] >= length:
-        return array
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (0, length - array.shape[axis])
-    return np.pad(array, widths)
+    def _placed(self, array: np.ndarray, axis: int, length: int | None) -> np.ndarray:
+        """``array``, whose ``axis`` runs over the text the denoiser attended to, with that axis running over the
+        lensed encoder's ``length`` positions instead (zeros where the denoiser had no text)."""
+        if length is None or (self._positions is None and array.shape[axis] >= length):
+            return array
+        shape = list(array.shape)
+        shape[axis] = length
+        placed = np.zeros(shape, dtype=array.dtype)
+        rows = self._positions if self._positions is not None else list(range(array.shape[axis]))
+        index: list = [slice(None)] * array.ndim
+        index[axis] = rows
+        placed[tuple(index)] = array
+        return placed
 
 
 def _conditional_rows(batch: int, cfg: bool, guidance: str = "batch") -> slice:
