@@ -613,6 +613,50 @@ def tiny_sana(seed: int = 0):
     return pipe
 
 
+def tiny_cogview4(seed: int = 0):
+    """CogView4Pipeline: a 4-layer GLM-4 of width 16 read at its penultimate layer, two joint transformer blocks,
+    32×32 images by default."""
+    from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import GlmConfig, GlmModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer(max_length=1024, bos=True)
+    config = GlmConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    transformer = CogView4Transformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        text_embed_dim=16,
+        time_embed_dim=8,
+        condition_dim=4,
+        sample_size=8,
+        rope_axes_dim=(4, 4),
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256)
+    pipe = CogView4Pipeline(
+        tokenizer=tokenizer,
+        text_encoder=GlmModel(config).eval(),
+        vae=_tiny_vae(),
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_pixart(seed: int = 0):
     """PixArtAlphaPipeline: T5 (3 blocks) with attention mask, 32×32 images."""
     from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
@@ -704,6 +748,7 @@ TINY_FAMILIES = {
     "qwen-image": tiny_qwen_image,
     "lumina2": tiny_lumina2,
     "sana": tiny_sana,
+    "cogview4": tiny_cogview4,
     "pixart": tiny_pixart,
     "deepfloyd-if": tiny_deepfloyd_if,
 }

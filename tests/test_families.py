@@ -24,6 +24,7 @@ EXPECTED = {
     "qwen-image": (4, 4, 4.0, {"negative_prompt": ""}),  # Qwen2.5-VL's last layer; true CFG needs a negative
     "lumina2": (4, 3, 4.0, {}),  # Gemma 2's raw penultimate layer behind a system prompt
     "sana": (4, 4, 4.0, {"height": 32, "width": 32}),  # Gemma 2's last layer, most of the instruction dropped
+    "cogview4": (4, 3, 4.0, {}),  # GLM-4's raw penultimate layer, left-padded to a multiple of 16
     "pixart": (3, 3, 5.0, {}),
     "deepfloyd-if": (3, 3, 5.0, {}),
 }

@@ -321,3 +321,44 @@ def test_sana_keeps_the_positions_the_pipeline_keeps(sana, count_calls):
     assert len(encoder) == 1 and [r.params["token"].replace("Ġ", "") for r in per_token] == WORDS
     mapped = lens.run(PROMPT, layers=[4], attention=True, num_inference_steps=2, height=32, width=32)
     assert prompt_words(mapped) == ["a", "red", "cat", "left", "of", "blue", "dog"]
+
+
+# ---- CogView 4: GLM-4's raw penultimate layer, each text left-padded to a multiple of 16, no mask anywhere ---------
+@pytest.fixture(scope="module")
+def cogview4():
+    return testing.tiny_cogview4()
+
+
+def test_cogview4_encodes_each_text_as_the_pipeline_encodes_it_alone(cogview4, count_calls):
+    lens = dl.Lens(cogview4)
+    adapter = lens.adapter
+    assert adapter.family == "cogview4" and adapter.own_layer == 3 and adapter.own_final_norm is False
+    long_negative = "a blue cat left of a red dog above a green bird below a yellow fish"
+    encoder = count_calls(cogview4.text_encoder)
+    encoded = adapter.encode([PROMPT, long_negative], prompts=1)
+    assert len(encoder) == 1  # three texts of different lengths, one pass
+    for index, text in enumerate([PROMPT, long_negative, ""]):
+        theirs = cogview4._get_glm_embeds(text)  # left-padded to a multiple of 16, alone
+        length = int(encoded.mask[index].sum())
+        assert length == theirs.shape[1] and length % 16 == 0
+        mine = adapter.normal_part(encoded, "text_encoder", index).seq[:, :length]
+        torch.testing.assert_close(mine, theirs)
+    tokens = Tokens.shown_in(encoded, 0)  # the left pads, then the text's own tokens (its start token shown)
+    assert shown_words(tokens) == ["<bos>", *WORDS] and set(tokens[: tokens.first]) == {"<|endoftext|>"}
+
+
+def test_cogview4_maps_and_per_token_name_the_words_and_read_the_image_stream(cogview4):
+    lens = dl.Lens(cogview4)
+    options = dict(RUN, layers=[3], attention=True, attention_steps="0", use_cache=False)
+    guided = lens.run(PROMPT, guidance_scale=4.0, **options)
+    plain = lens.run(PROMPT, guidance_scale=1.0, **options)
+    np.testing.assert_array_equal(guided.attention_maps[(3, 0)], plain.attention_maps[(3, 0)])  # conditional call
+    assert prompt_words(guided) == ["a", "red", "cat", "left", "of", "blue", "dog"]
+    per_token = lens.run(PROMPT, per_token=True, **options)
+    assert [r.params["token"].replace("Ġ", "") for r in per_token] == ["<bos>", *WORDS]
+    empty = int(lens.adapter.encode([""]).mask[0].sum())  # 16: 15 pads and the start token
+    for result in (per_token[0], per_token[-1]):  # the word at its position in the empty prompt's handed-on ones
+        rows = np.flatnonzero(result.attention_maps[(3, 0)].any(axis=(1, 2)))
+        assert rows.tolist() == sorted({*range(empty), result.params["token_position"]})
+    image, text = torch.randn(1, 16, 8), torch.randn(1, 16, 8)  # its blocks return (image, text)
+    torch.testing.assert_close(lens.adapter.block_feature((image, text)), image.transpose(1, 2).reshape(1, 8, 4, 4))

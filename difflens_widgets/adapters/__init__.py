@@ -6,6 +6,7 @@ Each family adapter is a :class:`~.lens.LensAdapter` (the text side: encoders, t
 from __future__ import annotations
 
 from .chroma import ChromaAdapter
+from .cogview4 import CogView4Adapter
 from .deepfloyd_if import DeepFloydIFAdapter
 from .family import FamilyAdapter
 from .flux import FluxAdapter
@@ -33,6 +34,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     QwenImageAdapter,
     Lumina2Adapter,
     SanaAdapter,
+    CogView4Adapter,
 ]
 
 

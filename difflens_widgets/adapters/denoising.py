@@ -28,11 +28,16 @@ class DenoiserTaps:
             return blocks
         return {f"block{i}": b for i, b in enumerate(denoiser.transformer_blocks)}
 
+    # which of a dual-stream transformer block's pair of outputs is the image's: the last (FLUX, SD3, Qwen-Image,
+    # Chroma return (text, image)) unless a family says otherwise (CogView 4 returns (image, text))
+    image_stream = -1
+
     def block_feature(self, output) -> torch.Tensor:
         """A block's output as (batch, channels, h, w): a UNet down block's hidden states (the first of its pair);
-        a transformer block's image tokens (the last of a dual-stream block's pair) folded back onto their grid."""
+        a transformer block's image tokens (:attr:`image_stream` of a dual-stream block's pair) folded back onto
+        their grid."""
         if isinstance(output, tuple):
-            output = output[0] if hasattr(self.denoiser, "up_blocks") else output[-1]
+            output = output[0] if hasattr(self.denoiser, "up_blocks") else output[self.image_stream]
         if output.ndim == 3:  # (batch, tokens, channels) on a square grid of patches
             batch, tokens, channels = output.shape
             side = math.isqrt(tokens)

@@ -13,6 +13,7 @@ import functools
 import inspect
 import threading
 import weakref
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,10 @@ class TextEncoderSpec:
     pooled: str | None = None
     mask_to_encoder: bool = False
     sequence: bool = True  # False: the pipeline uses only this encoder's pooled output (FLUX's CLIP)
+    # the pipeline's own re-arrangement of the tokenized batch (CogView 4 left-pads each text to a multiple of 16):
+    # (batch, tokenizer) -> batch with input_ids, attention_mask (what the encoder and the denoiser see), offsets and
+    # own_tokens (the text's own tokens, shown to a reader)
+    arrange: Callable | None = None
 
 
 @dataclass
@@ -164,8 +169,10 @@ def tokenize(pipe, spec: TextEncoderSpec, texts: list[str], offsets: bool = Fals
             truncation=True,
             add_special_tokens=True,
             return_tensors="pt",
-            **({"return_offsets_mapping": True} if offsets else {}),
+            **({"return_offsets_mapping": True} if offsets or spec.arrange else {}),
         )
+    if spec.arrange is not None:
+        batch = spec.arrange(batch, tokenizer)
     return tokenizer, batch, limit
 
 
@@ -180,7 +187,8 @@ def word_positions(batch, spans: list[tuple[int, int] | None] | None) -> torch.T
     """Which positions hold the user's own text: those whose characters overlap ``spans[i]`` (the user's text inside
     the i-th templated text), or every real position when nothing is templated (``spans`` None, or a text's span
     None: a negative prompt that the pipeline does not wrap)."""
-    real = batch["attention_mask"].bool()
+    # the text's own tokens: every real position, unless the pipeline's arrangement added pads it hands on too
+    real = (batch["own_tokens"] if "own_tokens" in batch else batch["attention_mask"]).bool()
     if spans is None:
         return real
     offsets = batch["offset_mapping"]

@@ -21,24 +21,9 @@ import torch
 
 from .encoders import TextEncoderSpec
 from .family import FamilyAdapter
-from .lens import Part
+from .lens import Part, real_first
 
 TOKENS = 256  # the pipeline's default max_sequence_length
-
-
-def real_first(items: list[dict], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The items' sequences (1, T, W) with their masked positions moved to the front in order and padded to
-    ``length``, and masks that say so (ones, then zeros): what a transformer that reads ``mask.sum()`` leading
-    tokens as the caption (Lumina 2) must be handed, also when a mask has holes (a per-token lens: the empty
-    prompt's tokens and one of the prompt's)."""
-    seqs, masks = [], []
-    for item in items:
-        seq, mask = item["prompt_embeds"], item["prompt_attention_mask"]
-        real = mask[0].bool().to(seq.device)
-        kept = seq[:, real]
-        seqs.append(torch.nn.functional.pad(kept, (0, 0, 0, length - kept.shape[1])))
-        masks.append((torch.arange(length, device=mask.device) < kept.shape[1]).to(mask.dtype)[None])
-    return torch.cat(seqs), torch.cat(masks)
 
 
 class Lumina2Adapter(FamilyAdapter):
