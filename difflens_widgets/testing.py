@@ -437,19 +437,11 @@ def tiny_qwen_image(seed: int = 0):
     return pipe
 
 
-def tiny_flux2_klein(seed: int = 0, distilled: bool = False):
-    """Flux2KleinPipeline: a 36-layer Qwen3 of width 16 (the pipeline reads layers 9, 18, 27), one double and one
-    single transformer block, 4 latent channels patchified 2×2; 32×32 images by default. ``distilled``: no
-    guidance branch, as the step-distilled [klein] models."""
-    from diffusers import (
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
+def _flux2_image_side(guidance_embeds: bool):
+    """FLUX.2's tiny transformer (one double and one single block, a 3 × 16-wide text input) and VAE (4 latent
+    channels, 2× down, patchified 2×2 by the pipeline)."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
-    torch.manual_seed(seed)
-    tokenizer = tiny_chat_tokenizer(max_length=512)
     transformer = Flux2Transformer2DModel(
         patch_size=1,
         in_channels=16,
@@ -460,7 +452,7 @@ def tiny_flux2_klein(seed: int = 0, distilled: bool = False):
         joint_attention_dim=3 * 16,
         timestep_guidance_channels=32,
         axes_dims_rope=(2, 2, 2, 2),
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
     ).eval()
     vae = AutoencoderKLFlux2(
         block_out_channels=(8, 8),
@@ -473,6 +465,18 @@ def tiny_flux2_klein(seed: int = 0, distilled: bool = False):
         use_quant_conv=False,
         use_post_quant_conv=False,
     ).eval()
+    return transformer, vae
+
+
+def tiny_flux2_klein(seed: int = 0, distilled: bool = False):
+    """Flux2KleinPipeline: a 36-layer Qwen3 of width 16 (the pipeline reads layers 9, 18, 27), one double and one
+    single transformer block, 4 latent channels patchified 2×2; 32×32 images by default. ``distilled``: no
+    guidance branch, as the step-distilled [klein] models."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer(max_length=512)
+    transformer, vae = _flux2_image_side(guidance_embeds=False)
     pipe = Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
@@ -480,6 +484,65 @@ def tiny_flux2_klein(seed: int = 0, distilled: bool = False):
         tokenizer=tokenizer,
         transformer=transformer,
         is_distilled=distilled,
+    )
+    pipe.default_sample_size = 16  # latent side before the 2× VAE: 32×32 images (the pipeline's own: 128)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# Mistral's chat template, reduced: the start token, the system message, the user turn; content as typed parts
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- for message in messages %}{%- if message['role'] == 'system' %}"
+    "{{ '[SYSTEM_PROMPT]' + message['content'][0]['text'] + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{ '[INST]' + message['content'][0]['text'] + '[/INST]' }}"
+    "{%- endif %}{%- endfor %}"
+)
+
+
+def tiny_mistral3(tokenizer, num_layers: int = 40, width: int = 16):
+    """A Mistral3ForConditionalGeneration with a one-layer vision tower (never run: FLUX.2 reads text only) and a
+    language model of a few thousand parameters per layer."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    text = dict(
+        model_type="mistral",
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        model_type="pixtral", hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        head_dim=8, image_size=32, patch_size=16,
+    )  # fmt: skip
+    config = Mistral3Config(
+        text_config=text, vision_config=vision, image_token_index=tokenizer.pad_token_id, spatial_merge_size=1
+    )
+    return Mistral3ForConditionalGeneration(config).eval()
+
+
+def tiny_flux2(seed: int = 0):
+    """Flux2Pipeline (FLUX.2 [dev]): a 40-layer Mistral 3 of width 16 (the pipeline reads layers 10, 20, 30) after
+    the pipeline's system message, FLUX.2's tiny transformer with guidance as an input; 32×32 images by default. Its
+    tokenizer is a plain tokenizer with Mistral's (reduced) chat template, where the real model loads a processor:
+    the pipeline only asks it for the chat template."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer(max_length=512, bos=True)
+    tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
+    transformer, vae = _flux2_image_side(guidance_embeds=True)
+    pipe = Flux2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=tiny_mistral3(tokenizer),
+        tokenizer=tokenizer,
+        transformer=transformer,
     )
     pipe.default_sample_size = 16  # latent side before the 2× VAE: 32×32 images (the pipeline's own: 128)
     pipe.set_progress_bar_config(disable=True)
@@ -745,6 +808,7 @@ TINY_FAMILIES = {
     "flux": tiny_flux,
     "chroma": tiny_chroma,
     "flux2-klein": tiny_flux2_klein,
+    "flux2": tiny_flux2,
     "qwen-image": tiny_qwen_image,
     "lumina2": tiny_lumina2,
     "sana": tiny_sana,

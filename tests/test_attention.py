@@ -14,7 +14,7 @@ RUN = dict(layers=[1, 4], seeds=[0, 1], num_inference_steps=2, use_cache=False)
 
 
 def family_run(name: str, pipe):
-    extra = {"height": 32, "width": 32} if name in ("flux", "flux2-klein", "stable-diffusion-3") else {}
+    extra = {"height": 32, "width": 32} if name in ("flux", "flux2-klein", "flux2", "stable-diffusion-3") else {}
     guidance = 3.5 if name == "flux" else 7.5
     return dict(RUN, guidance_scale=guidance, **extra)
 

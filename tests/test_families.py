@@ -21,6 +21,7 @@ EXPECTED = {
     "flux": (3, 3, 3.5, {"height": 32, "width": 32}),  # T5; guidance is FLUX's distilled guidance
     "chroma": (3, 3, 4.0, {}),  # T5 with its mask, one padding token kept; CFG as a second call
     "flux2-klein": (36, 27, 4.0, {}),  # Qwen3; its taps 9, 18, 27 scaled to depth l
+    "flux2": (40, 30, 4.0, {}),  # Mistral 3; its taps 10, 20, 30 scaled to depth l; guidance distilled
     "qwen-image": (4, 4, 4.0, {"negative_prompt": ""}),  # Qwen2.5-VL's last layer; true CFG needs a negative
     "lumina2": (4, 3, 4.0, {}),  # Gemma 2's raw penultimate layer behind a system prompt
     "sana": (4, 4, 4.0, {"height": 32, "width": 32}),  # Gemma 2's last layer, most of the instruction dropped

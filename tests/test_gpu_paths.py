@@ -20,6 +20,7 @@ FAMILY_PRECISION = {
     testing.tiny_flux: (torch.bfloat16, False),
     testing.tiny_chroma: (torch.bfloat16, False),
     testing.tiny_flux2_klein: (torch.bfloat16, False),
+    testing.tiny_flux2: (torch.bfloat16, False),
     testing.tiny_qwen_image: (torch.bfloat16, False),
     testing.tiny_lumina2: (torch.bfloat16, False),
     testing.tiny_sana: (torch.bfloat16, False),

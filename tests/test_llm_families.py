@@ -362,3 +362,39 @@ def test_cogview4_maps_and_per_token_name_the_words_and_read_the_image_stream(co
         assert rows.tolist() == sorted({*range(empty), result.params["token_position"]})
     image, text = torch.randn(1, 16, 8), torch.randn(1, 16, 8)  # its blocks return (image, text)
     torch.testing.assert_close(lens.adapter.block_feature((image, text)), image.transpose(1, 2).reshape(1, 8, 4, 4))
+
+
+# ---- FLUX.2 [dev]: Mistral 3's raw layers 10, 20, 30 stacked, after a system message; guidance distilled ----------
+def test_flux2_dev_stacks_its_taps_after_the_system_message(count_calls):
+    from transformers import ProcessorMixin
+
+    class TextProcessor(ProcessorMixin):  # the real model loads Mistral's PixtralProcessor as its tokenizer
+        attributes = ["tokenizer"]
+        tokenizer_class = "PreTrainedTokenizerFast"
+
+        def __init__(self, tokenizer, chat_template=None):
+            super().__init__(tokenizer, chat_template=chat_template)
+
+    pipe = testing.tiny_flux2()
+    lens = dl.Lens(pipe)
+    adapter = lens.adapter
+    assert adapter.family == "flux2" and adapter.own_layer == 30 and adapter.tap_layers(40) == [13, 27, 40]
+    assert adapter.uses_negative_embeddings is False and not adapter.guides(4.0)
+    theirs = pipe._get_mistral_3_small_prompt_embeds(pipe.text_encoder, pipe.tokenizer, [PROMPT])
+    mine = adapter.lens_layer(adapter.encode([PROMPT]).hidden_states, 30, slice(0, 1), final_norm=False)
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    pipe.tokenizer = TextProcessor(pipe.tokenizer, chat_template=testing.MISTRAL_CHAT_TEMPLATE)
+    transformer = count_calls(pipe.transformer)
+    res = dl.Lens(pipe).run(PROMPT, layers=[10, 30], guidance_scale=4.0, **RUN)
+    assert len(transformer) == 2  # two steps, no negative branch
+    own = pipe(prompt=PROMPT, guidance_scale=4.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert np.abs(np.asarray(res.image(30), dtype=int) - np.asarray(own.images[0], dtype=int)).max() <= 2
+    assert shown_words(res.tokens) == WORDS and res.tokens[0] == "<bos>"  # one start token, from the template
+    assert res.tokens[1 : res.tokens.first] != [] and "<bos>" not in res.tokens[1:]
+
+
+def test_a_flux2_dev_encoder_too_shallow_for_its_taps_is_refused():
+    pipe = testing.tiny_flux2()
+    pipe.text_encoder.model.language_model.layers = pipe.text_encoder.model.language_model.layers[:25]
+    with pytest.raises(ValueError, match=r"FLUX.2 \[dev\] text encoder has 25 layers, but .* \[10, 20, 30\]"):
+        dl.Lens(pipe)

@@ -10,7 +10,7 @@ from .cogview4 import CogView4Adapter
 from .deepfloyd_if import DeepFloydIFAdapter
 from .family import FamilyAdapter
 from .flux import FluxAdapter
-from .flux2 import Flux2KleinAdapter
+from .flux2 import Flux2Adapter, Flux2KleinAdapter
 from .lens import EncodedPrompts, LensAdapter, denoiser_of
 from .lumina2 import Lumina2Adapter
 from .pixart import PixArtAdapter
@@ -28,6 +28,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     FluxAdapter,
     ChromaAdapter,
     Flux2KleinAdapter,
+    Flux2Adapter,
     PixArtAdapter,
     DeepFloydIFAdapter,
     ZImageAdapter,

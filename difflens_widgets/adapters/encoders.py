@@ -52,6 +52,9 @@ class TextEncoderSpec:
     pooled: str | None = None
     mask_to_encoder: bool = False
     sequence: bool = True  # False: the pipeline uses only this encoder's pooled output (FLUX's CLIP)
+    # False: the (rendered) template already holds the start token, so the tokenizer must not add one (a chat
+    # template tokenized as apply_chat_template does: FLUX.2 [dev])
+    add_special_tokens: bool = True
     # the pipeline's own re-arrangement of the tokenized batch (CogView 4 left-pads each text to a multiple of 16):
     # (batch, tokenizer) -> batch with input_ids, attention_mask (what the encoder and the denoiser see), offsets and
     # own_tokens (the text's own tokens, shown to a reader)
@@ -153,13 +156,22 @@ def execution_device(pipe) -> torch.device:
 
 
 def max_length(pipe, spec: TextEncoderSpec) -> int:
-    return spec.max_length or getattr(pipe, spec.tokenizer).model_max_length
+    return spec.max_length or text_tokenizer(pipe, spec).model_max_length
+
+
+def text_tokenizer(pipe, spec: TextEncoderSpec):
+    """The tokenizer of ``spec``'s encoder: the pipeline's component, or the tokenizer inside it where the component
+    is a multimodal processor (FLUX.2 [dev] loads Mistral's ``PixtralProcessor`` as its tokenizer)."""
+    from transformers import ProcessorMixin
+
+    component = getattr(pipe, spec.tokenizer)
+    return component.tokenizer if isinstance(component, ProcessorMixin) else component
 
 
 def tokenize(pipe, spec: TextEncoderSpec, texts: list[str], offsets: bool = False):
     """The pipeline's tokenization of ``texts`` (padded to the encoder's length); with ``offsets``, also each
     token's character span (``offset_mapping``, fast tokenizers), to find the user's words inside a template."""
-    tokenizer = getattr(pipe, spec.tokenizer)
+    tokenizer = text_tokenizer(pipe, spec)
     limit = max_length(pipe, spec)
     with object_lock(tokenizer):
         batch = tokenizer(
@@ -167,7 +179,7 @@ def tokenize(pipe, spec: TextEncoderSpec, texts: list[str], offsets: bool = Fals
             padding="max_length",
             max_length=limit,
             truncation=True,
-            add_special_tokens=True,
+            add_special_tokens=spec.add_special_tokens,
             return_tensors="pt",
             **({"return_offsets_mapping": True} if offsets or spec.arrange else {}),
         )
@@ -176,11 +188,20 @@ def tokenize(pipe, spec: TextEncoderSpec, texts: list[str], offsets: bool = Fals
     return tokenizer, batch, limit
 
 
-def chat_prompt(tokenizer, text: str, **template_options) -> str:
-    """``text`` as one user turn of the tokenizer's chat template, ready for the assistant's answer (the way
-    FLUX.2 and Z-Image hand a prompt to their language model; ``template_options`` such as ``enable_thinking``)."""
-    message = [{"role": "user", "content": text}]
-    return tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True, **template_options)
+def chat_prompt(tokenizer, text: str, system: str | None = None, answer: bool = True, **template_options) -> str:
+    """``text`` as one user turn of the tokenizer's (or processor's) chat template, after a ``system`` message if
+    given (content as a list of typed parts then, as multimodal templates take it), ready for the assistant's answer
+    unless ``answer`` is False (the way FLUX.2 and Z-Image hand a prompt to their language model;
+    ``template_options`` such as ``enable_thinking``)."""
+    messages: list[dict[str, Any]]
+    if system is None:
+        messages = [{"role": "user", "content": text}]
+    else:
+        messages = [
+            {"role": "system", "content": [{"type": "text", "text": system}]},
+            {"role": "user", "content": [{"type": "text", "text": text}]},
+        ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer, **template_options)
 
 
 def word_positions(batch, spans: list[tuple[int, int] | None] | None) -> torch.Tensor:
@@ -200,7 +221,7 @@ def word_positions(batch, spans: list[tuple[int, int] | None] | None) -> torch.T
 
 def word_pieces(pipe, spec: TextEncoderSpec, word: str) -> list[str]:
     """How the pipeline's tokenizer splits ``word`` (under the tokenizer's lock)."""
-    tokenizer = getattr(pipe, spec.tokenizer)
+    tokenizer = text_tokenizer(pipe, spec)
     with object_lock(tokenizer):
         return tokenizer.tokenize(word)
 
@@ -277,9 +298,9 @@ def _language_model_kwargs(encoder) -> dict:
 
 def truncated(pipe, spec: TextEncoderSpec, text: str) -> list[str]:
     """The tokens of ``text`` that do not fit (empty when it fits)."""
-    tokenizer, limit = getattr(pipe, spec.tokenizer), max_length(pipe, spec)
+    tokenizer, limit = text_tokenizer(pipe, spec), max_length(pipe, spec)
     with object_lock(tokenizer):
-        full = tokenizer(text).input_ids
+        full = tokenizer(text, add_special_tokens=spec.add_special_tokens).input_ids
     if len(full) <= limit:
         return []
     unknown = getattr(tokenizer, "unk_token_id", None)

@@ -1,8 +1,8 @@
-"""FLUX.2 [klein]: one decoder-only language model (Qwen3) reads the prompt through its chat template (thinking
-off), and the transformer conditions on the **raw** hidden states of three of its layers, ``hidden_states[9]``,
-``[18]`` and ``[27]`` of Qwen3's 36, stacked along the width (``text_encoder_out_layers``). Padding is not masked
-out of the transformer's attention. Classifier-free guidance runs only on the base (non-distilled) models, as two
-transformer calls per step, the negative text always the empty prompt's template.
+"""FLUX.2 [klein] and [dev]. [klein]: one decoder-only language model (Qwen3) reads the prompt through its chat
+template (thinking off), and the transformer conditions on the **raw** hidden states of three of its layers,
+``hidden_states[9]``, ``[18]`` and ``[27]`` of Qwen3's 36, stacked along the width (``text_encoder_out_layers``).
+Padding is not masked out of the transformer's attention. Classifier-free guidance runs only on the base
+(non-distilled) models, as two transformer calls per step, the negative text always the empty prompt's template.
 
 What "the lens at layer l" means for a family that reads several layers at once: **the three taps scaled to depth
 l**, ``round(l·9/27), round(l·18/27), l``, so the stack keeps its shape, its width and its proportions, and column
@@ -10,6 +10,9 @@ l**, ``round(l·9/27), round(l·18/27), l``, so the stack keeps its shape, its w
 by default, as the pipeline takes its taps raw (``final_norm=True`` applies Qwen3's final RMS norm to each tap).
 Only the user's words are shown (word chips, per-token lens, attention maps): the template's tokens are the
 family's business.
+
+[dev] reads the same way with Mistral Small 3.1 (40 layers; taps 10, 20, 30, so column 30 is the pipeline's own)
+after the pipeline's system message, and its guidance is distilled into the transformer.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ class Flux2KleinAdapter(FluxAdapter):
         # the distilled models have no guidance branch at all (the pipeline ignores guidance_scale)
         self.uses_negative_embeddings = not bool(getattr(pipe.config, "is_distilled", False))
         if self.num_layers < max(self.taps):
+            name = self.description.split(" (")[0]
             raise ValueError(
-                f"this FLUX.2 [klein] text encoder has {self.num_layers} layers, but the pipeline reads layers "
+                f"this {name} text encoder has {self.num_layers} layers, but the pipeline reads layers "
                 f"{list(self.taps)} of it (text_encoder_out_layers)"
             )
 
@@ -101,3 +105,34 @@ class Flux2KleinAdapter(FluxAdapter):
 
     def denoiser_sample(self, noisy: torch.Tensor) -> torch.Tensor:
         return self.pipe._pack_latents(noisy)
+
+
+class Flux2Adapter(Flux2KleinAdapter):
+    """FLUX.2 [dev]: [klein]'s reading with Mistral Small 3.1 (40 layers) and its own taps, ``hidden_states[10]``,
+    ``[20]`` and ``[30]``; the prompt is one user turn after the pipeline's system message ("You are an AI that
+    reasons about image descriptions ..."), rendered by the chat template of its tokenizer component (Mistral's
+    multimodal processor). Guidance is distilled into the transformer (an input, no negative branch)."""
+
+    family = "flux2"
+    description = "FLUX.2 [dev] (Mistral Small 3.1 after a system message; raw layers 10, 20, 30 stacked)"
+    pipeline_classes = ("Flux2Pipeline",)
+    taps = (10, 20, 30)  # the pipeline's default text_encoder_out_layers
+
+    def __init__(self, pipe, encoder: str | None = None):
+        super().__init__(pipe, encoder)
+        self.uses_negative_embeddings = False  # guidance-distilled: guidance_scale is an input of the transformer
+
+    def encoder_specs(self):
+        # the rendered template starts with the start token, so it is tokenized without special tokens, as the
+        # processor's apply_chat_template does
+        return (
+            TextEncoderSpec(
+                "text_encoder", "tokenizer", "llm", max_length=TOKENS, mask_to_encoder=True, add_special_tokens=False
+            ),
+        )
+
+    def preprocess(self, texts: list[str]) -> list[str]:
+        return [text.replace("[IMG]", "") for text in texts]  # as the pipeline's format_input
+
+    def wrap(self, text: str) -> str:
+        return chat_prompt(self.pipe.tokenizer, text, system=self.pipe.system_message, answer=False)

@@ -333,7 +333,7 @@ class LensAdapter:
         wrapped, spans = self.templated(self.preprocess([text]))
         _, batch, _ = enc.tokenize(self.pipe, self.spec, wrapped, offsets=spans is not None)
         if "attention_mask" not in batch:
-            pad = getattr(getattr(self.pipe, self.spec.tokenizer), "pad_token_id", None)
+            pad = getattr(enc.text_tokenizer(self.pipe, self.spec), "pad_token_id", None)
             return len([t for t in batch["input_ids"][0].tolist() if t != pad])
         return int(enc.word_positions(batch, spans)[0].sum())
 
