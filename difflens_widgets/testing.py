@@ -720,6 +720,70 @@ def tiny_cogview4(seed: int = 0):
     return pipe
 
 
+def tiny_llama(tokenizer, num_layers: int = 4, width: int = 16):
+    """A LlamaForCausalLM of a few thousand parameters per layer (as HiDream loads Llama 3.1)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_hidream(seed: int = 0):
+    """HiDreamImagePipeline: two CLIPs (pooled), T5 (3 blocks) and a 4-layer Llama whose layers 1, 2 and 4 feed the
+    transformer's three blocks (one double-stream, two single-stream, two experts each); 32×32 images, the only size
+    this pipeline draws at its default area."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    clip_l, clip_g = tiny_clip_tokenizer(max_length=128), tiny_clip_tokenizer(max_length=128)
+    t5 = tiny_t5_tokenizer(max_length=128)
+    llama = tiny_chat_tokenizer(max_length=128, bos=True)
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=[32, 16],  # T5's width, Llama's
+        text_emb_dim=2 * 32,  # the two CLIPs' projections
+        num_routed_experts=2,
+        num_activated_experts=1,
+        axes_dims_rope=(2, 2, 4),
+        max_resolution=(32, 32),
+        llama_layers=[0, 1, 3],
+    ).eval()
+    pipe = HiDreamImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_tiny_vae(scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=tiny_clip(clip_l, 2, projection=True),
+        tokenizer=clip_l,
+        text_encoder_2=tiny_clip(clip_g, 2, projection=True),
+        tokenizer_2=clip_g,
+        text_encoder_3=tiny_t5(t5),
+        tokenizer_3=t5,
+        text_encoder_4=tiny_llama(llama),
+        tokenizer_4=llama,
+        transformer=transformer,
+    )
+    pipe.default_sample_size = 8  # its area: (8 × the 4× VAE)² = 32² (the pipeline's own: 1024²)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_pixart(seed: int = 0):
     """PixArtAlphaPipeline: T5 (3 blocks) with attention mask, 32×32 images."""
     from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
@@ -813,6 +877,7 @@ TINY_FAMILIES = {
     "lumina2": tiny_lumina2,
     "sana": tiny_sana,
     "cogview4": tiny_cogview4,
+    "hidream": tiny_hidream,
     "pixart": tiny_pixart,
     "deepfloyd-if": tiny_deepfloyd_if,
 }

@@ -26,6 +26,7 @@ EXPECTED = {
     "lumina2": (4, 3, 4.0, {}),  # Gemma 2's raw penultimate layer behind a system prompt
     "sana": (4, 4, 4.0, {"height": 32, "width": 32}),  # Gemma 2's last layer, most of the instruction dropped
     "cogview4": (4, 3, 4.0, {}),  # GLM-4's raw penultimate layer, left-padded to a multiple of 16
+    "hidream": (4, 4, 4.0, {}),  # Llama: the encoder stopped at layer l (every deeper tap reads l)
     "pixart": (3, 3, 5.0, {}),
     "deepfloyd-if": (3, 3, 5.0, {}),
 }

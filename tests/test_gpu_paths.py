@@ -25,6 +25,7 @@ FAMILY_PRECISION = {
     testing.tiny_lumina2: (torch.bfloat16, False),
     testing.tiny_sana: (torch.bfloat16, False),
     testing.tiny_cogview4: (torch.bfloat16, False),
+    testing.tiny_hidream: (torch.bfloat16, False),
     testing.tiny_pixart: (torch.bfloat16, False),
     testing.tiny_deepfloyd_if: (torch.float16, False),
 }

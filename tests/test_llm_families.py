@@ -398,3 +398,45 @@ def test_a_flux2_dev_encoder_too_shallow_for_its_taps_is_refused():
     pipe.text_encoder.model.language_model.layers = pipe.text_encoder.model.language_model.layers[:25]
     with pytest.raises(ValueError, match=r"FLUX.2 \[dev\] text encoder has 25 layers, but .* \[10, 20, 30\]"):
         dl.Lens(pipe)
+
+
+# ---- HiDream: every Llama layer to its own block; the lens stops the encoder at layer l ------------------------------
+@pytest.fixture(scope="module")
+def hidream():
+    return testing.tiny_hidream()
+
+
+def test_hidream_stops_the_encoder_at_layer_l(hidream, count_calls):
+    lens = dl.Lens(hidream)
+    adapter = lens.adapter
+    assert adapter.family == "hidream" and adapter.encoder_name == "text_encoder_4" and adapter.own_layer == 4
+    encoded = adapter.encode([PROMPT])
+    hidden = encoded.hidden_states
+    theirs = hidream._get_llama3_prompt_embeds([PROMPT])  # hidden_states[1:], the last normed
+    own = adapter.lens_layer(hidden, 4, slice(0, 1), final_norm=False)
+    torch.testing.assert_close(own, theirs, rtol=0, atol=0)
+    at_2 = adapter.lens_layer(hidden, 2, slice(0, 1), final_norm=False)
+    assert at_2.shape == theirs.shape  # one entry per layer, as the transformer picks them
+    for entry, layer in enumerate([1, 2, 2, 2]):  # taps deeper than 2 read layer 2
+        torch.testing.assert_close(at_2[entry], hidden[layer][:1], rtol=0, atol=0)
+    vectors, _ = lens.embed(PROMPT, layers=[2])
+    np.testing.assert_array_equal(vectors[2], hidden[2][0].numpy())  # a result keeps layer l itself
+    encoders = [count_calls(getattr(hidream, f"text_encoder{s}")) for s in ("", "_2", "_3", "_4")]
+    res = lens.run(PROMPT, layers=[1, 4], guidance_scale=4.0, other_encoders="normal", **RUN)
+    assert [len(e) for e in encoders] == [1, 1, 1, 1]
+    own_image = hidream(
+        prompt=PROMPT, guidance_scale=4.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    )
+    assert np.abs(np.asarray(res.image(4), dtype=int) - np.asarray(own_image.images[0], dtype=int)).max() <= 2
+    assert res.embeddings[4].shape == hidden[4][0].shape and shown_words(res.tokens)[1:] == WORDS
+
+
+def test_hidream_per_token_t5_and_the_sizes_it_draws(hidream):
+    lens = dl.Lens(hidream)
+    per_token = lens.run(PROMPT, layers=[2], per_token=True, num_inference_steps=1)
+    assert [r.params["token"].replace("Ġ", "") for r in per_token] == ["<bos>", *WORDS]
+    t5 = dl.Lens(hidream, encoder="text_encoder_3")
+    assert t5.num_layers == 3 and t5.adapter.own_final_norm is True
+    assert sorted(t5.run(PROMPT, layers=[0, 3], **RUN).images) == [(0, 0), (3, 0)]
+    with pytest.raises(ValueError, match=r"HiDream draws every image at its own area \(32² pixels\), so 64×64"):
+        lens.resolve(PROMPT, height=64, width=64)

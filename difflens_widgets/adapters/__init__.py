@@ -11,6 +11,7 @@ from .deepfloyd_if import DeepFloydIFAdapter
 from .family import FamilyAdapter
 from .flux import FluxAdapter
 from .flux2 import Flux2Adapter, Flux2KleinAdapter
+from .hidream import HiDreamAdapter
 from .lens import EncodedPrompts, LensAdapter, denoiser_of
 from .lumina2 import Lumina2Adapter
 from .pixart import PixArtAdapter
@@ -36,6 +37,7 @@ ADAPTERS: list[type[FamilyAdapter]] = [
     Lumina2Adapter,
     SanaAdapter,
     CogView4Adapter,
+    HiDreamAdapter,
 ]
 
 

@@ -271,6 +271,10 @@ class LensAdapter:
     def size_multiple(self) -> int:
         return math.lcm(8, int(getattr(self.pipe, "vae_scale_factor", 8)))
 
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse a size (already a multiple of :attr:`size_multiple`) the pipeline would not draw as asked (none
+        here; HiDream redraws every size at its own area)."""
+
     def default_size(self) -> tuple[int, int]:
         """What the pipeline draws when no size is given: its ``default_sample_size`` (SDXL, SD3, FLUX) or its
         denoiser's ``sample_size``, times the VAE factor (1 in pixel space)."""
@@ -353,6 +357,11 @@ class LensAdapter:
         ``final_norm(h^l)`` (or ``h^l``). A family that reads several layers at once (FLUX.2) says here what
         reading "at layer l" means."""
         return self.lens(hidden[layer][rows], final_norm)
+
+    def lens_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+        """What layer l says, (texts, tokens, width), from :meth:`lens_layer`'s conditioning-shaped tensor (the
+        same, unless a family stacks several layers before the tokens: HiDream)."""
+        return seq
 
     def check_lens_pooled(self) -> None:
         if self.spec.pooled is None:

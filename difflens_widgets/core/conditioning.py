@@ -66,9 +66,14 @@ class Conditioner:
             real = self.lensed.mask[index].bool().to(self.hidden[0].device)
             keep = real if token_range == "prompt" else ~real
             neutral = self.normal_seq(self.empty)
-            sequences = {l: torch.where(keep[None, :, None], e, neutral) for l, e in embeddings.items()}
+            # tokens are the second-to-last axis (a family's conditioning may stack layers before it: HiDream)
+            sequences = {l: torch.where(keep[:, None], e, neutral) for l, e in embeddings.items()}
         cond = {l: self._cond(index, sequences[l], l) for l in layers}
-        return cond, self.unconditional(), embeddings
+        return cond, self.unconditional(), self.vectors(embeddings)
+
+    def vectors(self, embeddings: dict) -> dict:
+        """The lens embedding of each layer as a result keeps it, (1, tokens, width), from conditioning-shaped ones."""
+        return {l: self.source.lens_vectors(e) for l, e in embeddings.items()}
 
     def per_token(self, index: int) -> Iterator[tuple]:
         """One ((position, token), conditions) per shown position of prompt ``index`` (its tokens, never a
@@ -81,12 +86,13 @@ class Conditioner:
         embeddings = {l: self.lens_at(l, index) for l in layers}
         neutral = {l: self.lens_at(l, self.empty) for l in layers}
         uncond = self.unconditional()
+        vectors = self.vectors(embeddings)
         for p in positions:
             cond = {}
             for l in layers:
                 seq = neutral[l].clone()
-                seq[:, p] = embeddings[l][:, p]
+                seq[..., p, :] = embeddings[l][..., p, :]
                 token_mask = empty_mask.clone()
                 token_mask[:, p] = 1
                 cond[l] = self._cond(index, seq, l, mask=token_mask)
-            yield (p, self.lensed.tokens[index][p]), (cond, uncond, embeddings)
+            yield (p, self.lensed.tokens[index][p]), (cond, uncond, vectors)

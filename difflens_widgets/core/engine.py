@@ -167,7 +167,10 @@ class Lens:
         norm = self.adapter.own_final_norm if final_norm is None else final_norm
         encoded = self.adapter.encode(prompts)
         vectors = {
-            l: self.adapter.lens_layer(encoded.hidden_states, l, slice(0, 1), norm)[0].float().cpu().numpy()
+            l: self.adapter.lens_vectors(self.adapter.lens_layer(encoded.hidden_states, l, slice(0, 1), norm))[0]
+            .float()
+            .cpu()
+            .numpy()
             for l in layer_list
         }
         return vectors, Tokens.shown_in(encoded, 0)
@@ -276,6 +279,7 @@ class Lens:
         default_h, default_w = self.adapter.default_size()
         height = validate.check_size("height", default_h if height is None else height, self.adapter.size_multiple)
         width = validate.check_size("width", default_w if width is None else width, self.adapter.size_multiple)
+        self.adapter.check_size(height, width)
         snapshot_every = validate.check_positive_int("snapshot_every", snapshot_every)
         max_batch = validate.check_positive_int("max_batch", max_batch)
         final_norm = validate.check_flag("final_norm", final_norm, allow_none=True)
