@@ -170,10 +170,21 @@ def test_z_image_hands_the_transformer_the_real_positions_only(z_image, count_ca
         lens.resolve(PROMPT, tokens="padding")
 
 
-def test_z_image_says_what_it_does_not_read_yet(z_image):
+def test_z_image_maps_read_the_caption_after_the_padded_image(z_image):
     lens = dl.Lens(z_image)
-    with pytest.raises(ValueError, match="attention maps are not read for Z-Image yet"):
-        lens.resolve(PROMPT, attention=True, **ZRUN)
+    options = dict(ZRUN, layers=[3], attention=True, attention_steps="0", use_cache=False)
+    guided = lens.run(PROMPT, guidance_scale=4.0, **options)  # the negative's shorter caption in the same batch
+    plain = lens.run(PROMPT, guidance_scale=0.0, **options)
+    np.testing.assert_allclose(guided.attention_maps[(3, 0)], plain.attention_maps[(3, 0)], rtol=1e-5, atol=1e-7)
+    assert prompt_words(guided) == ["a", "red", "cat", "left", "of", "blue", "dog"]
+    real = int(lens.adapter.encode([PROMPT]).mask[0].sum())  # template and words; 16 image tokens padded to 32
+    rows = np.flatnonzero(guided.attention_maps[(3, 0)].any(axis=(1, 2)))
+    assert rows.tolist() == list(range(real)) and guided.attention(3, "dog").shape == (32, 32)
+    per_token = lens.run(PROMPT, per_token=True, **options)
+    empty = int(lens.adapter.encode([""]).mask[0].sum())
+    dog = per_token[-1]
+    rows = np.flatnonzero(dog.attention_maps[(3, 0)].any(axis=(1, 2)))
+    assert rows.tolist() == sorted({*range(empty), dog.params["token_position"]})
     from difflens_widgets.denoiser import taps
 
     with pytest.raises(ValueError, match="the denoiser taps do not read Z-Image yet"):

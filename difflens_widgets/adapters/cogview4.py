@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from .denoising import TextInCall
 from .encoders import TextEncoderSpec
 from .family import FamilyAdapter
 from .lens import Part, real_first
@@ -87,7 +88,8 @@ class CogView4Adapter(FamilyAdapter):
         # every block's joint attention over [text; image] (queries and keys alike)
         return [(n, m, "text_first") for n, m in self.denoiser.named_modules() if n.endswith(".attn1")]
 
-    def attention_positions(self, cond: dict) -> list[int] | None:
-        return cond["prompt_attention_mask"][0].nonzero().flatten().tolist()
+    def text_in_call(self, cond: dict, kwargs: dict, height: int, width: int) -> TextInCall:
+        positions = cond["prompt_attention_mask"][0].nonzero().flatten().tolist()  # packed first, in order
+        return TextInCall(len(positions), positions)
 
     image_stream = 0  # its blocks return (image, text)

@@ -5,9 +5,23 @@ A mixin of every family adapter; families override what differs (flow schedules,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass(frozen=True)
+class TextInCall:
+    """The text of one denoiser call as its attention sees it: ``length`` positions (a family's own padding
+    included), of which the first ``len(positions)`` are the lensed encoder's ``positions`` in that order (None:
+    position i is text index i); ``image_tokens`` image queries (None: every query that is not text); the text
+    starts at ``start`` in an image-first sequence (None: it ends the sequence)."""
+
+    length: int
+    positions: list[int] | None = None
+    image_tokens: int | None = None
+    start: int | None = None
 
 
 class DenoiserTaps:
@@ -80,11 +94,10 @@ class DenoiserTaps:
         blocks, whose keys are all text and queries all image."""
         return [(n, m, self.attention_layout) for n, m in self.denoiser.named_modules() if n.endswith("attn2")]
 
-    def attention_positions(self, cond: dict) -> list[int] | None:
-        """The lensed encoder's positions of the text the denoiser attends to under conditioning ``cond``, in its
-        order (None: text index i is position i, for every family that hands its text on uncut or only cut at
-        the end)."""
-        return None
+    def text_in_call(self, cond: dict, kwargs: dict, height: int, width: int) -> TextInCall:
+        """Where the text sits in the denoiser's attention for one pipeline call (``kwargs``) whose items are
+        conditioned like ``cond``: by default, the pipeline's ``prompt_embeds`` as they are, at their positions."""
+        return TextInCall(int(kwargs["prompt_embeds"].shape[1]))
 
     def attention_text(self) -> slice | None:
         """Where the lensed encoder's tokens sit in the text sequence the denoiser attends to (None: nowhere, as

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .denoising import TextInCall
 from .encoders import TextEncoderSpec
 from .family import FamilyAdapter
 from .lens import Part, real_first
@@ -73,8 +74,9 @@ class Lumina2Adapter(FamilyAdapter):
         return [(n, m, "text_first") for n, m in self.denoiser.named_modules() if n.startswith("layers.")
                 and n.endswith(".attn")]  # fmt: skip
 
-    def attention_positions(self, cond: dict) -> list[int] | None:
-        return cond["prompt_attention_mask"][0].nonzero().flatten().tolist()
+    def text_in_call(self, cond: dict, kwargs: dict, height: int, width: int) -> TextInCall:
+        positions = cond["prompt_attention_mask"][0].nonzero().flatten().tolist()  # packed first, in order
+        return TextInCall(len(positions), positions)
 
     def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
         raise ValueError(

@@ -7,8 +7,8 @@ pipeline's own conditioning, and ``final_norm=True`` applies Qwen3's final RMS n
 ``pos + g·(pos − neg)``: on for any scale above 0 (the Turbo model runs with 0), both branches in one batch with
 the conditional one first. Only the user's words are shown; the template's tokens are the family's business.
 
-Not read yet: attention maps (the single-stream transformer packs each image's tokens and its own number of text
-tokens into one padded sequence) and the denoiser taps (it takes a list of latents, not a batch).
+Attention maps read the main layers' attention over [image; caption] (each padded to a multiple of 32 tokens), the
+conditional half of the batch. Not read yet: the denoiser taps (it takes a list of latents, not a batch).
 """
 
 from __future__ import annotations
@@ -17,12 +17,19 @@ import math
 
 import torch
 
+from .denoising import TextInCall
 from .encoders import TextEncoderSpec, chat_prompt
 from .family import FamilyAdapter
 from .lens import Part
 
 TOKENS = 512  # the pipeline's default max_sequence_length
 SIZE = 1024  # the pipeline's default height and width
+PATCH = 2  # the pipeline's default patch_size
+SEQUENCE_MULTIPLE = 32  # the transformer pads image and caption tokens to multiples of this
+
+
+def _padded(tokens: int) -> int:
+    return math.ceil(tokens / SEQUENCE_MULTIPLE) * SEQUENCE_MULTIPLE
 
 
 class ZImageAdapter(FamilyAdapter):
@@ -70,10 +77,17 @@ class ZImageAdapter(FamilyAdapter):
         return math.lcm(8, 2 * int(self.pipe.vae_scale_factor))  # latents are patchified 2×2
 
     def attention_sites(self) -> list:
-        raise ValueError(
-            "attention maps are not read for Z-Image yet: its single-stream transformer packs each image's tokens "
-            "and its own number of text tokens into one padded sequence"
-        )
+        # the main layers attend over [image; caption], each padded to a multiple of 32 (the refiners see one side)
+        return [(n, m, "image_first") for n, m in self.denoiser.named_modules() if n.startswith("layers.")
+                and n.endswith(".attention")]  # fmt: skip
+
+    def text_in_call(self, cond: dict, kwargs: dict, height: int, width: int) -> TextInCall:
+        """Per item: the image's tokens, padded to a multiple of 32, then the caption's real tokens (in order),
+        padded likewise; a batch with longer captions (the negative's) pads after that."""
+        positions = cond["prompt_attention_mask"][0].nonzero().flatten().tolist()
+        side = int(self.pipe.vae_scale_factor) * PATCH
+        image = (height // side) * (width // side)
+        return TextInCall(_padded(len(positions)), positions, image_tokens=image, start=_padded(image))
 
     def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
         raise ValueError("the denoiser taps do not read Z-Image yet: its transformer takes a list of latents")

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..adapters.denoising import TextInCall
+
 GUIDANCE_LAYOUTS = ("batch", "batch-conditional-first", "calls")
 _local = threading.local()  # the capture active in this thread, and the site being called
 _patch_guard = threading.Lock()
@@ -95,22 +97,18 @@ class AttentionCapture:
         self.items: dict[tuple[int, int], _Item] = {}
         self._chunk: list[tuple[int, int]] = []
         self._cfg = False
-        self._text_len = 0
-        self._positions: list[int] | None = None
+        self._text = TextInCall(0)
         self._step = 0
         self._handles: list = []
         self._grids_seen: set[int] = set()  # query-grid sides of the sites called in the first step
         self._kept = False  # whether any site's map was kept in the first step
 
     # ---- the pipeline call ---------------------------------------------------------------------------------------
-    def begin_call(
-        self, chunk: list[tuple[int, int]], cfg: bool, text_len: int, positions: list[int] | None = None
-    ) -> None:
+    def begin_call(self, chunk: list[tuple[int, int]], cfg: bool, text: TextInCall | int) -> None:
         """A new pipeline call for ``chunk``'s (layer, seed) items (padding repeats the last one), with guidance or
-        not, over a text sequence of ``text_len`` positions: the lensed encoder's ``positions`` in that order (None:
-        its positions from 0, uncut; a family that packs its real tokens first says where each came from)."""
-        self._chunk, self._cfg, self._text_len, self._step = list(chunk), cfg, int(text_len), 0
-        self._positions = positions
+        not, whose text sits in the attention as ``text`` says (an int: that many positions, uncut)."""
+        self._chunk, self._cfg, self._step = list(chunk), cfg, 0
+        self._text = text if isinstance(text, TextInCall) else TextInCall(int(text))
 
     def step_done(self) -> None:
         """After each denoiser step; after the first, refuses a selection of sites that kept nothing (before any
@@ -160,15 +158,16 @@ class AttentionCapture:
             return  # the unconditional call of this step
         batch, heads, n_query, dim = query.shape
         n_key = key.shape[2]
-        text_len = self._text_len
+        text_len, image = self._text.length, self._text.image_tokens
         if site.layout == "text":
             queries, keys = slice(0, n_query), slice(0, n_key)
         elif site.layout == "added_kv":
             queries, keys = slice(0, n_query), slice(0, text_len)
         elif site.layout == "text_first":
-            queries, keys = slice(text_len, n_query), slice(0, text_len)
+            queries, keys = slice(text_len, n_query if image is None else text_len + image), slice(0, text_len)
         elif site.layout == "image_first":
-            queries, keys = slice(0, n_query - text_len), slice(n_query - text_len, n_key)
+            start = n_query - text_len if self._text.start is None else self._text.start
+            queries, keys = slice(0, start if image is None else image), slice(start, start + text_len)
         else:  # pragma: no cover - a family declares one of the layouts above
             raise ValueError(f"unknown attention layout {site.layout!r}")
         n_image = queries.stop - queries.start
@@ -237,15 +236,16 @@ class AttentionCapture:
     def _placed(self, array: np.ndarray, axis: int, length: int | None) -> np.ndarray:
         """``array``, whose ``axis`` runs over the text the denoiser attended to, with that axis running over the
         lensed encoder's ``length`` positions instead (zeros where the denoiser had no text)."""
-        if length is None or (self._positions is None and array.shape[axis] >= length):
+        positions = self._text.positions
+        if length is None or (positions is None and array.shape[axis] >= length):
             return array
         shape = list(array.shape)
         shape[axis] = length
         placed = np.zeros(shape, dtype=array.dtype)
-        rows = self._positions if self._positions is not None else list(range(array.shape[axis]))
+        rows = positions if positions is not None else list(range(array.shape[axis]))
         index: list = [slice(None)] * array.ndim
         index[axis] = rows
-        placed[tuple(index)] = array
+        placed[tuple(index)] = np.take(array, range(len(rows)), axis=axis)  # past them: the family's own padding
         return placed
 
 

@@ -630,9 +630,8 @@ class Lens:
         latents_finite: list = [None]  # per image: the final latents finite (read at the last step's callback)
 
         if job.capture is not None:
-            positions = self.adapter.attention_positions(job.cond[chunk[0][0]])
-            text_len = kwargs["prompt_embeds"].shape[1] if positions is None else len(positions)
-            job.capture.begin_call(chunk, job.cfg, text_len, positions)
+            text = self.adapter.text_in_call(job.cond[chunk[0][0]], kwargs, run.height, run.width)
+            job.capture.begin_call(chunk, job.cfg, text)
 
         def on_step_end(pipe, i, t, tensors):
             state.done += 1
