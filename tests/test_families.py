@@ -51,12 +51,14 @@ def own_image(pipe, lens, guidance, size):
 
 
 @pytest.mark.parametrize("family", list(TINY_FAMILIES))
-def test_each_family_reproduces_its_own_image_at_its_own_layer(family):
+def test_each_family_reproduces_its_own_image_at_its_own_layer(family, count_calls):
     pipe = TINY_FAMILIES[family]()
     lens = dl.Lens(pipe)
     blocks, own, guidance, size = EXPECTED[family]
     assert lens.adapter.family == family and lens.num_layers == blocks and lens.adapter.own_layer == own
+    encoders = [count_calls(getattr(pipe, spec.component)) for spec in lens.adapter.specs]
     res = lens.run(PROMPT, seeds=0, num_inference_steps=3, guidance_scale=guidance, other_encoders="normal", **size)
+    assert [len(calls) for calls in encoders] == [1] * len(encoders)  # one pass each, whatever the layers
     assert res.layers == list(range(blocks + 1)) and len(res.images) == blocks + 1
     reference = own_image(pipe, lens, guidance, size)
     assert np.abs(pixels(res.image(own)) - pixels(reference)).max() <= 2
