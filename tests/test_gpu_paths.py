@@ -426,3 +426,13 @@ def test_dashboard_says_when_memory_ran_out(monkeypatch):
         "GPU memory: out of memory at 10 images per call; retried at 5; "
         "out of memory at 5 images per call; retried at 2"
     )
+
+
+@pytest.mark.parametrize("build", [testing.tiny_flux2_klein, testing.tiny_qwen_image, testing.tiny_hidream])
+def test_language_model_families_run_under_model_offload(build):
+    """The 4–24 B encoders of these families share a GPU with the denoiser only through offload: each component
+    moves to the execution device for its own pass and back, and the lens's images do not change."""
+    plain = dl.Lens(build()).run(PROMPT, layers=[1, 4], seeds=[0], num_inference_steps=2, use_cache=False)
+    pipe = dl.load_pipeline(build(), device="cpu", offload="model")
+    offloaded = dl.Lens(pipe).run(PROMPT, layers=[1, 4], seeds=[0], num_inference_steps=2, use_cache=False)
+    assert max_pixel_difference(offloaded, plain) <= ROUNDING
