@@ -451,3 +451,29 @@ def test_hidream_per_token_t5_and_the_sizes_it_draws(hidream):
     assert sorted(t5.run(PROMPT, layers=[0, 3], **RUN).images) == [(0, 0), (3, 0)]
     with pytest.raises(ValueError, match=r"HiDream draws every image at its own area \(32² pixels\), so 64×64"):
         lens.resolve(PROMPT, height=64, width=64)
+
+
+def test_the_dashboard_offers_hidreams_encoders_and_lenses_the_one_picked(hidream):
+    dash = dl.LensDashboard(hidream)
+    info = dash.model_info
+    assert info["family"] == "hidream" and info["encoder"] == "text_encoder_4" and info["several_encoders"]
+    assert info["encoders"] == ["text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4"]
+    dash.encoder = "text_encoder_3"
+    dash.prompt, dash.num_inference_steps, dash.layers = PROMPT, 1, "1,3"
+    dash.run()
+    assert dash.wait(60) and dash.status == "done", dash.message
+    assert [f["layer"] for f in dash.frames] == [1, 3] and dash.model_info["encoder"] == "text_encoder_3"
+
+
+def test_the_command_line_runs_a_saved_language_model_family_and_maps_its_words(tmp_path, capsys):
+    from PIL import Image
+
+    from difflens_widgets.cli import main
+
+    testing.tiny_qwen_image().save_pretrained(tmp_path / "qwen")
+    out = tmp_path / "grid.png"
+    argv = ["run", PROMPT, "--model", str(tmp_path / "qwen"), "--layers", "2,4", "--steps", "1", "--device", "cpu"]
+    assert main(argv + ["--attention", "dog", "--out", str(out)]) == 0
+    written = capsys.readouterr().out
+    assert "layers [2, 4]" in written and "grid_attention_dog.png" in written
+    assert Image.open(out).size[0] > 2 * 32 and (tmp_path / "grid_attention_dog.png").exists()
