@@ -442,6 +442,22 @@ def test_hidream_stops_the_encoder_at_layer_l(hidream, count_calls):
     assert res.embeddings[4].shape == hidden[4][0].shape and shown_words(res.tokens)[1:] == WORDS
 
 
+def test_hidream_maps_a_llama_word_on_both_of_its_copies(hidream):
+    options = dict(RUN, layers=[2], attention=True, attention_steps="0", use_cache=False)
+    llama = dl.Lens(hidream)
+    guided = llama.run(PROMPT, guidance_scale=4.0, **options)  # [negative; prompt] in one batch
+    plain = llama.run(PROMPT, guidance_scale=1.0, **options)
+    np.testing.assert_allclose(guided.attention_maps[(2, 0)], plain.attention_maps[(2, 0)], rtol=1e-5, atol=1e-8)
+    assert prompt_words(guided) == ["a", "red", "cat", "left", "of", "blue", "dog"]
+    sites = [name for name, _, _ in llama.adapter.attention_sites()]
+    assert sites == ["double_stream_blocks.0.block.attn1", *[f"single_stream_blocks.{i}.block.attn1" for i in (0, 1)]]
+    assert llama.adapter.attention_text() == [slice(128, 256), slice(256, 384)]  # after T5's 128 positions
+    t5 = dl.Lens(hidream, encoder="text_encoder_3")
+    assert t5.adapter.attention_text() == slice(0, 128)
+    t5_maps = t5.run(PROMPT, **options).attention_maps[(2, 0)]
+    assert t5_maps.shape == guided.attention_maps[(2, 0)].shape and not np.allclose(t5_maps, plain.attention_maps[(2, 0)])
+
+
 def test_hidream_per_token_t5_and_the_sizes_it_draws(hidream):
     lens = dl.Lens(hidream)
     per_token = lens.run(PROMPT, layers=[2], per_token=True, num_inference_steps=1)

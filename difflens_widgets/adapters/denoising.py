@@ -99,7 +99,8 @@ class DenoiserTaps:
         conditioned like ``cond``: by default, the pipeline's ``prompt_embeds`` as they are, at their positions."""
         return TextInCall(int(kwargs["prompt_embeds"].shape[1]))
 
-    def attention_text(self) -> slice | None:
+    def attention_text(self) -> slice | list[slice] | None:
         """Where the lensed encoder's tokens sit in the text sequence the denoiser attends to (None: nowhere, as
-        for an encoder that only gives a pooled vector)."""
+        for an encoder that only gives a pooled vector; several slices: the text holds them more than once, and a
+        token's map is the attention on all its copies)."""
         return slice(0, None)

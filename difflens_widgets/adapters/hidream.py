@@ -10,8 +10,10 @@ tap deeper than l reads layer l instead, ``min(k, l)``, the shallower ones keep 
 pipeline takes them (raw, the last layer normed); ``final_norm=True`` normalises every tap. A result's lens
 embedding of layer l is hˡ itself (the deepest entry of the stack).
 
-Lensing ``text_encoder_3`` (T5) reads it like FLUX's T5; the CLIPs give only the pooled vector. Attention maps and
-denoiser taps do not read HiDream's mixture-of-experts blocks yet (a clear error says so).
+Lensing ``text_encoder_3`` (T5) reads it like FLUX's T5; the CLIPs give only the pooled vector. Attention maps read
+every block's attention over [image; T5; the deepest Llama tap; the block's own tap]: a Llama word's map is the
+attention that lands on both of its copies. The denoiser taps do not read HiDream's blocks yet (a clear error says
+so).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 import torch
 
 from . import encoders as enc
+from .denoising import TextInCall
 from .encoders import TextEncoderSpec
 from .family import FamilyAdapter
 from .lens import EncodedPrompts, Part
@@ -141,10 +144,26 @@ class HiDreamAdapter(FamilyAdapter):
             )
 
     def attention_sites(self) -> list:
-        raise ValueError(
-            "attention maps are not read for HiDream yet: its blocks attend through their own mixture-of-experts "
-            "processors over [image; T5; one Llama layer]"
-        )
+        # every block's attention over [image; T5; the last Llama tap; this block's Llama tap]
+        return [(n, m, "image_first") for n, m in self.denoiser.named_modules() if n.endswith(".attn1")]
+
+    def attention_text(self) -> slice | list[slice] | None:
+        """Where the lensed encoder's tokens sit in the blocks' text: T5's first; Llama's twice — the deepest tap,
+        carried from block to block, then the block's own — and a word's map is what lands on both."""
+        t5, llama = (enc.max_length(self.pipe, s) for s in self.specs if s.component in ("text_encoder_3", LLAMA))
+        if self.spec.component == "text_encoder_3":
+            return slice(0, t5)
+        if self.lenses_llama:
+            return [slice(t5, t5 + llama), slice(t5 + llama, t5 + 2 * llama)]
+        return None  # a CLIP gives only the pooled vector
+
+    def text_in_call(self, cond: dict, kwargs: dict, height: int, width: int) -> TextInCall:
+        t5, llama = kwargs["prompt_embeds_t5"].shape[1], kwargs["prompt_embeds_llama3"].shape[-2]
+        side = self.size_multiple  # the VAE's factor × the 2×2 patches
+        image = (height // side) * (width // side)
+        # a non-square image's tokens are padded to the transformer's longest image sequence
+        start = image if height == width else int(self.denoiser.max_seq)
+        return TextInCall(t5 + 2 * llama, image_tokens=image, start=start)
 
     def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
         raise ValueError(

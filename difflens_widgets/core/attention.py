@@ -84,7 +84,12 @@ class AttentionCapture:
     """Accumulates every chunk item's maps while the pipeline runs (see the module docstring)."""
 
     def __init__(
-        self, sites: list[Site], settings: AttentionSettings, text: slice, aspect: float, guidance: str = "batch"
+        self,
+        sites: list[Site],
+        settings: AttentionSettings,
+        text: slice | list[slice],
+        aspect: float,
+        guidance: str = "batch",
     ):
         """``guidance``: where the conditional branch is when classifier-free guidance is on: ``"batch"`` (the
         second half of one batch, diffusers' [unconditional; conditional]), ``"batch-conditional-first"`` (the
@@ -185,7 +190,9 @@ class AttentionCapture:
         with torch.no_grad():
             heads_probs = [self._head(query, key, attn_mask, rows, h, queries, keys, scale) for h in chosen]
             probs = torch.stack(heads_probs).mean(0)  # (items, image queries, text keys), averaged over heads
-        lensed = probs[..., self.text]  # the lensed encoder's positions in the text sequence
+        # the lensed encoder's positions in the text sequence (where the text holds them twice: both copies' share)
+        slices = self.text if isinstance(self.text, list) else [self.text]
+        lensed = torch.stack([probs[..., s] for s in slices]).sum(0)
         maps = lensed.transpose(1, 2).reshape(lensed.shape[0], lensed.shape[2], *grid).cpu()
         for index, item in enumerate(self._chunk[: maps.shape[0]]):
             if index > 0 and item == self._chunk[index - 1]:
