@@ -455,7 +455,9 @@ def test_hidream_maps_a_llama_word_on_both_of_its_copies(hidream):
     t5 = dl.Lens(hidream, encoder="text_encoder_3")
     assert t5.adapter.attention_text() == slice(0, 128)
     t5_maps = t5.run(PROMPT, **options).attention_maps[(2, 0)]
-    assert t5_maps.shape == guided.attention_maps[(2, 0)].shape and not np.allclose(t5_maps, plain.attention_maps[(2, 0)])
+    assert t5_maps.shape == guided.attention_maps[(2, 0)].shape and not np.allclose(
+        t5_maps, plain.attention_maps[(2, 0)]
+    )
 
 
 def test_hidream_per_token_t5_and_the_sizes_it_draws(hidream):
@@ -493,3 +495,28 @@ def test_the_command_line_runs_a_saved_language_model_family_and_maps_its_words(
     written = capsys.readouterr().out
     assert "layers [2, 4]" in written and "grid_attention_dog.png" in written
     assert Image.open(out).size[0] > 2 * 32 and (tmp_path / "grid_attention_dog.png").exists()
+
+
+def test_a_sweep_over_a_language_model_family_stores_what_lens_run_draws(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from difflens_widgets import sweeps
+
+    testing.tiny_lumina2().save_pretrained(tmp_path / "lumina2")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (PROMPT, "a blue cat")))
+    options = dict(layers="1,3", seeds="0", num_inference_steps=1)
+    out = tmp_path / "sweep"
+    report = dl.sweep(prompts, out, model=str(tmp_path / "lumina2"), scorers=[], attention=True, log=lambda *_: None,
+                      **options)  # fmt: skip
+    assert report.processed == 2 and report.images == 4
+    rows = sweeps.load_rows(out)
+    lens = dl.Lens(dl.load_pipeline(str(tmp_path / "lumina2")))
+    for row in rows.itertuples():
+        expected = lens.run(row.prompt, layers=[row.layer], seeds=[0], num_inference_steps=1).image(row.layer)
+        stored = np.asarray(Image.open(out / row.image), dtype=int)
+        assert np.abs(stored - np.asarray(expected, dtype=int)).max() <= 1
+        words = set(json.loads(row.attention))  # the prompt's words, never the system prompt's
+        assert "cat" in words and words <= {"a", "red", "cat", "left", "of", "blue", "dog"}
