@@ -38,6 +38,7 @@ def test_taps_on_every_family_leave_the_pipeline_as_it_was(family):
         guidance_scale=3.0,
         generator=torch.Generator().manual_seed(0),
         output_type="np",
+        **dict(zip(("height", "width"), adapter.default_size())),
         **denoiser._call_kwargs(pipe, adapter),
     )
     before = pipe(prompt="a red circle", **kwargs).images

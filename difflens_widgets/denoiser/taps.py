@@ -264,6 +264,7 @@ def generation_features(
     features = Features(list(chosen), [])
     device = execution_device(pipe)
     guided = adapter.guides(guidance_scale)
+    height, width = adapter.default_size()  # the size image_features and the lens draw at
     for prompt in prompts:
         for seed in seed_list:
             sink: dict[str, list[torch.Tensor]] = {}
@@ -273,6 +274,8 @@ def generation_features(
                     num_inference_steps=steps,
                     **adapter.guidance_kwargs(guidance_scale),
                     generator=torch.Generator(device).manual_seed(seed),
+                    height=height,
+                    width=width,
                     **_call_kwargs(pipe, adapter),
                 )
             features.images.append(out.images[0])
