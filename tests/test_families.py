@@ -311,3 +311,14 @@ def test_chroma_keeps_the_first_padding_token_and_guides_in_a_call_of_its_own(co
     assert opened.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]  # a per-token mask keeps its holes
     with pytest.raises(ValueError, match="tokens='padding' is meaningless for chroma"):
         lens.resolve(PROMPT, tokens="padding")
+
+
+@pytest.mark.parametrize("family", list(TINY_FAMILIES))
+def test_every_family_says_what_a_run_will_hold_before_running(family, count_calls):
+    pipe = TINY_FAMILIES[family]()
+    lens = dl.Lens(pipe)
+    _, _, _, size = EXPECTED[family]
+    denoiser = count_calls(lens.adapter.denoiser)
+    plan = lens.run(PROMPT, dry_run=True, **{k: v for k, v in size.items() if k in ("height", "width")})
+    assert len(denoiser) == 0 and plan["memory"]["text_pass_bytes"] > 0  # nothing denoised
+    assert lens.adapter.text_width == lens.adapter.encode([PROMPT]).hidden_states[0].shape[-1]

@@ -245,9 +245,9 @@ class LensAdapter:
 
     @property
     def text_width(self) -> int:
-        """The lensed encoder's hidden width (``hidden_size``; T5's ``d_model``)."""
-        config = self.text_encoder.config
-        return int(getattr(config, "hidden_size", None) or config.d_model)
+        """The lensed encoder's hidden width: its final norm's, which every layout has (CLIP's, T5's ``d_model``, a
+        vision-language model's text half, whose width its top-level config does not hold)."""
+        return int(enc.final_norm(self.text_encoder).weight.shape[0])
 
     @property
     def encoder_name(self) -> str:
