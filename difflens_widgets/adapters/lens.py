@@ -247,8 +247,8 @@ class LensAdapter:
     def text_width(self) -> int:
         """The lensed encoder's hidden width: its final norm's, which every layout has (CLIP's, T5's ``d_model``, a
         vision-language model's text half, whose width its top-level config does not hold)."""
-        weight: torch.Tensor = enc.final_norm(self.text_encoder).weight
-        return int(weight.shape[0])
+        norm: Any = enc.final_norm(self.text_encoder)
+        return int(norm.weight.shape[0])
 
     @property
     def encoder_name(self) -> str:
