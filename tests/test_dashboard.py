@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import difflens_widgets as dl
-from difflens_widgets.testing import tiny_stable_diffusion
+from difflens_widgets.testing import TINY_FAMILIES, tiny_stable_diffusion
 
 
 @pytest.fixture
@@ -278,3 +278,19 @@ def test_attention_maps_reach_the_front_end(dash):
     dash.attention = False
     dash.run()
     assert dash.wait(60) and dash.attention_maps == {}
+
+
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
+def test_the_dashboard_runs_every_family_in_one_step_with_maps(family):
+    """The dashboard's own defaults (previews on) at one step, with attention maps: every family draws, and its
+    word chips name the prompt's words."""
+    pipe = TINY_FAMILIES[family]()
+    dash = dl.LensDashboard(pipe)
+    dash.prompt, dash.num_inference_steps, dash.layers, dash.attention = "a red circle", 1, "1", True
+    if family in ("flux", "flux2", "flux2-klein", "stable-diffusion-3"):
+        dash.height = dash.width = 32  # the pipelines' own default sizes are large
+    dash.run()
+    assert dash.wait(120) and dash.status == "done", dash.message
+    assert [f["layer"] for f in dash.frames] == [1]
+    words = [w["label"] for w in dash.attention_maps["words"]]
+    assert {"red", "circle"} <= set(words), words

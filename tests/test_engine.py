@@ -314,3 +314,14 @@ def test_long_prompt_warns_naming_cut_words(lens):
     long = "a red circle and a blue square and a green circle and a red square left of a cat"
     with pytest.warns(UserWarning, match="cut: .*cat"):
         lens.run(long, layers=[4], num_inference_steps=1)
+
+
+def test_snapshots_leave_the_schedulers_tuple_as_the_pipeline_reads_it():
+    """PixArt's pipeline reads the scheduler's ``[1]`` (the predicted clean sample) when it runs one step: with
+    snapshots on (the dashboard's default), the recorded step must still return the scheduler's own tuple."""
+    from difflens_widgets.testing import tiny_pixart
+
+    lens = dl.Lens(tiny_pixart())
+    plain = lens.run(PROMPT, layers=[1, 3], num_inference_steps=1, use_cache=False)
+    snapped = lens.run(PROMPT, layers=[1, 3], num_inference_steps=1, snapshot_every=1, use_cache=False)
+    assert max_diff(snapped.image(3), plain.image(3)) == 0 and [s for s, _ in snapped.snapshots[(3, 0)]] == [1]

@@ -73,7 +73,7 @@ def recording_predictions(scheduler, sink: list):
         return_dict = kwargs.pop("return_dict", True)
         out = original(*args, return_dict=True, **kwargs)
         sink[:] = [getattr(out, "pred_original_sample", None)]
-        return out if return_dict else (out.prev_sample,)
+        return out if return_dict else out.to_tuple()  # as the scheduler's own tuple (PixArt reads [1] at 1 step)
 
     scheduler.step = step
     try:
