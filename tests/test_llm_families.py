@@ -520,3 +520,18 @@ def test_a_sweep_over_a_language_model_family_stores_what_lens_run_draws(tmp_pat
         assert np.abs(stored - np.asarray(expected, dtype=int)).max() <= 1
         words = set(json.loads(row.attention))  # the prompt's words, never the system prompt's
         assert "cat" in words and words <= {"a", "red", "cat", "left", "of", "blue", "dog"}
+
+
+@pytest.mark.parametrize("build", [testing.tiny_chroma, testing.tiny_flux2], ids=["chroma", "flux2"])
+def test_per_token_and_maps_name_the_prompts_tokens(build):
+    lens = dl.Lens(build())
+    layer = lens.adapter.own_layer
+    options = dict(layers=[layer], num_inference_steps=1, height=32, width=32)
+    per_token = lens.run(PROMPT, per_token=True, **options)
+    shown = Tokens.shown_in(lens.adapter.encode([PROMPT]), 0)
+    assert [r.params["token"] for r in per_token] == [shown[p] for p in shown.shown]
+    assert {w.replace("Ġ", "").replace("▁", "") for w in WORDS} <= {
+        r.params["token"].replace("Ġ", "").replace("▁", "") for r in per_token
+    }
+    mapped = lens.run(PROMPT, attention=True, **options)
+    assert prompt_words(mapped) == ["a", "red", "cat", "left", "of", "blue", "dog"]
