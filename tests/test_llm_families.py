@@ -535,3 +535,17 @@ def test_per_token_and_maps_name_the_prompts_tokens(build):
     }
     mapped = lens.run(PROMPT, attention=True, **options)
     assert prompt_words(mapped) == ["a", "red", "cat", "left", "of", "blue", "dog"]
+
+
+def test_a_run_keeps_only_the_hidden_states_its_layers_read(klein):
+    adapter = dl.Lens(klein).adapter
+    full = adapter.encode([PROMPT])
+    some = adapter.encode([PROMPT], layers=[3])  # taps 1, 2, 3; the pipeline's own 9, 18, 27 (negative, empty)
+    kept = [l for l, h in enumerate(some.hidden_states) if h is not None]
+    assert kept == [1, 2, 3, 9, 18, 27] and len(some.hidden_states) == 37
+    for layer in kept:
+        torch.testing.assert_close(some.hidden_states[layer], full.hidden_states[layer], rtol=0, atol=0)
+    lens = dl.Lens(klein)
+    few = lens.run(PROMPT, layers=[3], dry_run=True)["memory"]["text_pass_bytes"]
+    every = lens.run(PROMPT, dry_run=True)["memory"]["text_pass_bytes"]
+    assert few * 37 == every * 6  # six hidden states kept instead of 37

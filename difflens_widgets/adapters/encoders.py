@@ -63,9 +63,10 @@ class TextEncoderSpec:
 
 @dataclass
 class EncoderRun:
-    """One pass of one encoder over a batch of texts. ``hidden[l]`` is (batch, tokens, width), pre final norm."""
+    """One pass of one encoder over a batch of texts. ``hidden[l]`` is (batch, tokens, width), pre final norm (None
+    for a layer the pass was not asked to keep)."""
 
-    hidden: tuple[torch.Tensor, ...]
+    hidden: tuple[Any, ...]
     ids: torch.Tensor
     mask: torch.Tensor
     tokens: list[list[str]]
@@ -234,37 +235,64 @@ def run_encoder(
     skip_rows: int | None = None,
     spans: list[tuple[int, int] | None] | None = None,
     kept: list[list[int]] | None = None,
+    layers: set[int] | None = None,
 ) -> EncoderRun:
     """Tokenize ``texts`` exactly as the pipeline does and run the encoder once, keeping every hidden state before
-    the final norm. ``skip`` holds block numbers (1..L) whose output is replaced by their input, for the first
-    ``skip_rows`` texts (None: all). ``spans``: where the user's text sits in each (templated) text. ``kept``: the
-    positions of each text the pipeline hands on (Qwen-Image and Sana drop most of their instruction's), so that
-    every position the engine sees (tokens, words, attention maps) is one the denoiser sees."""
+    the final norm — or only ``layers`` of them (the others None: a 40-layer encoder read at two layers keeps two).
+    ``skip`` holds block numbers (1..L) whose output is replaced by their input, for the first ``skip_rows`` texts
+    (None: all). ``spans``: where the user's text sits in each (templated) text. ``kept``: the positions of each text
+    the pipeline hands on (Qwen-Image and Sana drop most of their instruction's), so that every position the
+    engine sees (tokens, words, attention maps) is one the denoiser sees."""
     encoder = getattr(pipe, spec.component)
     tokenizer, batch, _ = tokenize(pipe, spec, texts, offsets=spans is not None)
     device = execution_device(pipe)
     mask = batch.attention_mask.to(device)
     captured: list[torch.Tensor] = []
     owner = threading.get_ident()
+    stack_of_blocks = blocks(encoder)
+    count = len(stack_of_blocks)
+    states: dict[int, torch.Tensor] = {}
 
     def capture(module, args):  # only this pass's call: another thread may apply the norm meanwhile (a lens)
         if threading.get_ident() == owner:
             captured.append(args[0])
 
+    def keep_state(number: int):
+        def hook(module, args, kwargs, output=None):
+            if threading.get_ident() != owner:
+                return
+            if number == 0:  # the first block's input: the embeddings
+                states[0] = args[0] if args else kwargs["hidden_states"]
+            else:
+                states[number] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
     with object_lock(encoder), ExitStack() as stack, torch.no_grad():
         norm_hook = final_norm(encoder).register_forward_pre_hook(capture)
         stack.callback(norm_hook.remove)
         for number in skip:
-            stack.callback(_bypass(blocks(encoder)[number - 1], skip_rows))
+            stack.callback(_bypass(stack_of_blocks[number - 1], skip_rows))
+        for number in sorted(layers or ()):
+            if number == 0:
+                handle = stack_of_blocks[0].register_forward_pre_hook(keep_state(0), with_kwargs=True)
+            elif number < count:
+                handle = stack_of_blocks[number - 1].register_forward_hook(keep_state(number), with_kwargs=True)
+            else:
+                continue  # the last layer is the final norm's input, captured anyway
+            stack.callback(handle.remove)
         out = encoder(
             batch.input_ids.to(device),
             attention_mask=mask if spec.mask_to_encoder else None,
-            output_hidden_states=True,
+            output_hidden_states=layers is None,
             **(_language_model_kwargs(encoder) if spec.kind == "llm" else {}),
         )
-    hidden = list(out.hidden_states)
+    if layers is None:
+        hidden: list[torch.Tensor | None] = list(out.hidden_states)
+    else:
+        hidden = [states.get(number) for number in range(count + 1)]
     if captured:  # T5 and language models report their last state after the final norm, CLIP before: keep pre-norm
-        hidden[-1] = captured[-1]
+        hidden[-1] = captured[-1] if layers is None or count in layers else None
     tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in batch.input_ids.tolist()]
     run = EncoderRun(tuple(hidden), batch.input_ids, batch.attention_mask, tokens, word_positions(batch, spans))
     return run if kept is None else _gathered(run, kept)
@@ -281,7 +309,7 @@ def _gathered(run: EncoderRun, kept: list[list[int]]) -> EncoderRun:
         )
 
     return EncoderRun(
-        tuple(gather(h) for h in run.hidden),
+        tuple(None if h is None else gather(h) for h in run.hidden),
         gather(run.ids),
         gather(run.mask),
         [[tokens[p] for p in positions] for tokens, positions in zip(run.tokens, kept)],

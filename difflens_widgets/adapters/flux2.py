@@ -68,6 +68,9 @@ class Flux2KleinAdapter(FluxAdapter):
         """The layers stacked at lens layer ``layer``: the pipeline's taps scaled to that depth."""
         return [round(layer * tap / self.own_layer) for tap in self.taps]
 
+    def layers_read(self, layer: int) -> set[int]:
+        return set(self.tap_layers(layer))
+
     def lens_layer(self, hidden: tuple[torch.Tensor, ...], layer: int, rows: slice, final_norm: bool) -> torch.Tensor:
         stack = torch.stack([self.lens(hidden[k][rows], final_norm) for k in self.tap_layers(layer)], dim=1)
         batch, taps, tokens, width = stack.shape

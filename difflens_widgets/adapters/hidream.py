@@ -86,6 +86,16 @@ class HiDreamAdapter(FamilyAdapter):
         taps = {k: tap(k) for k in sorted({min(k, layer) for k in range(1, last + 1)})}
         return torch.stack([taps[min(k, layer)] for k in range(1, last + 1)])
 
+    def layers_read(self, layer: int) -> set[int]:
+        if not self.lenses_llama:
+            return {layer}
+        return {min(k, layer) for k in range(1, self.num_layers + 1)}  # as llama_stack takes them
+
+    def layers_of_own_conditioning(self, spec: TextEncoderSpec) -> set[int]:
+        if spec.component != LLAMA:
+            return super().layers_of_own_conditioning(spec)
+        return set(range(1, enc.num_blocks(getattr(self.pipe, LLAMA)) + 1))  # the whole stack
+
     def lens_layer(self, hidden: tuple[torch.Tensor, ...], layer: int, rows: slice, final_norm: bool) -> torch.Tensor:
         if not self.lenses_llama:
             return super().lens_layer(hidden, layer, rows, final_norm)

@@ -83,8 +83,13 @@ class EncodedPrompts:
     lensed: str
 
     @property
-    def hidden_states(self) -> tuple[torch.Tensor, ...]:
+    def hidden_states(self) -> tuple[Any, ...]:
+        """The lensed encoder's hidden states by layer (None where a run did not need one)."""
         return self.runs[self.lensed].hidden
+
+    @property
+    def device(self) -> torch.device:
+        return next(h for h in self.hidden_states if h is not None).device
 
     @property
     def token_ids(self) -> torch.Tensor:
@@ -303,9 +308,35 @@ class LensAdapter:
         }
 
     # ---- text side --------------------------------------------------------------------------------------------
-    def encode(self, texts: list[str], skip: tuple[int, ...] = (), prompts: int | None = None) -> EncodedPrompts:
+    def layers_read(self, layer: int) -> set[int]:
+        """The hidden states the lens of ``layer`` reads (FLUX.2 stacks three, HiDream all up to it)."""
+        return {layer}
+
+    def needed_layers(self, spec: TextEncoderSpec, layers: list[int] | None) -> set[int] | None:
+        """The hidden states of ``spec``'s encoder a run at ``layers`` reads (None: every one): the lensed encoder's
+        at those layers and at its own (the negative and the empty prompt), any other encoder's own."""
+        if layers is None:
+            return None
+        if spec is not self.spec:
+            return self.layers_of_own_conditioning(spec)
+        pooled = {enc.num_blocks(self.text_encoder)} if spec.pooled else set()  # its normal pooled vector
+        return set().union(*(self.layers_read(l) for l in [*layers, self.own_layer])) | pooled
+
+    def layers_of_own_conditioning(self, spec: TextEncoderSpec) -> set[int]:
+        """The hidden states the pipeline's own conditioning takes from ``spec``'s encoder (HiDream: all)."""
+        last = enc.num_blocks(getattr(self.pipe, spec.component))
+        return {last - 1 if spec.penultimate else last} | ({last} if spec.pooled else set())
+
+    def encode(
+        self,
+        texts: list[str],
+        skip: tuple[int, ...] = (),
+        prompts: int | None = None,
+        layers: list[int] | None = None,
+    ) -> EncodedPrompts:
         """Every encoder once over ``texts`` + the empty prompt; ``skip`` bypasses blocks of the lensed one for
-        the first ``prompts`` texts only (the negative and empty prompts keep their normal conditioning)."""
+        the first ``prompts`` texts only (the negative and empty prompts keep their normal conditioning). With
+        ``layers``, only the hidden states a run at those layers reads are kept (:meth:`needed_layers`)."""
         texts = self.preprocess(texts) + [""]
         rows = len(texts) - 1 if prompts is None else prompts
         negatives = range(0) if self.wraps_negative else range(rows, len(texts) - 1)
@@ -327,6 +358,7 @@ class LensAdapter:
                 [k if k is not None else list(range(length)) for k in kept]
                 if s is self.spec and any(k is not None for k in kept)
                 else None,
+                self.needed_layers(s, layers),
             )
             for s in self.specs
         }

@@ -63,7 +63,7 @@ class Conditioner:
         embeddings = {l: self.lens_at(l, index) for l in layers}
         sequences = dict(embeddings)
         if token_range != "all":
-            real = self.lensed.mask[index].bool().to(self.hidden[0].device)
+            real = self.lensed.mask[index].bool().to(self.lensed.device)
             keep = real if token_range == "prompt" else ~real
             neutral = self.normal_seq(self.empty)
             # tokens are the second-to-last axis (a family's conditioning may stack layers before it: HiDream)
@@ -82,7 +82,7 @@ class Conditioner:
         positions = self.lensed.words[index].nonzero().flatten().tolist()
         if not positions:
             raise ValueError("per_token needs a prompt with at least one token")
-        empty_mask = self.lensed.mask[self.empty : self.empty + 1].to(self.hidden[0].device)
+        empty_mask = self.lensed.mask[self.empty : self.empty + 1].to(self.lensed.device)
         embeddings = {l: self.lens_at(l, index) for l in layers}
         neutral = {l: self.lens_at(l, self.empty) for l in layers}
         uncond = self.unconditional()

@@ -165,7 +165,7 @@ class Lens:
         layer_list = validate.parse_layers(layers, self.num_layers)
         final_norm = validate.check_flag("final_norm", final_norm, allow_none=True)
         norm = self.adapter.own_final_norm if final_norm is None else final_norm
-        encoded = self.adapter.encode(prompts)
+        encoded = self.adapter.encode(prompts, layers=layer_list)
         vectors = {
             l: self.adapter.lens_vectors(self.adapter.lens_layer(encoded.hidden_states, l, slice(0, 1), norm))[0]
             .float()
@@ -390,9 +390,10 @@ class Lens:
         """What ``run`` will hold, in bytes, known before it runs: see :func:`memory.needs`."""
         source = run.source or self.adapter
         guided = self.adapter.guides(run.guidance_scale)
+        kept = source.needed_layers(source.spec, list(run.layers))
         return memory.needs(
             self.pipe.components,
-            hidden_states=run.num_layers + 1,
+            hidden_states=run.num_layers + 1 if kept is None else len(kept),
             texts=len(run.prompts) + 1 + int(guided),  # the prompts, the negative text, the empty prompt
             tokens=source.max_tokens_per_text,
             width=source.text_width,
@@ -466,8 +467,11 @@ class Lens:
         prompts = list(run.prompts)
         texts = prompts + ([run.negative_prompt or ""] if do_cfg else [])
         skip, count = run.skip_layers, len(prompts)  # knock-outs apply to the prompts, not the negative
-        encoded = self.adapter.encode(texts, skip if source is self.adapter else (), prompts=count)
-        lensed = encoded if source is self.adapter else source.encode(texts, skip, prompts=count)  # the one pass
+        layers = list(run.layers)  # only the hidden states a run at these layers reads are kept
+        encoded = self.adapter.encode(texts, skip if source is self.adapter else (), prompts=count, layers=layers)
+        lensed = (  # the one pass
+            encoded if source is self.adapter else source.encode(texts, skip, prompts=count, layers=layers)
+        )
         conditioner = Conditioner(self.adapter, source, run, encoded, lensed, do_cfg)
         results = []
         for index, text in enumerate(prompts):
