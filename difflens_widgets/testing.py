@@ -349,11 +349,10 @@ def tiny_chat_tokenizer(max_length: int = 64, bos: bool = False):
     return tokenizer
 
 
-def tiny_qwen3(tokenizer, num_layers: int = 4, width: int = 16):
-    """A Qwen3ForCausalLM of a few thousand parameters per layer (as FLUX.2 [klein] and Z-Image load theirs)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    config = Qwen3Config(
+def _small_language_model(tokenizer, num_layers: int, width: int, positions: int) -> dict:
+    """The config arguments every tiny decoder-only language model here shares: the tokenizer's vocabulary, two
+    query heads of 8 over one key/value head, an FFN twice the width."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=width,
         intermediate_size=2 * width,
@@ -361,8 +360,17 @@ def tiny_qwen3(tokenizer, num_layers: int = 4, width: int = 16):
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=8,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
         pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_qwen3(tokenizer, num_layers: int = 4, width: int = 16):
+    """A Qwen3ForCausalLM of a few thousand parameters per layer (as FLUX.2 [klein] and Z-Image load theirs)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        **_small_language_model(tokenizer, num_layers, width, positions=512),
     )
     return Qwen3ForCausalLM(config).eval()
 
@@ -504,18 +512,7 @@ def tiny_mistral3(tokenizer, num_layers: int = 40, width: int = 16):
     language model of a few thousand parameters per layer."""
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
-    text = dict(
-        model_type="mistral",
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = dict(model_type="mistral", **_small_language_model(tokenizer, num_layers, width, positions=1024))
     vision = dict(
         model_type="pixtral", hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
         head_dim=8, image_size=32, patch_size=16,
@@ -586,15 +583,7 @@ def tiny_gemma2(tokenizer, num_layers: int = 4, width: int = 16):
     from transformers import Gemma2Config, Gemma2Model
 
     config = Gemma2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
+        **_small_language_model(tokenizer, num_layers, width, positions=1024),
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
     )
@@ -684,17 +673,7 @@ def tiny_cogview4(seed: int = 0):
 
     torch.manual_seed(seed)
     tokenizer = tiny_chat_tokenizer(max_length=1024, bos=True)
-    config = GlmConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = GlmConfig(**_small_language_model(tokenizer, num_layers=4, width=16, positions=1024))
     transformer = CogView4Transformer2DModel(
         patch_size=2,
         in_channels=4,
@@ -725,15 +704,7 @@ def tiny_llama(tokenizer, num_layers: int = 4, width: int = 16):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
+        **_small_language_model(tokenizer, num_layers, width, positions=256),
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
     )
