@@ -1,6 +1,8 @@
 """Denoiser taps and probes (Revelio): every family's blocks, scoped hooks, probes that find a planted signal and
 nothing in shuffled labels, k-SAEs with exactly k active latents, and what the toy model's denoiser knows."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -286,9 +288,20 @@ def test_taps_probes_and_sae_report_progress_and_stop_on_cancel(tiny_pipe):
 
 
 @pytest.mark.slow
-def test_a_probing_view_shows_at_once_and_fills_in(tiny_pipe):
+def test_a_probing_view_shows_at_once_and_fills_in(tiny_pipe, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    real_probe = probes.probe
+
+    def held_probe(*args, **kwargs):  # hold the background job until the view's first state has been read
+        started.set()
+        release.wait(60)
+        return real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(probes, "probe", held_probe)
     view = dl.DenoiserView.probing(tiny_pipe, IMAGES, {"color": ["red", "blue", "red"]}, blocks=["mid"],
                                    timesteps=[100, 900])  # fmt: skip
-    assert view.status == "running" and view.message.startswith("probing the denoiser on 3 images")
+    assert started.wait(30)
+    assert view.status == "running" and view.message == "probing the denoiser on 3 images…"
+    release.set()
     assert view.wait(120) and view.status == "done" and list(view.tables) == ["color"]
     assert view.galleries  # the best state's k-SAE, trained in the same background job
