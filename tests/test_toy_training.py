@@ -3,6 +3,7 @@ resumable from a checkpoint or from carried weights, time-boxed), the exported p
 packing for a machine whose files come back in pieces."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from difflens_widgets.studies import campaign, train
 from difflens_widgets.studies.pool import build_pool, load_pool, parse_weights, render_scenes
 from difflens_widgets.toy.annotate import parse_caption
 from difflens_widgets.toy.tokenizer import build_tokenizer
-from difflens_widgets.toy.world import INVERSE_RELATION, World
+from difflens_widgets.toy.world import INVERSE_RELATION, Scene, ShapeObject, World, render
 
 TINY_UNET = ["--unet-channels", "32,32,64"]
 
@@ -83,6 +84,38 @@ def test_min_snr_weights_cap_the_clean_timesteps():
     assert torch.allclose(weights[snr <= 5], torch.ones_like(weights[snr <= 5]))
     assert torch.allclose(weights[snr > 5], 5 / snr[snr > 5]) and weights[0] < 0.01
     assert (train.min_snr_weights(alphas, None) == 1).all()
+
+
+def test_later_timesteps_are_drawn_as_often_as_asked():
+    assert train.timestep_weights(1000, 1.0) is None  # uniform: the seeded randint draw, unchanged
+    weights = train.timestep_weights(1000, 3.0)
+    assert weights.sum().item() == pytest.approx(1.0) and weights[999] == pytest.approx(3 * weights[0])
+    draws = torch.multinomial(weights, 40_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert (draws >= 500).float().mean().item() == pytest.approx(0.75, abs=0.01)  # 3 : 1 on the noisier half
+    with pytest.raises(ValueError, match="multiplier must be > 0 and the portion in"):
+        train.timestep_weights(1000, 0.0)
+
+
+def test_the_relation_check_tells_a_flipped_order_from_a_wrong_axis():
+    above = render(
+        Scene(
+            "",
+            "relation",
+            (ShapeObject("triangle", "red", "large", 20, 16, 11), ShapeObject("circle", "blue", "small", 44, 46, 7)),
+        )
+    )
+
+    def draws_one_scene(prompts, **_options):  # a "model" that draws the same arrangement whatever it is told
+        assert _options["height"] == _options["width"] == train.architecture.IMAGE_SIZE
+        return SimpleNamespace(images=[above] * len(prompts))
+
+    prompts = ["a red triangle above a blue circle", "a red triangle below a blue circle"]
+    result = train.relation_check(draws_one_scene, SimpleNamespace(generate_kwargs={}), prompts, seeds=(0,))
+    assert result["both"] == 1.0 and result["relation_given_both"] == 0.5 and result["axis_given_both"] == 1.0
+    left = train.relation_check(
+        draws_one_scene, SimpleNamespace(generate_kwargs={}), ["a red triangle left of a blue circle"]
+    )
+    assert left["relation_given_both"] == left["axis_given_both"] == 0.0
 
 
 def test_t5_toy_encoder_is_bidirectional_and_as_deep_as_the_clip_one(tokenizer):

@@ -7,7 +7,15 @@ import pytest
 from PIL import Image
 
 from difflens_widgets.toy import language
-from difflens_widgets.toy.annotate import Detection, annotate, ask, explain_color, judge, parse_caption
+from difflens_widgets.toy.annotate import (
+    Detection,
+    annotate,
+    ask,
+    explain_color,
+    judge,
+    parse_caption,
+    relation_axis,
+)
 from difflens_widgets.toy.tokenizer import MAX_LENGTH, build_tokenizer, learn_merges
 from difflens_widgets.toy.world import (
     BACKGROUND,
@@ -145,6 +153,19 @@ def test_annotator_positions_and_questions():
         ask(image, "how many shapes?")
     with pytest.raises(ValueError, match="not a shapes-world caption"):
         parse_caption("a cat on a mat")
+
+
+def test_relation_axis_tells_a_flipped_arrangement_from_a_wrong_axis():
+    red = ShapeObject("triangle", "red", "large", 20, 16, 11)
+    image = render(Scene("", "relation", (red, ShapeObject("circle", "blue", "small", 44, 46, 7))))
+    detections = annotate(image)
+    assert relation_axis(detections, "a red triangle above a blue circle") is True
+    flipped = "a red triangle below a blue circle"
+    assert relation_axis(detections, flipped) is True and not judge(detections, flipped)["relation"]
+    assert relation_axis(detections, "a red triangle left of a blue circle") is False
+    assert relation_axis(detections, "a red triangle above a green circle") is None  # one object missing
+    with pytest.raises(ValueError, match="needs a caption naming two objects and a relation"):
+        relation_axis(detections, "a red triangle and a blue circle")
 
 
 @pytest.mark.parametrize(

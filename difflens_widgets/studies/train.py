@@ -247,12 +247,27 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float | None) -> torch.
     return torch.clamp(snr, max=gamma) / snr
 
 
+def timestep_weights(num_timesteps: int, later: float = 1.0, portion: float = 0.5) -> torch.Tensor | None:
+    """Sampling weights over the training timesteps: the noisiest ``portion`` of them drawn ``later`` times as often
+    as the rest (diffusers' ``--timestep_bias_strategy later``). Why: where two objects go is decided in the first,
+    noisiest denoising steps; a model that has the relation's axis but not which object goes first gets more of the
+    steps that decide it. None (uniform, the seeded draw unchanged) when ``later`` is 1."""
+    if later == 1.0:
+        return None
+    if later <= 0 or not 0 < portion < 1:
+        raise ValueError(f"timestep bias: the multiplier must be > 0 and the portion in (0, 1), got {later}, {portion}")
+    weights = torch.ones(num_timesteps)
+    weights[num_timesteps - round(portion * num_timesteps) :] = later
+    return weights / weights.sum()
+
+
 def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20, guidance: float = 7.5) -> dict:
     """How well the model draws relations now: ``prompts`` × ``seeds`` through the pipeline (the last layer), judged
-    by the annotator — both objects drawn, the arrangement right, and the arrangement right given both drawn (what
-    the pilot tracks every few hundred steps: compositional skills appear late and abruptly in small diffusion
-    models, so the curve, not one number, is kept)."""
-    from ..toy.annotate import judge
+    by the annotator — both objects drawn, the arrangement right, the arrangement right given both drawn (what the
+    pilot tracks every few hundred steps: compositional skills appear late and abruptly in small diffusion models,
+    so the curve, not one number, is kept), and the axis right in either order given both (axis 1.0 beside
+    relation 0.5: the relation word is read, which named object goes where is not)."""
+    from ..toy.annotate import annotate, judge, relation_axis
 
     verdicts = []
     with torch.no_grad():
@@ -262,9 +277,15 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
                 prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
                 height=architecture.IMAGE_SIZE, width=architecture.IMAGE_SIZE, **kind.generate_kwargs,
             ).images  # fmt: skip
-            verdicts += [
-                {**judge(image, prompt), **_placement(image, prompt)} for image, prompt in zip(images, prompts)
-            ]
+            for image, prompt in zip(images, prompts):
+                detections = annotate(image)
+                verdicts.append(
+                    {
+                        **judge(detections, prompt),
+                        "axis": relation_axis(detections, prompt),
+                        **_placement(image, prompt),
+                    }
+                )
     both = [v for v in verdicts if v["both"]]
     coloured = [v for v in verdicts if v.get("by_colours")]
     return {
@@ -276,6 +297,7 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
         "both": round(len(both) / len(verdicts), 3),
         "relation": round(sum(v["relation"] for v in verdicts) / len(verdicts), 3),
         "relation_given_both": round(sum(v["relation"] for v in both) / len(both), 3) if both else None,
+        "axis_given_both": round(sum(v["axis"] for v in both) / len(both), 3) if both else None,
     }
 
 
@@ -348,6 +370,7 @@ def train_denoiser(
     snr_gamma: float | None = None,
     warmup: int = 200,
     uncond: float = 0.1,
+    later_timesteps: float = 1.0,
 ) -> None:
     """Denoiser and text encoder from scratch on the pool in ``pool_dir``; the schedule spans ``steps``, the run
     stops at ``stop_at`` (a pilot stops early on the long run's schedule, so the winner resumes into the long run
@@ -383,6 +406,7 @@ def train_denoiser(
     scale = vae.config.scaling_factor
     alphas = scheduler.alphas_cumprod.to(device)
     loss_weights = min_snr_weights(alphas, snr_gamma)
+    t_weights = timestep_weights(scheduler.config.num_train_timesteps, later_timesteps)
     start, running = time.time(), []
 
     def save(done: int) -> None:
@@ -422,7 +446,10 @@ def train_denoiser(
         gen = torch.Generator().manual_seed(seed * 7_919 + step)
         latents, ids, mask = pool.draw(batch_size, gen, scale, uncond)
         noise = torch.randn(latents.shape, generator=gen).to(device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+        if t_weights is None:
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+        else:
+            t = torch.multinomial(t_weights, batch_size, replacement=True, generator=gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # DDPM forward process (scheduler.add_noise)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -503,6 +530,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-γ loss weighting (0: plain ε-MSE)")
+    parser.add_argument(
+        "--later-timesteps",
+        type=float,
+        default=1.0,
+        help="draw the noisier half of the timesteps this many times as often (1: uniform)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -591,6 +624,7 @@ def main(argv: list[str] | None = None) -> None:
             snr_gamma=args.snr_gamma or None,
             warmup=args.warmup,
             uncond=args.uncond,
+            later_timesteps=args.later_timesteps,
         )
 
 

@@ -357,6 +357,23 @@ def emergence(verdicts: dict, layers: list[int]) -> dict[str, list[float | None]
     return curves
 
 
+def relation_axis(image_or_detections, caption: str) -> bool | None:
+    """For a relation caption whose two objects are drawn: do they stand on the relation's axis in *either* order?
+    None when one is missing. Beside judge()'s ``relation`` it tells a model that has not learned the relation at
+    all (wrong axis) from one that has the axis but not which named object goes where (word order bound to the
+    objects: the part of a relation a model learns last)."""
+    detections = image_or_detections if isinstance(image_or_detections, list) else annotate(image_or_detections)
+    parsed = parse_caption(caption)
+    if parsed.relation is None or len(parsed.objects) != 2:
+        raise ValueError(f"relation_axis needs a caption naming two objects and a relation, got {caption!r}")
+    (c1, s1), (c2, s2) = parsed.objects
+    pairs = [(a, b) for a in _find(detections, c1, s1) for b in _find(detections, c2, s2) if a is not b]
+    if not pairs:
+        return None
+    inverse = INVERSE_RELATION[parsed.relation]
+    return any(_holds(a, b, parsed.relation) or _holds(a, b, inverse) for a, b in pairs)
+
+
 def placement(image: Image.Image, caption: str, min_pixels: int = 12) -> dict[str, bool]:
     """A shape-blind check of a relation caption, for models too young to draw shapes: ``colours`` (each named
     colour explains at least ``min_pixels`` painted pixels) and ``placement`` (their centroids stand in the named
