@@ -157,6 +157,7 @@ def test_t5_toy_trains_exports_a_pixart_pipeline_and_resumes_from_carried_weight
     train.main(common_args(run, pool_dir, "t5-dit") + ["--steps", "2", "--eval-every", "2", "--eval-prompts", "2"])
     checks = [r for r in log_of(run) if r.get("stage") == "eval"]
     assert [c["weights"] for c in checks] == ["raw", "ema"] and all(c["images"] == 4 for c in checks)
+    assert all(len(c["binding_side"]) == 8 and all(0 <= a <= 1 for a in c["binding_side"]) for c in checks)
     pipe = dl.load_pipeline(run / "pipeline", device="cpu")
     assert type(pipe).__name__ == "PixArtAlphaPipeline" and pipe.text_encoder.config.num_layers == 8
     res = dl.Lens(pipe).run("a red circle left of a blue square", seeds=[0], num_inference_steps=2)
