@@ -151,6 +151,15 @@ def test_clip_toy_training_is_seeded_and_resumable(tmp_path, pool_dir):
     assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.text_encoder.config.num_hidden_layers == 8
 
 
+def test_the_text_encoder_learns_at_its_own_rate(tmp_path, pool_dir):
+    run = tmp_path / "frozen-text"
+    train.main(common_args(run, pool_dir) + ["--steps", "1", "--text-lr-scale", "0"])
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    # the EMA twins started as copies: a module that moved now differs from its twin, one that did not equals it
+    assert all(torch.equal(state["text"][k], state["ema_text"][k]) for k in state["text"])
+    assert not all(torch.equal(state["denoiser"][k], state["ema_denoiser"][k]) for k in state["denoiser"])
+
+
 @pytest.mark.slow
 def test_t5_toy_trains_exports_a_pixart_pipeline_and_resumes_from_carried_weights(tmp_path, pool_dir):
     run = tmp_path / "t5"

@@ -385,12 +385,13 @@ def train_denoiser(
     warmup: int = 200,
     uncond: float = 0.1,
     later_timesteps: float = 1.0,
+    text_lr_scale: float = 1.0,
 ) -> None:
     """Denoiser and text encoder from scratch on the pool in ``pool_dir``; the schedule spans ``steps``, the run
     stops at ``stop_at`` (a pilot stops early on the long run's schedule, so the winner resumes into the long run
     with nothing wasted) or at ``deadline`` (a ``time.time()``), whichever comes first. ``eval_every``: run
     :func:`relation_check` on the raw and the EMA weights that often (the EMA lags the raw weights, and hides
-    early learning)."""
+    early learning). ``text_lr_scale``: the text encoder learns at that multiple of the denoiser's rate."""
     from diffusers import AutoencoderKL
 
     from .pool import load_pool
@@ -403,7 +404,13 @@ def train_denoiser(
     modules = build_modules(toy, tokenizer, unet_channels, device)
     denoiser, text_encoder, ema_denoiser, ema_text = modules.values()
     params = list(denoiser.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=device.type == "cuda")
+    lr_scales = (1.0, text_lr_scale)  # per parameter group, as given now (a resumed run may change them)
+    opt = torch.optim.AdamW(
+        [{"params": list(denoiser.parameters())}, {"params": list(text_encoder.parameters())}],
+        lr=lr,
+        weight_decay=0.01,
+        fused=device.type == "cuda",
+    )
     scheduler = architecture.train_scheduler()
     ckpt = out / "checkpoint.pt"
     start_step, warm_from = 0, 0
@@ -456,8 +463,8 @@ def train_denoiser(
     denoiser.train(), text_encoder.train()
     done = start_step
     for step in range(start_step, stop):
-        for group in opt.param_groups:
-            group["lr"] = lr_now(step)
+        for group, lr_scale in zip(opt.param_groups, lr_scales, strict=True):
+            group["lr"] = lr_now(step) * lr_scale
         gen = torch.Generator().manual_seed(seed * 7_919 + step)
         latents, ids, mask = pool.draw(batch_size, gen, scale, uncond)
         noise = torch.randn(latents.shape, generator=gen).to(device)
@@ -551,6 +558,12 @@ def main(argv: list[str] | None = None) -> None:
         default=1.0,
         help="draw the noisier half of the timesteps this many times as often (1: uniform)",
     )
+    parser.add_argument(
+        "--text-lr-scale",
+        type=float,
+        default=1.0,
+        help="the text encoder learns at this multiple of --lr (it must fuse an object with its side of a relation)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -640,6 +653,7 @@ def main(argv: list[str] | None = None) -> None:
             warmup=args.warmup,
             uncond=args.uncond,
             later_timesteps=args.later_timesteps,
+            text_lr_scale=args.text_lr_scale,
         )
 
 
