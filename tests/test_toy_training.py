@@ -3,6 +3,7 @@ resumable from a checkpoint or from carried weights, time-boxed), the exported p
 packing for a machine whose files come back in pieces."""
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -116,6 +117,26 @@ def test_the_relation_check_tells_a_flipped_order_from_a_wrong_axis():
         draws_one_scene, SimpleNamespace(generate_kwargs={}), ["a red triangle left of a blue circle"]
     )
     assert left["relation_given_both"] == left["axis_given_both"] == 0.0
+    assert result["order_varies_with_seed"] is None  # one seed: nothing to compare
+
+
+def test_the_relation_check_says_whether_the_seed_or_the_words_decide_the_order():
+    above = Scene("", "relation", (ShapeObject("triangle", "red", "large", 20, 16, 11),
+                                   ShapeObject("circle", "blue", "small", 44, 46, 7)))  # fmt: skip
+    below = Scene("", "relation", tuple(replace(o, y=62 - o.y) for o in above.objects))
+
+    def noise_decides(prompts, generator, **_options):  # seed 0 draws the triangle on top, seed 1 below
+        return SimpleNamespace(images=[render(above if g.initial_seed() == 0 else below) for g in generator])
+
+    def words_decide(prompts, generator, **_options):  # always the triangle on top, wrongly for "below"
+        return SimpleNamespace(images=[render(above) for _ in prompts])
+
+    prompts = ["a red triangle above a blue circle", "a red triangle below a blue circle"]
+    toy = SimpleNamespace(generate_kwargs={})
+    by_noise = train.relation_check(noise_decides, toy, prompts, seeds=(0, 1))
+    assert by_noise["relation_given_both"] == 0.5 and by_noise["order_varies_with_seed"] == 1.0
+    by_words = train.relation_check(words_decide, toy, prompts, seeds=(0, 1))
+    assert by_words["relation_given_both"] == 0.5 and by_words["order_varies_with_seed"] == 0.0
 
 
 def test_t5_toy_encoder_is_bidirectional_and_as_deep_as_the_clip_one(tokenizer):

@@ -266,10 +266,15 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
     by the annotator — both objects drawn, the arrangement right, the arrangement right given both drawn (what the
     pilot tracks every few hundred steps: compositional skills appear late and abruptly in small diffusion models,
     so the curve, not one number, is kept), and the axis right in either order given both (axis 1.0 beside
-    relation 0.5: the relation word is read, which named object goes where is not)."""
+    relation 0.5: the relation word is read, which named object goes where is not). ``order_varies_with_seed``:
+    of the prompts drawn on their axis in two seeds or more, the share whose order changes with the seed — near 0
+    when the words decide which object goes where (rightly or not), about 1 − 2^(1−seeds) when the starting noise
+    does."""
     from ..toy.annotate import annotate, judge, relation_axis
 
     verdicts = []
+    orders: dict[str, set[bool]] = {}  # prompt → the orders (named one right?) drawn on the axis, over seeds
+    on_axis: dict[str, int] = {}
     with torch.no_grad():
         for seed in seeds:
             generators = [torch.Generator().manual_seed(seed) for _ in prompts]
@@ -279,14 +284,13 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
             ).images  # fmt: skip
             for image, prompt in zip(images, prompts):
                 detections = annotate(image)
-                verdicts.append(
-                    {
-                        **judge(detections, prompt),
-                        "axis": relation_axis(detections, prompt),
-                        **_placement(image, prompt),
-                    }
-                )
+                verdict = {**judge(detections, prompt), "axis": relation_axis(detections, prompt)}
+                verdicts.append({**verdict, **_placement(image, prompt)})
+                if verdict["both"] and verdict["axis"]:
+                    orders.setdefault(prompt, set()).add(bool(verdict["relation"]))
+                    on_axis[prompt] = on_axis.get(prompt, 0) + 1
     both = [v for v in verdicts if v["both"]]
+    repeated = [prompt for prompt, seen in on_axis.items() if seen >= 2]
     coloured = [v for v in verdicts if v.get("by_colours")]
     return {
         "colours_present": round(len(coloured) / len(verdicts), 3),
@@ -298,6 +302,9 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
         "relation": round(sum(v["relation"] for v in verdicts) / len(verdicts), 3),
         "relation_given_both": round(sum(v["relation"] for v in both) / len(both), 3) if both else None,
         "axis_given_both": round(sum(v["axis"] for v in both) / len(both), 3) if both else None,
+        "order_varies_with_seed": round(sum(len(orders[p]) == 2 for p in repeated) / len(repeated), 3)
+        if repeated
+        else None,
     }
 
 
