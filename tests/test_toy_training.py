@@ -68,6 +68,22 @@ def test_pool_draws_are_a_function_of_the_generator(pool_dir, tokenizer):
     assert (dropped[1] == empty.input_ids).all() and (dropped[2] == empty.attention_mask).all()
 
 
+def test_a_pool_can_keep_the_relations_that_put_the_first_named_object_first(pool_dir, tokenizer):
+    def relation(caption: str) -> str | None:
+        return parse_caption(caption).relation if caption else None
+
+    every = load_pool(pool_dir, tokenizer, torch.device("cpu"))
+    canonical = load_pool(pool_dir, tokenizer, torch.device("cpu"), relations=("left of", "above"))
+    relation_scenes = {i for i, c in zip(every.images.tolist(), every.captions) if relation(c)}
+    kept = [(i, c) for i, c in zip(canonical.images.tolist(), canonical.captions) if relation(c)]
+    assert {relation(c) for _, c in kept} == {"left of", "above"} and relation_scenes
+    assert sorted(i for i, _ in kept) == sorted(relation_scenes)  # each paired scene once, in its canonical phrasing
+    others = [c for c in every.captions if not relation(c)]
+    assert [c for c in canonical.captions if not relation(c)] == others
+    with pytest.raises(ValueError, match="relations must be some of left of, right of, above, below, got sideways"):
+        load_pool(pool_dir, tokenizer, torch.device("cpu"), relations=("sideways",))
+
+
 def test_pool_refuses_a_folder_that_is_not_a_pool(tmp_path, tokenizer):
     with pytest.raises(FileNotFoundError, match="not a pool folder.*latents.safetensors"):
         load_pool(tmp_path, tokenizer, torch.device("cpu"))

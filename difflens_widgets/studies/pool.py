@@ -158,10 +158,15 @@ def build_pool(
     return out
 
 
-def load_pool(folder: Path, tokenizer, device: torch.device) -> Pool:
+def load_pool(folder: Path, tokenizer, device: torch.device, relations: tuple[str, ...] | None = None) -> Pool:
     """A pool folder on ``device``, its captions tokenized as the pipelines tokenize (padded to the tokenizer's
-    length, with the attention mask)."""
+    length, with the attention mask). ``relations``: keep only the relation captions that name one of these (e.g.
+    ``("left of", "above")``: a paired pool then says each relation scene once, the first-named object on the left
+    or on top — a curriculum's first stage, in which word order alone says which object goes where)."""
     from safetensors.torch import load_file
+
+    from ..toy.annotate import parse_caption
+    from ..toy.world import RELATIONS
 
     missing = [name for name in ("latents.safetensors", "captions.json") if not (folder / name).exists()]
     if missing:
@@ -169,6 +174,11 @@ def load_pool(folder: Path, tokenizer, device: torch.device) -> Pool:
                                 "python -m difflens_widgets.studies.pool")  # fmt: skip
     tensors = load_file(folder / "latents.safetensors")
     rows = json.loads((folder / "captions.json").read_text())
+    if relations is not None:
+        unknown = sorted(set(relations) - set(RELATIONS))
+        if unknown or not relations:
+            raise ValueError(f"relations must be some of {', '.join(RELATIONS)}, got {', '.join(relations) or 'none'}")
+        rows = [row for row in rows if row[2] != "relation" or parse_caption(row[1]).relation in relations]
     captions = [caption for _, caption, _ in rows]
     tokens, empty = (
         tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,

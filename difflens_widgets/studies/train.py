@@ -393,12 +393,14 @@ def train_denoiser(
     uncond: float = 0.1,
     later_timesteps: float = 1.0,
     text_lr_scale: float = 1.0,
+    relations: tuple[str, ...] | None = None,
 ) -> None:
     """Denoiser and text encoder from scratch on the pool in ``pool_dir``; the schedule spans ``steps``, the run
     stops at ``stop_at`` (a pilot stops early on the long run's schedule, so the winner resumes into the long run
     with nothing wasted) or at ``deadline`` (a ``time.time()``), whichever comes first. ``eval_every``: run
     :func:`relation_check` on the raw and the EMA weights that often (the EMA lags the raw weights, and hides
-    early learning). ``text_lr_scale``: the text encoder learns at that multiple of the denoiser's rate."""
+    early learning). ``text_lr_scale``: the text encoder learns at that multiple of the denoiser's rate.
+    ``relations``: train on the relation captions naming these only (:func:`.pool.load_pool`)."""
     from diffusers import AutoencoderKL
 
     from .pool import load_pool
@@ -406,7 +408,7 @@ def train_denoiser(
     toy = KINDS[kind]
     vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False).to(device)
     tokenizer = build_tokenizer()
-    pool = load_pool(pool_dir, tokenizer, device)
+    pool = load_pool(pool_dir, tokenizer, device, relations)
     torch.manual_seed(seed)
     modules = build_modules(toy, tokenizer, unet_channels, device)
     denoiser, text_encoder, ema_denoiser, ema_text = modules.values()
@@ -571,6 +573,12 @@ def main(argv: list[str] | None = None) -> None:
         default=1.0,
         help="the text encoder learns at this multiple of --lr (it must fuse an object with its side of a relation)",
     )
+    parser.add_argument(
+        "--relations",
+        default=None,
+        help="train on relation captions naming only these, e.g. 'left of,above' (a paired pool then says each "
+        "scene with the first-named object on the left or on top: a curriculum's first stage)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -661,6 +669,7 @@ def main(argv: list[str] | None = None) -> None:
             uncond=args.uncond,
             later_timesteps=args.later_timesteps,
             text_lr_scale=args.text_lr_scale,
+            relations=None if args.relations is None else tuple(r.strip() for r in args.relations.split(",")),
         )
 
 
