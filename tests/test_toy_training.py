@@ -153,6 +153,7 @@ def test_the_relation_check_says_whether_the_seed_or_the_words_decide_the_order(
     assert by_noise["relation_given_both"] == 0.5 and by_noise["order_varies_with_seed"] == 1.0
     by_words = train.relation_check(words_decide, toy, prompts, seeds=(0, 1))
     assert by_words["relation_given_both"] == 0.5 and by_words["order_varies_with_seed"] == 0.0
+    assert by_words["first_named_first"] == 1.0 and by_noise["first_named_first"] == 0.5  # the triangle is named first
 
 
 def test_t5_toy_encoder_is_bidirectional_and_as_deep_as_the_clip_one(tokenizer):

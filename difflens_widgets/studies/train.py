@@ -269,10 +269,12 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
     relation 0.5: the relation word is read, which named object goes where is not). ``order_varies_with_seed``:
     of the prompts drawn on their axis in two seeds or more, the share whose order changes with the seed — near 0
     when the words decide which object goes where (rightly or not), about 1 − 2^(1−seeds) when the starting noise
-    does."""
-    from ..toy.annotate import annotate, judge, relation_axis
+    does. ``first_named_first``: of the images on their axis, the share with the first-named object on the left or
+    on top (1 after training on ``left of``/``above`` alone, as a curriculum's first stage does; 0.5 by chance)."""
+    from ..toy.annotate import annotate, judge, parse_caption, relation_axis
 
     verdicts = []
+    first_named_first = []
     orders: dict[str, set[bool]] = {}  # prompt → the orders (named one right?) drawn on the axis, over seeds
     on_axis: dict[str, int] = {}
     with torch.no_grad():
@@ -289,6 +291,8 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
                 if verdict["both"] and verdict["axis"]:
                     orders.setdefault(prompt, set()).add(bool(verdict["relation"]))
                     on_axis[prompt] = on_axis.get(prompt, 0) + 1
+                    canonical = parse_caption(prompt).relation in ("left of", "above")
+                    first_named_first.append(bool(verdict["relation"]) == canonical)
     both = [v for v in verdicts if v["both"]]
     repeated = [prompt for prompt, seen in on_axis.items() if seen >= 2]
     coloured = [v for v in verdicts if v.get("by_colours")]
@@ -305,6 +309,7 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
         "order_varies_with_seed": round(sum(len(orders[p]) == 2 for p in repeated) / len(repeated), 3)
         if repeated
         else None,
+        "first_named_first": round(sum(first_named_first) / len(first_named_first), 3) if first_named_first else None,
     }
 
 
