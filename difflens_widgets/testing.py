@@ -548,7 +548,8 @@ def tiny_flux2(seed: int = 0):
 
 def tiny_z_image(seed: int = 0):
     """ZImagePipeline: a 4-layer Qwen3 of width 16 read at its penultimate layer, two single-stream transformer
-    layers; pass height/width (e.g. 32): the pipeline's own size is 1024²."""
+    layers. The lens and the denoiser taps draw 32² by default (``default_sample_size``); the pipeline's own call
+    still defaults to 1024², so pass it height/width (e.g. 32)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 
     torch.manual_seed(seed)
@@ -574,6 +575,7 @@ def tiny_z_image(seed: int = 0):
         tokenizer=tokenizer,
         transformer=transformer,
     )
+    pipe.default_sample_size = 8  # latent side before the 4× VAE: 32×32 images for the lens and the taps
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

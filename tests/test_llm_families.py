@@ -5,6 +5,7 @@ template that never shows through (word chips, per-token lens, attention maps na
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import difflens_widgets as dl
 from difflens_widgets import testing
@@ -16,6 +17,7 @@ from difflens_widgets.widgets.display import attention_payload
 PROMPT = "a red cat left of a blue dog"
 WORDS = ["a", "red", "cat", "left", "of", "a", "blue", "dog"]
 RUN = dict(num_inference_steps=2, seeds=[0])
+IMAGES = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green")]
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +187,30 @@ def test_z_image_maps_read_the_caption_after_the_padded_image(z_image):
     dog = per_token[-1]
     rows = np.flatnonzero(dog.attention_maps[(3, 0)].any(axis=(1, 2)))
     assert rows.tolist() == sorted({*range(empty), dog.params["token_position"]})
+
+
+def test_z_image_denoiser_taps_read_the_main_layers_image_tokens(z_image):
     from difflens_widgets.denoiser import taps
 
-    with pytest.raises(ValueError, match="the denoiser taps do not read Z-Image yet"):
-        taps.block_names(z_image)
+    assert taps.block_names(z_image) == ["block0", "block1"]  # the main layers, over [image; caption]
+    transformer = z_image.transformer
+    calls = []
+    hook = transformer.register_forward_pre_hook(lambda _m, args: calls.append(args), with_kwargs=False)
+    try:
+        given = taps.image_features(z_image, IMAGES, timesteps=[100, 900], keep_spatial=True)
+    finally:
+        hook.remove()
+    latents, timestep, captions = calls[1][:3]  # calls[0]: the pipeline call the taps copy their arguments from
+    assert [x.shape for x in latents] == [(4, 1, 8, 8)] * 3 and len(captions) == 3  # a list, one per image
+    assert torch.allclose(timestep, torch.full((3,), 0.9))  # Z-Image's time runs 1 − σ
+    spatial = given.spatial[("block1", 100)]
+    assert spatial.shape == (3, 32, 4, 4)  # 16 image tokens of a 32² image, its padding and caption left out
+    assert np.allclose(spatial.mean(axis=(2, 3)), given.pooled[("block1", 100)], atol=1e-5)
+    assert not np.allclose(given.pooled[("block1", 100)], given.pooled[("block1", 900)])  # t matters
+    assert not np.allclose(spatial[0], spatial[1])  # a red and a blue image
+    generated = taps.generation_features(z_image, [PROMPT, "a blue dog"], num_inference_steps=2, guidance_scale=4.0)
+    assert all(v.shape == (2, 32) for v in generated.pooled.values())  # the conditional half, one row a prompt
+    assert not transformer._forward_hooks and not any(m._forward_hooks for m in transformer.modules())
 
 
 # ---- Qwen-Image: the last layer final-normed, the instruction's prefix dropped, true CFG in calls of its own ------

@@ -30,6 +30,7 @@ class DenoiserTaps:
     pipe: Any
     denoiser: Any  # the family adapter's property
     noise_schedule = "ddpm"  # how a clean sample is noised to timestep t: "ddpm" (scheduler.add_noise) or "flow"
+    unguided_scale = 1.0  # a guidance scale at which the pipeline runs no guidance branch (diffusers: ≤ 1)
 
     def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
         """Tap points by name: a UNet's ``down0..``, ``mid``, ``up0..`` (Revelio's up_ft0..3 are up0..3, its
@@ -76,8 +77,9 @@ class DenoiserTaps:
         steps = torch.full((clean.shape[0],), int(timestep), dtype=torch.long, device=clean.device)
         return self.pipe.scheduler.add_noise(clean, noise, steps)
 
-    def denoiser_sample(self, noisy: torch.Tensor) -> torch.Tensor:
-        """A noised clean sample in the layout the denoiser is called with (FLUX packs latents into tokens)."""
+    def denoiser_sample(self, noisy: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """A noised clean sample in the layout the denoiser is called with (FLUX packs latents into tokens; Z-Image
+        takes a list, one latent per image)."""
         return noisy
 
     def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ pipeline's own conditioning, and ``final_norm=True`` applies Qwen3's final RMS n
 the conditional one first. Only the user's words are shown; the template's tokens are the family's business.
 
 Attention maps read the main layers' attention over [image; caption] (each padded to a multiple of 32 tokens), the
-conditional half of the batch. Not read yet: the denoiser taps (it takes a list of latents, not a batch).
+conditional half of the batch; the denoiser taps read the same layers' image tokens, handing the transformer a list
+of latents (one per image) as the pipeline does.
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ class ZImageAdapter(FamilyAdapter):
         return kwargs
 
     def default_size(self) -> tuple[int, int]:
-        return SIZE, SIZE
+        """1024², the pipeline's own; a pipeline given a ``default_sample_size`` (a latent side, as FLUX's has) draws
+        that many latents times the VAE factor (the tiny test pipelines: 32²)."""
+        sample = getattr(self.pipe, "default_sample_size", None)
+        side = int(sample) * int(self.pipe.vae_scale_factor) if sample else SIZE
+        return side, side
 
     @property
     def size_multiple(self) -> int:
@@ -89,5 +94,24 @@ class ZImageAdapter(FamilyAdapter):
         image = (height // side) * (width // side)
         return TextInCall(_padded(len(positions)), positions, image_tokens=image, start=_padded(image))
 
+    # ---- the denoiser taps: a list of one-frame latents in, the main layers' [image; caption] sequence out ---------
+    unguided_scale = 0.0  # pos + g·(pos − neg) guides above 0
+
     def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
-        raise ValueError("the denoiser taps do not read Z-Image yet: its transformer takes a list of latents")
+        """The main layers, which see image and caption together (the refiners before them see one side each)."""
+        return {f"block{i}": layer for i, layer in enumerate(self.denoiser.layers)}
+
+    def block_feature(self, output) -> torch.Tensor:
+        """A main layer's image tokens — each item's sequence starts with them, row by row, before their padding
+        and the caption — folded back onto the patch grid of the taps' size."""
+        height, width = self.default_size()
+        side = int(self.pipe.vae_scale_factor) * PATCH
+        rows, cols = height // side, width // side
+        image = output[:, : rows * cols]
+        return image.transpose(1, 2).reshape(output.shape[0], output.shape[2], rows, cols)
+
+    def denoiser_sample(self, noisy: torch.Tensor) -> list[torch.Tensor]:
+        return list(noisy.unsqueeze(2).unbind(0))  # one (channels, 1 frame, h, w) latent per image
+
+    def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.full((batch,), (1000 - timestep) / 1000, dtype=like.dtype, device=like.device)  # 1 − σ

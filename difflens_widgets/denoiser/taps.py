@@ -129,7 +129,7 @@ def _capture_call(pipe, adapter, height: int, width: int) -> tuple[tuple, dict]:
             pipe(
                 prompt="",
                 num_inference_steps=1,
-                **adapter.guidance_kwargs(1.0),
+                **adapter.guidance_kwargs(adapter.unguided_scale),
                 height=height,
                 width=width,
                 output_type="latent",
@@ -166,9 +166,12 @@ def _replace_input(args: list, kwargs: dict, sample: torch.Tensor, timestep_of) 
 
 
 def _batched(value, batch: int):
-    """A captured argument for a batch of ``batch`` images: batch-1 tensors repeated, dicts recursed into."""
+    """A captured argument for a batch of ``batch`` images: batch-1 tensors repeated, dicts recursed into, a list of
+    one tensor per image (Z-Image's captions) repeated."""
     if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1:
         return value.expand(batch, *value.shape[1:]).contiguous()
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], torch.Tensor):
+        return value * batch
     if isinstance(value, dict):
         return {k: _batched(v, batch) for k, v in value.items()}
     return value
@@ -206,7 +209,7 @@ def image_features(
             clean = adapter.clean_sample(_to_pixels(chunk, (width, height)).to(device))
             noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
             for t in steps:
-                sample = adapter.denoiser_sample(adapter.noised(clean, noise, t)).to(denoiser.dtype)
+                sample = adapter.denoiser_sample(adapter.noised(clean, noise, t).to(denoiser.dtype))
                 call_args = [_batched(a, len(chunk)) for a in args]
                 call_kwargs = {k: _batched(v, len(chunk)) for k, v in kwargs.items()}
                 _replace_input(
