@@ -16,7 +16,7 @@ from difflens_widgets.denoiser import taps as denoiser
 from difflens_widgets.toy.world import world_probe_set
 
 FAMILIES = [build.__name__ for build in testing.TINY_FAMILIES.values()]
-TAPS_NOT_READ = {"tiny_lumina2": "Lumina 2", "tiny_hidream": "HiDream"}  # the family says why, clearly
+TAPS_NOT_READ = {"tiny_hidream": "HiDream"}  # the family says why, clearly
 IMAGES = [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green")]
 
 

@@ -290,6 +290,22 @@ def test_lumina2_normal_column_is_the_pipelines_image(lumina2, guidance, count_c
     assert not np.array_equal(np.asarray(res.image(0)), np.asarray(res.image(3)))
 
 
+def test_lumina2_taps_find_the_image_after_each_items_own_caption(lumina2):
+    from difflens_widgets.denoiser import taps
+
+    adapter = dl.Lens(lumina2).adapter
+    assert taps.block_names(lumina2) == ["block0", "block1"]  # the joint layers
+    patch = lumina2.transformer.config.patch_size
+    adapter._tapped_layout = ([2, 5], (2 * patch, 2 * patch))  # captions of 2 and 5 tokens, a 2×2 patch grid
+    joint = torch.arange(2 * 10 * 3, dtype=torch.float32).reshape(2, 10, 3)  # (items, tokens, channels)
+    grid = adapter.block_feature(joint)
+    assert grid.shape == (2, 3, 2, 2)
+    torch.testing.assert_close(grid[0].flatten(1).T, joint[0, 2:6])  # row by row, after the caption
+    torch.testing.assert_close(grid[1].flatten(1).T, joint[1, 5:9])
+    generated = taps.generation_features(lumina2, [PROMPT, "a dog"], num_inference_steps=2, guidance_scale=4.0)
+    assert all(v.shape[0] == 2 for v in generated.pooled.values())  # captions of different lengths, one row each
+
+
 def test_lumina2_wraps_the_prompt_but_not_the_negative(lumina2):
     adapter = dl.Lens(lumina2).adapter
     encoded = adapter.encode([PROMPT, "a blue cat"], prompts=1)  # the prompt, then the negative

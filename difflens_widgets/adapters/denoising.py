@@ -5,10 +5,22 @@ A mixin of every family adapter; families override what differs (flow schedules,
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+def one_minus_sigma(timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """Training timestep ``timestep`` as Z-Image and Lumina 2 hand it to their transformers: 1 − σ, σ = t / 1000."""
+    return torch.full((batch,), (1000 - timestep) / 1000, dtype=like.dtype, device=like.device)
+
+
+def image_grid(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(batch, rows·cols, channels) image tokens in row order as (batch, channels, rows, cols)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,12 @@ class DenoiserTaps:
     def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
         """Training timestep ``timestep`` (0..999) as the pipeline hands it to its denoiser."""
         return torch.full((batch,), timestep, dtype=like.dtype, device=like.device)
+
+    @contextmanager
+    def tap_context(self) -> Iterator[None]:
+        """Held while blocks are tapped: what :meth:`block_feature` must know of each call beyond a block's output
+        (Lumina 2 watches each item's caption length); nothing by default."""
+        yield
 
     # ---- cross-attention (the maps of core.attention) ----------------------------------------------------------
     attention_layout = "text"  # how text keys and image queries sit in the family's cross-attention calls

@@ -10,16 +10,19 @@ second transformer call per step (then rescaled to the conditional prediction's 
 Attention maps read the joint layers' attention over [caption; image] (not the refiners'); the caption the
 transformer sees is the real positions packed first, and the maps are put back at the encoder's positions.
 
-Not read yet: the denoiser taps (its joint blocks carry caption and image tokens of per-item lengths).
+The denoiser taps read the joint layers' image tokens, which start after each item's own caption length (watched
+on the transformer's position embedder while tapping).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
-from .denoising import TextInCall
+from .denoising import TextInCall, image_grid, one_minus_sigma
 from .encoders import TextEncoderSpec
 from .family import FamilyAdapter
 from .lens import Part, real_first
@@ -78,8 +81,31 @@ class Lumina2Adapter(FamilyAdapter):
         positions = cond["prompt_attention_mask"][0].nonzero().flatten().tolist()  # packed first, in order
         return TextInCall(len(positions), positions)
 
+    # ---- the denoiser taps: each item's joint sequence is [its caption; the image], so the image starts per item --
     def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
-        raise ValueError(
-            "the denoiser taps do not read Lumina 2 yet: its joint blocks carry each item's caption and image tokens "
-            "in one sequence of per-item lengths"
-        )
+        """The joint layers, which see caption and image together (the refiners before them see one side each)."""
+        return {f"block{i}": layer for i, layer in enumerate(self.denoiser.layers)}
+
+    @contextmanager
+    def tap_context(self) -> Iterator[None]:
+        """Watch the transformer's position embedder, which gives each item's caption length and the latent size."""
+
+        def watch(_module, args, output):
+            self._tapped_layout = (list(output[4]), tuple(args[0].shape[-2:]))
+
+        handle = self.denoiser.rope_embedder.register_forward_hook(watch)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def block_feature(self, output) -> torch.Tensor:
+        """A joint layer's image tokens — after each item's own caption, row by row — on their patch grid."""
+        lengths, (height, width) = self._tapped_layout
+        patch = int(self.denoiser.config.patch_size)
+        rows, cols = height // patch, width // patch
+        image = torch.stack([output[i, start : start + rows * cols] for i, start in enumerate(lengths)])
+        return image_grid(image, rows, cols)
+
+    def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        return one_minus_sigma(timestep, batch, like)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .denoising import TextInCall
+from .denoising import TextInCall, image_grid, one_minus_sigma
 from .encoders import TextEncoderSpec, chat_prompt
 from .family import FamilyAdapter
 from .lens import Part
@@ -107,11 +107,10 @@ class ZImageAdapter(FamilyAdapter):
         height, width = self.default_size()
         side = int(self.pipe.vae_scale_factor) * PATCH
         rows, cols = height // side, width // side
-        image = output[:, : rows * cols]
-        return image.transpose(1, 2).reshape(output.shape[0], output.shape[2], rows, cols)
+        return image_grid(output[:, : rows * cols], rows, cols)
 
     def denoiser_sample(self, noisy: torch.Tensor) -> list[torch.Tensor]:
         return list(noisy.unsqueeze(2).unbind(0))  # one (channels, 1 frame, h, w) latent per image
 
     def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.full((batch,), (1000 - timestep) / 1000, dtype=like.dtype, device=like.device)  # 1 − σ
+        return one_minus_sigma(timestep, batch, like)

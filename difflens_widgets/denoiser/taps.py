@@ -100,7 +100,8 @@ def tapped(adapter, blocks: dict[str, torch.nn.Module], sink: dict[str, list[tor
                 sink.setdefault(name, []).append(adapter.block_feature(output).detach().float().cpu())
 
             handles.append(module.register_forward_hook(hook))
-        yield sink
+        with adapter.tap_context():
+            yield sink
     finally:
         for handle in handles:
             handle.remove()
