@@ -455,6 +455,26 @@ def hidream():
     return testing.tiny_hidream()
 
 
+def test_hidream_taps_read_the_image_tokens_of_both_kinds_of_block(hidream):
+    from difflens_widgets.denoiser import taps
+
+    assert taps.block_names(hidream) == ["block0", "single0", "single1"]  # dual-stream, then single-stream
+    calls = []
+    hook = hidream.transformer.register_forward_pre_hook(
+        lambda _m, args, kwargs: calls.append(kwargs), with_kwargs=True
+    )
+    try:
+        given = taps.image_features(hidream, IMAGES, timesteps=[100, 900], keep_spatial=True)
+    finally:
+        hook.remove()
+    llama = calls[1]["encoder_hidden_states_llama3"]  # calls[0]: the pipeline call the taps copy from
+    assert llama.shape[:2] == (hidream.text_encoder_4.config.num_hidden_layers, 3)  # layers first, then the batch
+    width = hidream.transformer.config.num_attention_heads * hidream.transformer.config.attention_head_dim
+    for block in ("block0", "single1"):
+        assert given.spatial[(block, 100)].shape == (3, width, 4, 4)  # 32² / (4× VAE · 2×2 patches): text left out
+    assert not np.allclose(given.spatial[("single1", 100)][0], given.spatial[("single1", 100)][1])  # red vs blue
+
+
 def test_hidream_stops_the_encoder_at_layer_l(hidream, count_calls):
     lens = dl.Lens(hidream)
     adapter = lens.adapter

@@ -94,6 +94,18 @@ class DenoiserTaps:
         takes a list, one latent per image)."""
         return noisy
 
+    def batched_argument(self, name: str | int, value: Any, batch: int) -> Any:
+        """A denoiser argument captured for one image (by keyword or position) for a batch of ``batch`` images:
+        batch-1 tensors repeated, dicts recursed into, a list of one tensor per image (Z-Image's captions)
+        repeated."""
+        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1:
+            return value.expand(batch, *value.shape[1:]).contiguous()
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], torch.Tensor):
+            return value * batch
+        if isinstance(value, dict):
+            return {k: self.batched_argument(k, v, batch) for k, v in value.items()}
+        return value
+
     def denoiser_timestep(self, timestep: int, batch: int, like: torch.Tensor) -> torch.Tensor:
         """Training timestep ``timestep`` (0..999) as the pipeline hands it to its denoiser."""
         return torch.full((batch,), timestep, dtype=like.dtype, device=like.device)

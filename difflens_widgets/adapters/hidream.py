@@ -12,8 +12,8 @@ embedding of layer l is hˡ itself (the deepest entry of the stack).
 
 Lensing ``text_encoder_3`` (T5) reads it like FLUX's T5; the CLIPs give only the pooled vector. Attention maps read
 every block's attention over [image; T5; the deepest Llama tap; the block's own tap]: a Llama word's map is the
-attention that lands on both of its copies. The denoiser taps do not read HiDream's blocks yet (a clear error says
-so).
+attention that lands on both of its copies. The denoiser taps read every block's image tokens: the first output of
+a dual-stream block, the start of a single-stream block's [image; text] sequence.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 import torch
 
 from . import encoders as enc
-from .denoising import TextInCall
+from .denoising import TextInCall, image_grid
 from .encoders import TextEncoderSpec
 from .family import FamilyAdapter
 from .lens import EncodedPrompts, Part
@@ -175,8 +175,23 @@ class HiDreamAdapter(FamilyAdapter):
         start = image if height == width else int(self.denoiser.max_seq)
         return TextInCall(t5 + 2 * llama, image_tokens=image, start=start)
 
+    # ---- the denoiser taps: dual-stream blocks return (image, text); single-stream ones [image; text] ------------
     def denoiser_blocks(self) -> dict[str, torch.nn.Module]:
-        raise ValueError(
-            "the denoiser taps do not read HiDream yet: its blocks attend through their own mixture-of-experts "
-            "processors over [image; T5; one Llama layer]"
-        )
+        """The dual-stream blocks (``block0..``), then the single-stream ones (``single0..``)."""
+        denoiser = self.denoiser
+        blocks = {f"block{i}": b for i, b in enumerate(denoiser.double_stream_blocks)}
+        blocks.update({f"single{i}": b for i, b in enumerate(denoiser.single_stream_blocks)})
+        return blocks
+
+    def batched_argument(self, name, value, batch):
+        if name == "encoder_hidden_states_llama3":  # (Llama layers, batch, tokens, width): the batch comes second
+            return value.expand(value.shape[0], batch, *value.shape[2:]).contiguous()
+        return super().batched_argument(name, value, batch)
+
+    def block_feature(self, output) -> torch.Tensor:
+        """A block's image tokens — a dual-stream block's first output, the start of a single-stream block's
+        sequence — on the patch grid of the taps' (square) size."""
+        image = output[0] if isinstance(output, tuple) else output
+        height, width = self.default_size()
+        rows, cols = height // self.size_multiple, width // self.size_multiple
+        return image_grid(image[:, : rows * cols], rows, cols)

@@ -163,19 +163,8 @@ def _replace_input(args: list, kwargs: dict, sample: torch.Tensor, timestep_of) 
     if len(args) > 1:
         args[1] = timestep_of(args[1])
     else:
-        kwargs["timestep"] = timestep_of(kwargs["timestep"])
-
-
-def _batched(value, batch: int):
-    """A captured argument for a batch of ``batch`` images: batch-1 tensors repeated, dicts recursed into, a list of
-    one tensor per image (Z-Image's captions) repeated."""
-    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == 1:
-        return value.expand(batch, *value.shape[1:]).contiguous()
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], torch.Tensor):
-        return value * batch
-    if isinstance(value, dict):
-        return {k: _batched(v, batch) for k, v in value.items()}
-    return value
+        key = "timesteps" if "timesteps" in kwargs else "timestep"  # HiDream's transformer says timesteps
+        kwargs[key] = timestep_of(kwargs[key])
 
 
 def image_features(
@@ -211,8 +200,8 @@ def image_features(
             noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
             for t in steps:
                 sample = adapter.denoiser_sample(adapter.noised(clean, noise, t).to(denoiser.dtype))
-                call_args = [_batched(a, len(chunk)) for a in args]
-                call_kwargs = {k: _batched(v, len(chunk)) for k, v in kwargs.items()}
+                call_args = [adapter.batched_argument(i, a, len(chunk)) for i, a in enumerate(args)]
+                call_kwargs = {k: adapter.batched_argument(k, v, len(chunk)) for k, v in kwargs.items()}
                 _replace_input(
                     call_args, call_kwargs, sample, functools.partial(_timestep_like, adapter, t, len(chunk), device)
                 )
