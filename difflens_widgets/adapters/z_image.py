@@ -90,9 +90,14 @@ class ZImageAdapter(FamilyAdapter):
         """Per item: the image's tokens, padded to a multiple of 32, then the caption's real tokens (in order),
         padded likewise; a batch with longer captions (the negative's) pads after that."""
         positions = cond["prompt_attention_mask"][0].nonzero().flatten().tolist()
-        side = int(self.pipe.vae_scale_factor) * PATCH
-        image = (height // side) * (width // side)
+        rows, cols = self._patch_grid(height, width)
+        image = rows * cols
         return TextInCall(_padded(len(positions)), positions, image_tokens=image, start=_padded(image))
+
+    def _patch_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The transformer's image tokens of an image this size, as rows × columns of 2×2 latent patches."""
+        side = int(self.pipe.vae_scale_factor) * PATCH
+        return height // side, width // side
 
     # ---- the denoiser taps: a list of one-frame latents in, the main layers' [image; caption] sequence out ---------
     unguided_scale = 0.0  # pos + g·(pos − neg) guides above 0
@@ -104,9 +109,7 @@ class ZImageAdapter(FamilyAdapter):
     def block_feature(self, output) -> torch.Tensor:
         """A main layer's image tokens — each item's sequence starts with them, row by row, before their padding
         and the caption — folded back onto the patch grid of the taps' size."""
-        height, width = self.default_size()
-        side = int(self.pipe.vae_scale_factor) * PATCH
-        rows, cols = height // side, width // side
+        rows, cols = self._patch_grid(*self.default_size())
         return image_grid(output[:, : rows * cols], rows, cols)
 
     def denoiser_sample(self, noisy: torch.Tensor) -> list[torch.Tensor]:

@@ -172,12 +172,11 @@ def load_pool(folder: Path, tokenizer, device: torch.device, relations: tuple[st
     if missing:
         raise FileNotFoundError(f"{folder} is not a pool folder (missing {', '.join(missing)}); build one with "
                                 "python -m difflens_widgets.studies.pool")  # fmt: skip
+    if relations is not None and (not relations or set(relations) - set(RELATIONS)):
+        raise ValueError(f"relations must be some of {', '.join(RELATIONS)}, got {', '.join(relations) or 'none'}")
     tensors = load_file(folder / "latents.safetensors")
     rows = json.loads((folder / "captions.json").read_text())
     if relations is not None:
-        unknown = sorted(set(relations) - set(RELATIONS))
-        if unknown or not relations:
-            raise ValueError(f"relations must be some of {', '.join(RELATIONS)}, got {', '.join(relations) or 'none'}")
         rows = [row for row in rows if row[2] != "relation" or parse_caption(row[1]).relation in relations]
     captions = [caption for _, caption, _ in rows]
     tokens, empty = (

@@ -272,11 +272,10 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
     does. ``first_named_first``: of the images on their axis, the share with the first-named object on the left or
     on top (1 after training on ``left of``/``above`` alone, as a curriculum's first stage does; 0.5 by chance)."""
     from ..toy.annotate import annotate, judge, parse_caption, relation_axis
+    from .binding import GOES_FIRST
 
     verdicts = []
-    first_named_first = []
-    orders: dict[str, set[bool]] = {}  # prompt → the orders (named one right?) drawn on the axis, over seeds
-    on_axis: dict[str, int] = {}
+    orders: dict[str, list[bool]] = {}  # prompt → per seed drawn on the axis: is the named order right?
     with torch.no_grad():
         for seed in seeds:
             generators = [torch.Generator().manual_seed(seed) for _ in prompts]
@@ -289,12 +288,12 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
                 verdict = {**judge(detections, prompt), "axis": relation_axis(detections, prompt)}
                 verdicts.append({**verdict, **_placement(image, prompt)})
                 if verdict["both"] and verdict["axis"]:
-                    orders.setdefault(prompt, set()).add(bool(verdict["relation"]))
-                    on_axis[prompt] = on_axis.get(prompt, 0) + 1
-                    canonical = parse_caption(prompt).relation in ("left of", "above")
-                    first_named_first.append(bool(verdict["relation"]) == canonical)
+                    orders.setdefault(prompt, []).append(bool(verdict["relation"]))
     both = [v for v in verdicts if v["both"]]
-    repeated = [prompt for prompt, seen in on_axis.items() if seen >= 2]
+    repeated = [seen for seen in orders.values() if len(seen) >= 2]
+    first_named_first = [
+        right == GOES_FIRST[parse_caption(prompt).relation] for prompt, seen in orders.items() for right in seen
+    ]
     coloured = [v for v in verdicts if v.get("by_colours")]
     return {
         "colours_present": round(len(coloured) / len(verdicts), 3),
@@ -306,7 +305,7 @@ def relation_check(pipe, kind, prompts: list[str], seeds=(0, 1), steps: int = 20
         "relation": round(sum(v["relation"] for v in verdicts) / len(verdicts), 3),
         "relation_given_both": round(sum(v["relation"] for v in both) / len(both), 3) if both else None,
         "axis_given_both": round(sum(v["axis"] for v in both) / len(both), 3) if both else None,
-        "order_varies_with_seed": round(sum(len(orders[p]) == 2 for p in repeated) / len(repeated), 3)
+        "order_varies_with_seed": round(sum(len(set(seen)) == 2 for seen in repeated) / len(repeated), 3)
         if repeated
         else None,
         "first_named_first": round(sum(first_named_first) / len(first_named_first), 3) if first_named_first else None,
