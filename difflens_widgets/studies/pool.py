@@ -50,6 +50,11 @@ class Pool:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def latents(self, rows: torch.Tensor, generator: torch.Generator, scale: float) -> torch.Tensor:
+        """A fresh sample of each image's posterior (``rows``: image indices), × the VAE's scaling factor."""
+        eps = torch.randn((len(rows), *self.mean.shape[1:]), generator=generator).to(self.mean.device)
+        return (self.mean[rows] + self.std[rows] * eps) * scale
+
     def draw(self, batch_size: int, generator: torch.Generator, scale: float, uncond: float = 0.0):
         """A batch: latents sampled from their posteriors (× the VAE's scaling factor), token ids and masks, each
         caption replaced by the empty one with probability ``uncond`` (what classifier-free guidance needs: the
@@ -57,9 +62,7 @@ class Pool:
         resumed run draws what an unbroken one would."""
         device = self.mean.device
         picks = torch.randint(0, len(self), (batch_size,), generator=generator).to(device)
-        rows = self.images[picks]
-        eps = torch.randn((batch_size, *self.mean.shape[1:]), generator=generator).to(device)
-        latents = (self.mean[rows] + self.std[rows] * eps) * scale
+        latents = self.latents(self.images[picks], generator, scale)
         drop = (torch.rand(batch_size, generator=generator) < uncond).to(device)[:, None]
         ids = torch.where(drop, self.empty_ids, self.input_ids[picks])
         mask = torch.where(drop, self.empty_mask, self.attention_mask[picks])
