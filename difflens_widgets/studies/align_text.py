@@ -1,0 +1,309 @@
+"""Teach a toy's text encoder what a relation says before its denoiser has to read it: contrastive alignment with
+the pool's images, each caption's order-swapped twin as a hard negative (NegCLIP: Yuksekgonul et al., "When and why
+vision-language models behave like bags-of-words", ICLR 2023).
+
+    python -m difflens_widgets.studies.align_text --out runs/align --pool runs/pool-rel \\
+        --init-from difflens_widgets/toy/model_t5 --steps 3000 --threads 1
+    python -m difflens_widgets.studies.train --out runs/t5-aligned --kind t5-dit --stage unet --pool runs/pool-rel \\
+        --init-from runs/align/pipeline --text-lr-scale 0 ...        # then the denoiser learns to read it
+
+Why a stage of its own. Trained jointly through the denoising loss alone, toy-t5's encoder never fused an object
+with its side of a relation (:mod:`.binding`: the side probe at 0.45-0.52 on every layer after ~2.7 M samples),
+and its pictures put the two objects on the right axis in an order the starting noise decides. The denoising loss
+rewards that fusion only once the denoiser reads it, and the denoiser reads it only once it is there. The real
+families never faced this: Stable Diffusion's CLIP was trained contrastively on image-text pairs, DeepFloyd IF's and
+PixArt's T5 on language, and both are frozen under the denoiser. Here the encoder gets a direct reason: among
+in-batch captions *and* the caption with its two objects swapped ("a blue square left of a red circle" for an image
+of "a red circle left of a blue square", both with the same words), pick the one that describes the image. Only an
+encoder whose object tokens carry their side can tell the two apart (a colour swap does the same for binding
+colours to shapes).
+
+The text tower is the encoder itself, read where the denoiser reads it (the kind's ``condition``: T5's last
+state after its final norm, CLIP's last hidden state), mean-pooled over the caption's tokens, so the side must live
+in the object tokens the denoiser attends to rather than in one pooled slot; a linear projection follows. The image
+tower is a small CNN over the pool's latents that ends in a flattened map (where a thing is matters). ``--keep``
+holds the encoder's last state near the one it started from, so a denoiser already trained on it still reads the
+colours and shapes it knew. Every ``--eval-every`` steps the log gets the :mod:`.binding` side probe per layer and
+the held-out swap test: the share of held-out relation images closer to their caption than to its swap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..toy.language import noun_phrase
+from .train import KINDS, log
+
+SWAPS = ("order_swap", "colour_swap")  # the hard negatives of a caption, one slot each
+HELD_OUT_IMAGES = 1000  # the pool's last images (a fifth at most): never trained on, the swap test's images
+
+
+def hard_negatives(caption: str) -> dict[str, str]:
+    """Captions with the words of ``caption`` that say something else about the same image: ``order_swap``, the two
+    objects swapped around a relation ("a red circle left of a blue square" → "a blue square left of a red
+    circle"), and ``colour_swap``, the two colours swapped between the shapes ("a blue circle left of a red
+    square"). An "and" caption has no order to swap (its swap says the same), a one-object caption neither."""
+    from ..toy.annotate import parse_caption
+
+    if not caption.strip():
+        return {}
+    parsed = parse_caption(caption)
+    if len(parsed.objects) < 2:
+        return {}
+    (c1, s1), (c2, s2) = parsed.objects
+    first, second = noun_phrase(c1, s1), noun_phrase(c2, s2)
+    text = " ".join(caption.lower().split())
+    if not (text.startswith(first + " ") and text.endswith(" " + second)):
+        raise ValueError(f"not a caption the world writes: {caption!r}")
+    link = text[len(first) + 1 : len(text) - len(second) - 1]
+    negatives = {}
+    if parsed.relation is not None:
+        negatives["order_swap"] = f"{second} {link} {first}"
+    if c1 and c2 and c1 != c2:
+        negatives["colour_swap"] = f"{noun_phrase(c2, s1)} {link} {noun_phrase(c1, s2)}"
+    return negatives
+
+
+class ImageTower(nn.Module):
+    """Latents (C × h × w) → a unit vector: three convolutions down to a quarter of the side, then the whole map
+    flattened into one linear layer, so the embedding knows where things are (a pooled CNN would not)."""
+
+    def __init__(self, channels: int, size: int, dim: int, width: int = 64):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            nn.GELU(),
+        )
+        self.proj = nn.Linear(2 * width * (size // 4) ** 2, dim)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(self.convs(latents).flatten(1)), dim=-1)
+
+
+class TextTower(nn.Module):
+    """Token ids → a unit vector: the encoder's states where the denoiser reads them, mean-pooled over the caption's
+    tokens, projected."""
+
+    def __init__(self, kind, encoder: nn.Module, width: int, dim: int):
+        super().__init__()
+        self.kind, self.encoder, self.proj = kind, encoder, nn.Linear(width, dim, bias=False)
+
+    def states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.kind.condition(self.encoder, ids, mask)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = self.states(ids, mask)
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return F.normalize(self.proj(pooled), dim=-1), states
+
+
+def negative_tokens(captions: list[str], tokenizer, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Every caption's hard negatives, one slot per kind of :data:`SWAPS`, tokenized as the pipelines tokenize (ids
+    and mask, (M, slots, length)), and which of them exist (M, slots); a missing one is the empty caption, masked."""
+    texts, valid = [], []
+    for caption in captions:
+        found = hard_negatives(caption)
+        texts += [found.get(swap, "") for swap in SWAPS]
+        valid.append([swap in found for swap in SWAPS])
+    tokens = tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    shape = (len(captions), len(SWAPS), -1)
+    return (
+        tokens.input_ids.view(shape).to(device),
+        tokens.attention_mask.view(shape).to(device),
+        torch.tensor(valid, device=device),
+    )
+
+
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor, valid: torch.Tensor, same_image, scale
+) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch; an image also competes its caption against every caption's hard negatives
+    (``negatives`` (B·K, D), ``valid`` (B·K,)). ``same_image`` (B, B): pairs drawn from one image (a paired pool says
+    a relation scene both ways), which are not negatives of each other."""
+    batch = len(image)
+    target = torch.arange(batch, device=image.device)
+    off_diagonal = same_image & ~torch.eye(batch, dtype=torch.bool, device=image.device)
+    to_text = scale * image @ torch.cat([text, negatives]).T  # (B, B + B·K)
+    to_text[:, :batch] = to_text[:, :batch].masked_fill(off_diagonal, -torch.inf)
+    to_text[:, batch:] = to_text[:, batch:].masked_fill(~valid, -torch.inf)
+    to_image = (scale * text @ image.T).masked_fill(off_diagonal, -torch.inf)
+    return (F.cross_entropy(to_text, target) + F.cross_entropy(to_image, target)) / 2
+
+
+@torch.no_grad()
+def swap_test(image_tower, text_tower, pool, negatives, rows: torch.Tensor, scale: float) -> dict[str, float | None]:
+    """On the images ``rows`` (held out): per kind of :data:`SWAPS`, the share of captions whose image (its
+    posterior mean) is closer to them than to that swap of them (chance 0.5)."""
+    ids, mask, valid = negatives
+    picks = torch.nonzero(torch.isin(pool.images, rows)).flatten()
+    closer: dict[str, list[torch.Tensor]] = {swap: [] for swap in SWAPS}
+    for start in range(0, len(picks), 512):
+        chunk = picks[start : start + 512]
+        image = image_tower(pool.mean[pool.images[chunk]] * scale)
+        text, _ = text_tower(pool.input_ids[chunk], pool.attention_mask[chunk])
+        right = (image * text).sum(-1)
+        for slot, swap in enumerate(SWAPS):
+            wrong, _ = text_tower(ids[chunk, slot], mask[chunk, slot])
+            closer[swap].append((right > (image * wrong).sum(-1))[valid[chunk, slot]])
+    shares = {swap: torch.cat(found) for swap, found in closer.items()}
+    return {swap: round(found.float().mean().item(), 3) if len(found) else None for swap, found in shares.items()}
+
+
+class Alignment(nn.Module):
+    """The two towers, the learned temperature, and the encoder's starting copy that ``keep`` pulls it toward: the
+    whole contrastive model, one module, so a checkpoint is one state dict."""
+
+    def __init__(self, kind, encoder: nn.Module, latent_shape: tuple[int, ...], dim: int, keep: float):
+        super().__init__()
+        config = encoder.config
+        width = config.d_model if hasattr(config, "d_model") else config.hidden_size
+        self.text = TextTower(kind, encoder, width, dim)
+        self.image = ImageTower(latent_shape[0], latent_shape[1], dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's starting temperature
+        self.reference = copy.deepcopy(encoder).eval().requires_grad_(False)
+        self.keep = keep
+
+    def loss(self, latents, ids, mask, negative_ids, negative_mask, valid, same_image) -> torch.Tensor:
+        """The contrastive loss of a batch (negatives (B, slots, length)), plus ``keep`` × the mean squared drift
+        of the caption tokens' states from where the encoder started."""
+        text, states = self.text(ids, mask)
+        negative, _ = self.text(negative_ids.flatten(0, 1), negative_mask.flatten(0, 1))
+        scale = self.logit_scale.clamp(max=math.log(100)).exp()
+        loss = contrastive_loss(self.image(latents), text, negative, valid.flatten(), same_image, scale)
+        if not self.keep:
+            return loss
+        with torch.no_grad():
+            before = self.text.kind.condition(self.reference, ids, mask)
+        tokens = mask.unsqueeze(-1).to(states.dtype)
+        drift = ((states - before) ** 2 * tokens).sum() / (tokens.sum() * states.shape[-1])
+        return loss + self.keep * drift
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """AdamW: the encoder at ``lr``, the new parts (projections, image tower, temperature) at 3 × ``lr``."""
+        encoder = list(self.text.encoder.parameters())
+        fresh = [*self.text.proj.parameters(), *self.image.parameters(), self.logit_scale]
+        return torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": fresh, "lr": 3 * lr}], weight_decay=0.01)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="run folder (log, checkpoint, pipeline)")
+    parser.add_argument("--pool", required=True, type=Path, help="a pool folder (python -m ...studies.pool)")
+    parser.add_argument("--init-from", required=True, type=Path, help="the pipeline folder whose encoder to align")
+    parser.add_argument("--kind", choices=tuple(KINDS), default="t5-dit")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-4, help="the text encoder's rate (the towers learn at 3×)")
+    parser.add_argument("--keep", type=float, default=1.0, help="weight of the pull toward the starting states")
+    parser.add_argument("--dim", type=int, default=128, help="the shared embedding's width")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly (checkpoint + export) after")
+    args = parser.parse_args(argv)
+    align(args)
+
+
+def align(args) -> Path:
+    """Run the alignment the module docstring describes, resuming from ``out/checkpoint.pt`` if there is one;
+    writes ``out/pipeline`` (the ``--init-from`` pipeline with the aligned encoder, fp16) and returns it."""
+    from safetensors.torch import load_file
+
+    from ..toy.tokenizer import build_tokenizer
+    from .binding import binding_probe
+    from .pool import load_pool
+    from .train import _load_with_tied_weights
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.time()
+    deadline = started + 60 * args.max_minutes if args.max_minutes else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    log(args.out, stage="start", args={k: str(v) for k, v in vars(args).items()}, threads=torch.get_num_threads())
+    kind, tokenizer = KINDS[args.kind], build_tokenizer()
+    encoder = kind.build(tokenizer)[1]
+    _load_with_tied_weights(encoder, load_file(args.init_from / "text_encoder" / "model.safetensors"))
+    encoder.float()
+    pool = load_pool(args.pool, tokenizer, torch.device("cpu"))
+    negatives = negative_tokens(pool.captions, tokenizer, torch.device("cpu"))
+    scale = json.loads((args.init_from / "vae" / "config.json").read_text())["scaling_factor"]
+    images = len(pool.mean)
+    first_held_out = images - min(HELD_OUT_IMAGES, images // 5)
+    trainable = torch.nonzero(pool.images < first_held_out).flatten()
+    torch.manual_seed(args.seed)
+    model = Alignment(kind, encoder, tuple(pool.mean.shape[1:]), args.dim, args.keep)
+    opt = model.optimizer(args.lr)
+    ckpt, start_step = args.out / "checkpoint.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        start_step = state["step"]
+
+    def evaluate(step: int) -> None:
+        model.eval()
+        swaps = swap_test(model.image, model.text, pool, negatives, torch.arange(first_held_out, images), scale)
+        side = binding_probe(encoder, tokenizer, count=600)["side"]
+        log(args.out, stage="eval", step=step, **swaps, binding_side=side, elapsed_s=round(time.time() - started, 1))
+        model.train()
+
+    if start_step == 0:
+        evaluate(0)
+    running: list[float] = []
+    for step in range(start_step, args.steps):
+        generator = torch.Generator().manual_seed(args.seed * 7_919 + step)  # a resumed run draws the same batches
+        picks = trainable[torch.randint(0, len(trainable), (args.batch,), generator=generator)]
+        rows = pool.images[picks]
+        loss = model.loss(
+            pool.latents(rows, generator, scale), pool.input_ids[picks], pool.attention_mask[picks],
+            *(t[picks] for t in negatives), same_image=rows[:, None] == rows[None],
+        )  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running.append(loss.item())
+        done = step + 1
+        out_of_time = deadline is not None and time.time() > deadline
+        if done % 50 == 0 or out_of_time:
+            temperature = round(1 / model.logit_scale.clamp(max=math.log(100)).exp().item(), 4)
+            log(args.out, stage="align", step=done, loss=round(sum(running) / len(running), 4),
+                temperature=temperature, elapsed_s=round(time.time() - started, 1))  # fmt: skip
+            running = []
+        if done % args.eval_every == 0 or done == args.steps or out_of_time:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
+            evaluate(done)
+        if out_of_time:
+            break
+    return export(args.out, args.init_from, encoder)
+
+
+def export(out: Path, init_from: Path, encoder: nn.Module) -> Path:
+    """``out/pipeline``: the ``init_from`` pipeline folder with ``encoder`` in place of its text encoder (fp16)."""
+    target = out / "pipeline"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(init_from, target)
+    copy.deepcopy(encoder).half().save_pretrained(target / "text_encoder", safe_serialization=True)
+    log(out, stage="export", exported=str(target))
+    return target
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The text encoder's contrastive stage (studies.align_text): its hard negatives, its loss, and a short run on a
+small pool that writes a pipeline the lens loads."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+import difflens_widgets as dl
+from difflens_widgets.core.models import TOY_MODEL_DIR
+from difflens_widgets.studies import align_text
+from difflens_widgets.studies.pool import build_pool
+
+TOY_T5 = TOY_MODEL_DIR.parent / "model_t5"
+
+
+def test_hard_negatives_swap_the_objects_of_a_relation_and_the_colours_of_a_pair():
+    assert align_text.hard_negatives("a red circle left of a blue square") == {
+        "order_swap": "a blue square left of a red circle",
+        "colour_swap": "a blue circle left of a red square",
+    }
+    assert align_text.hard_negatives("an orange star to the left of a green cross")["order_swap"] == (
+        "a green cross to the left of an orange star"  # the phrase and the articles stay right
+    )
+    # "and" has no order (its swap says the same thing); one object, or no caption, has nothing to swap
+    assert align_text.hard_negatives("a red circle and a blue square") == {
+        "colour_swap": "a blue circle and a red square"
+    }
+    assert align_text.hard_negatives("a yellow triangle under a yellow star") == {
+        "order_swap": "a yellow star under a yellow triangle"
+    }
+    assert align_text.hard_negatives("a red circle") == {} and align_text.hard_negatives("") == {}
+    with pytest.raises(ValueError, match="not a shapes-world caption"):
+        align_text.hard_negatives("a red circle beside a blue square")
+
+
+def test_the_loss_rewards_the_caption_over_its_swap_and_ignores_what_is_not_a_negative():
+    image = torch.eye(3)
+    text = torch.eye(3)
+    swap = -torch.eye(3)  # each caption's negative points away from its image: clearly wrong
+    none = torch.zeros(3, 3, dtype=torch.bool)
+    aligned = align_text.contrastive_loss(image, text, swap, torch.ones(3, dtype=torch.bool), none, 50.0)
+    assert aligned.item() < 1e-6
+    # a negative as close to the image as its caption costs log 2 on that image's side
+    confused = align_text.contrastive_loss(image, text, torch.eye(3), torch.tensor([True, False, False]), none, 50.0)
+    assert confused.item() == pytest.approx(math.log(2) / 2 / 3, rel=1e-4)
+    # masked negatives, and captions of the same image (a paired pool), are no competitors
+    masked = align_text.contrastive_loss(image, text, torch.eye(3), torch.zeros(3, dtype=torch.bool), none, 50.0)
+    assert masked.item() < 1e-6
+    twins = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    same = torch.stack([image[0], image[0], image[2]])
+    shared = align_text.contrastive_loss(same, same, swap, torch.zeros(3, dtype=torch.bool), twins, 50.0)
+    assert shared.item() < 1e-6
+
+
+def test_the_image_tower_knows_where_things_are():
+    tower = align_text.ImageTower(channels=4, size=16, dim=8)
+    left, right = torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 16, 16)
+    left[..., 4:8, 2:6], right[..., 4:8, 10:14] = 1.0, 1.0
+    a, b = tower(left), tower(right)
+    assert a.norm().item() == pytest.approx(1.0) and not torch.allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_short_alignment_logs_the_probes_and_writes_a_pipeline_the_lens_runs(tmp_path):
+    pool = build_pool(tmp_path / "pool", AutoencoderKL.from_pretrained(TOY_MODEL_DIR / "vae"), scenes=60, seed=3)
+    out = tmp_path / "align"
+    args = SimpleNamespace(
+        out=out, pool=pool, init_from=TOY_T5, kind="t5-dit", steps=2, batch=8, lr=3e-4, keep=1.0, dim=16,
+        eval_every=2, seed=0, threads=None, max_minutes=None,
+    )  # fmt: skip
+    target = align_text.align(args)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    checks = [r for r in log if r["stage"] == "eval"]
+    assert [c["step"] for c in checks] == [0, 2]
+    assert all(len(c["binding_side"]) == 8 and 0 <= c["order_swap"] <= 1 for c in checks)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+    pipe = dl.load_pipeline(target, device="cpu")
+    assert type(pipe).__name__ == "PixArtAlphaPipeline"
+    shipped = dl.load_pipeline(TOY_T5, device="cpu")
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(pipe.text_encoder.parameters(), shipped.text_encoder.parameters(), strict=True)
+    ]
+    assert any(moved)  # the encoder was trained; the denoiser is the one it started from
+    assert all(
+        torch.equal(a, b) for a, b in zip(pipe.transformer.parameters(), shipped.transformer.parameters(), strict=True)
+    )
+    res = dl.Lens(pipe).run("a red circle left of a blue square", seeds=[0], num_inference_steps=2)
+    assert res.layers == list(range(9)) and res.image(8).size == (64, 64)
