@@ -37,31 +37,62 @@ def test_hard_negatives_swap_the_objects_of_a_relation_and_the_colours_of_a_pair
         align_text.hard_negatives("a red circle beside a blue square")
 
 
+def _similarity(image, texts):
+    """Pooled embeddings (N, D) through late interaction (P = T = 1: the dot product)."""
+    return align_text.late_interaction(image[:, None], texts[:, None], torch.ones(len(texts), 1, dtype=torch.bool))
+
+
 def test_the_loss_rewards_the_caption_over_its_swap_and_ignores_what_is_not_a_negative():
     image = torch.eye(3)
     text = torch.eye(3)
     swap = -torch.eye(3)  # each caption's negative points away from its image: clearly wrong
     none = torch.zeros(3, 3, dtype=torch.bool)
-    aligned = align_text.contrastive_loss(image, text, swap, torch.ones(3, dtype=torch.bool), none, 50.0)
+    every, no_negative = torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)
+    assert _similarity(image, torch.cat([text, swap])).tolist() == torch.cat([text, swap], 1).tolist()
+    aligned = align_text.contrastive_loss(_similarity(image, torch.cat([text, swap])), every, none, 50.0)
     assert aligned.item() < 1e-6
     # a negative as close to the image as its caption costs log 2 on that image's side
-    confused = align_text.contrastive_loss(image, text, torch.eye(3), torch.tensor([True, False, False]), none, 50.0)
+    confusing = _similarity(image, torch.cat([text, torch.eye(3)]))
+    confused = align_text.contrastive_loss(confusing, torch.tensor([True, False, False]), none, 50.0)
     assert confused.item() == pytest.approx(math.log(2) / 2 / 3, rel=1e-4)
     # masked negatives, and captions of the same image (a paired pool), are no competitors
-    masked = align_text.contrastive_loss(image, text, torch.eye(3), torch.zeros(3, dtype=torch.bool), none, 50.0)
-    assert masked.item() < 1e-6
+    assert align_text.contrastive_loss(confusing, no_negative, none, 50.0).item() < 1e-6
     twins = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
     same = torch.stack([image[0], image[0], image[2]])
-    shared = align_text.contrastive_loss(same, same, swap, torch.zeros(3, dtype=torch.bool), twins, 50.0)
+    shared = align_text.contrastive_loss(_similarity(same, torch.cat([same, -same])), no_negative, twins, 50.0)
     assert shared.item() < 1e-6
 
 
+def test_token_wise_matching_tells_a_caption_from_its_swap_only_through_where_its_tokens_point():
+    left, right, red, blue = torch.eye(4)
+    image = torch.stack([(left + red) / 2**0.5, (right + blue) / 2**0.5])[None]  # two cells: red left, blue right
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    # tokens that carry their object's side match the image better than the swapped caption's tokens
+    caption = torch.stack([(red + left) / 2**0.5, (blue + right) / 2**0.5])[None]
+    swapped = torch.stack([(blue + left) / 2**0.5, (red + right) / 2**0.5])[None]
+    right_score = align_text.late_interaction(image, caption, mask, pairwise=True)
+    assert right_score.item() == pytest.approx(1.0)
+    assert right_score.item() > align_text.late_interaction(image, swapped, mask, pairwise=True).item()
+    # a bag of words (no side in the tokens) cannot tell them apart
+    bag = torch.stack([red, blue])[None]
+    assert align_text.late_interaction(image, bag, mask, pairwise=True).item() == pytest.approx(2**-0.5)
+    # padding tokens count on neither side; the full matrix agrees with the pairwise scores
+    padded = torch.cat([caption, torch.ones(1, 1, 4)], 1)
+    with_pad = align_text.late_interaction(image, padded, torch.tensor([[True, True, False]]))
+    assert with_pad.shape == (1, 1) and with_pad.item() == pytest.approx(right_score.item())
+
+
 def test_the_image_tower_knows_where_things_are():
-    tower = align_text.ImageTower(channels=4, size=16, dim=8)
     left, right = torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 16, 16)
     left[..., 4:8, 2:6], right[..., 4:8, 10:14] = 1.0, 1.0
-    a, b = tower(left), tower(right)
-    assert a.norm().item() == pytest.approx(1.0) and not torch.allclose(a, b, atol=1e-3)
+    for pooled, cells in ((True, 1), (False, 64)):
+        tower = align_text.ImageTower(channels=4, size=16, dim=8, pooled=pooled)
+        a, b = tower(left), tower(right)
+        assert a.shape == (1, cells, 8) and a.norm(dim=-1).allclose(torch.ones(1, cells))
+        assert not torch.allclose(a, b, atol=1e-3)
+    # on an empty image the cells differ only by their learned place
+    flat = tower(torch.zeros(1, 4, 16, 16))[0]
+    assert not torch.allclose(flat[0], flat[-1], atol=1e-3)
 
 
 @pytest.mark.slow
@@ -70,7 +101,7 @@ def test_a_short_alignment_logs_the_probes_and_writes_a_pipeline_the_lens_runs(t
     out = tmp_path / "align"
     args = SimpleNamespace(
         out=out, pool=pool, init_from=TOY_T5, kind="t5-dit", steps=2, batch=8, lr=3e-4, keep=1.0, dim=16,
-        eval_every=2, seed=0, threads=None, max_minutes=None,
+        match="tokens", eval_every=2, seed=0, threads=None, max_minutes=None,
     )  # fmt: skip
     target = align_text.align(args)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

@@ -15,16 +15,18 @@ families never faced this: Stable Diffusion's CLIP was trained contrastively on 
 PixArt's T5 on language, and both are frozen under the denoiser. Here the encoder gets a direct reason: among
 in-batch captions *and* the caption with its two objects swapped ("a blue square left of a red circle" for an image
 of "a red circle left of a blue square", both with the same words), pick the one that describes the image. Only an
-encoder whose object tokens carry their side can tell the two apart (a colour swap does the same for binding
-colours to shapes).
+encoder that reads the order can tell the two apart (a colour swap does the same for binding colours to shapes).
 
 The text tower is the encoder itself, read where the denoiser reads it (the kind's ``condition``: T5's last
-state after its final norm, CLIP's last hidden state), mean-pooled over the caption's tokens, so the side must live
-in the object tokens the denoiser attends to rather than in one pooled slot; a linear projection follows. The image
-tower is a small CNN over the pool's latents that ends in a flattened map (where a thing is matters). ``--keep``
-holds the encoder's last state near the one it started from, so a denoiser already trained on it still reads the
-colours and shapes it knew. Every ``--eval-every`` steps the log gets the :mod:`.binding` side probe per layer and
-the held-out swap test: the share of held-out relation images closer to their caption than to its swap.
+state after its final norm, CLIP's last hidden state), each token projected; the image tower a small CNN over the
+pool's latents, one vector per cell of the DiT's patch grid, each knowing its place. A caption matches an image
+token by token (``--match tokens``, FILIP's late interaction, :func:`late_interaction`), so an order swap, which has
+the same words, loses only if each object's tokens say where that object is: the side must live in the object
+tokens a patch's cross-attention reads. (``--match pooled`` is CLIP's one vector per side, the caption mean-pooled:
+it learns to tell a caption from its swap without putting the side in the object tokens; measured in the t5 card.)
+``--keep`` holds the encoder's last state near the one it started from, so a denoiser already trained on it still
+reads the colours and shapes it knew. Every ``--eval-every`` steps the log gets the :mod:`.binding` side probe per
+layer and the held-out swap test: the share of held-out relation images closer to their caption than to its swap.
 """
 
 from __future__ import annotations
@@ -75,41 +77,77 @@ def hard_negatives(caption: str) -> dict[str, str]:
 
 
 class ImageTower(nn.Module):
-    """Latents (C × h × w) → a unit vector: three convolutions down to a quarter of the side, then the whole map
-    flattened into one linear layer, so the embedding knows where things are (a pooled CNN would not)."""
+    """Latents (C × h × w) → unit vectors, (N, P, D). ``pooled``: one vector per image (P = 1), three convolutions down
+    to a quarter of the side and the whole map flattened into one linear layer, so it knows where things are (a
+    pooled CNN would not). Otherwise one vector per cell of a grid at half the side (P = (size/2)², the DiT's own
+    patch grid on the toy's latents), each with a learned position added, for token-wise matching."""
 
-    def __init__(self, channels: int, size: int, dim: int, width: int = 64):
+    def __init__(self, channels: int, size: int, dim: int, width: int = 64, pooled: bool = True):
         super().__init__()
+        self.pooled = pooled
+        last_stride = 2 if pooled else 1
         self.convs = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1),
             nn.GELU(),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
             nn.GELU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=last_stride, padding=1),
             nn.GELU(),
         )
-        self.proj = nn.Linear(2 * width * (size // 4) ** 2, dim)
+        side = size // (2 * last_stride)
+        if pooled:
+            self.proj = nn.Linear(2 * width * side**2, dim)
+        else:
+            self.position = nn.Parameter(torch.randn(2 * width, side, side) * 0.02)
+            self.proj = nn.Linear(2 * width, dim)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(self.convs(latents).flatten(1)), dim=-1)
+        features = self.convs(latents)
+        if self.pooled:
+            return F.normalize(self.proj(features.flatten(1)), dim=-1).unsqueeze(1)
+        cells = (features + self.position).flatten(2).transpose(1, 2)  # (N, P, 2·width)
+        return F.normalize(self.proj(cells), dim=-1)
 
 
 class TextTower(nn.Module):
-    """Token ids → a unit vector: the encoder's states where the denoiser reads them, mean-pooled over the caption's
-    tokens, projected."""
+    """Token ids → unit vectors and their mask, (N, T, D) and (N, T), plus the encoder's states. The states are read
+    where the denoiser reads them and projected; ``pooled``: mean-pooled over the caption's tokens first (T = 1),
+    otherwise one vector per token (padding masked)."""
 
-    def __init__(self, kind, encoder: nn.Module, width: int, dim: int):
+    def __init__(self, kind, encoder: nn.Module, width: int, dim: int, pooled: bool = True):
         super().__init__()
-        self.kind, self.encoder, self.proj = kind, encoder, nn.Linear(width, dim, bias=False)
+        self.kind, self.encoder, self.pooled = kind, encoder, pooled
+        self.proj = nn.Linear(width, dim, bias=False)
 
     def states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.kind.condition(self.encoder, ids, mask)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         states = self.states(ids, mask)
+        if not self.pooled:
+            return F.normalize(self.proj(states), dim=-1), mask.bool(), states
         weights = mask.unsqueeze(-1).to(states.dtype)
         pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return F.normalize(self.proj(pooled), dim=-1), states
+        vector = F.normalize(self.proj(pooled), dim=-1).unsqueeze(1)
+        return vector, torch.ones(vector.shape[:2], dtype=torch.bool, device=vector.device), states
+
+
+def late_interaction(image: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, pairwise: bool = False):
+    """Token-wise similarity (FILIP: Yao et al., ICLR 2022) of images (I, P, D) and texts (J, T, D), mask (J, T):
+    the mean, over a caption's tokens, of each token's best cell, averaged with the mean, over cells, of each
+    cell's best token. (I, J), or (I,) for ``pairwise`` (image i with text i). With P = T = 1 it is the dot product.
+
+    Why token-wise: an order-swapped caption has the same words, so its tokens can lose to the caption's only if
+    each object's tokens match the cells where *that* object is, i.e. if the tokens say where their object goes:
+    the fusion of object and side that a patch's cross-attention query in the denoiser can find."""
+    if pairwise:
+        sims, keep = torch.einsum("ipd,itd->ipt", image, text), mask[:, None, :]
+    else:
+        sims, keep = torch.einsum("ipd,jtd->ijpt", image, text), mask[None, :, None, :]
+    tokens = keep.squeeze(-2).to(sims.dtype)
+    text_side = (sims.amax(-2) * tokens).sum(-1) / tokens.sum(-1).clamp(min=1)
+    image_side = sims.masked_fill(~keep, -torch.inf).amax(-1).mean(-1)
+    return (text_side + image_side) / 2
 
 
 def negative_tokens(captions: list[str], tokenizer, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -131,19 +169,20 @@ def negative_tokens(captions: list[str], tokenizer, device: torch.device) -> tup
     )
 
 
-def contrastive_loss(
-    image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor, valid: torch.Tensor, same_image, scale
-) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch; an image also competes its caption against every caption's hard negatives
-    (``negatives`` (B·K, D), ``valid`` (B·K,)). ``same_image`` (B, B): pairs drawn from one image (a paired pool says
-    a relation scene both ways), which are not negatives of each other."""
-    batch = len(image)
-    target = torch.arange(batch, device=image.device)
-    off_diagonal = same_image & ~torch.eye(batch, dtype=torch.bool, device=image.device)
-    to_text = scale * image @ torch.cat([text, negatives]).T  # (B, B + B·K)
-    to_text[:, :batch] = to_text[:, :batch].masked_fill(off_diagonal, -torch.inf)
-    to_text[:, batch:] = to_text[:, batch:].masked_fill(~valid, -torch.inf)
-    to_image = (scale * text @ image.T).masked_fill(off_diagonal, -torch.inf)
+def contrastive_loss(similarity: torch.Tensor, valid: torch.Tensor, same_image, scale) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of B images whose similarity (B, B + B·K) is to the B captions and then to
+    every caption's K hard negatives (``valid`` (B·K,): which exist): an image also competes its caption against
+    them. ``same_image`` (B, B): pairs drawn from one image (a paired pool says a relation scene both ways), which
+    are not negatives of each other."""
+    batch = len(similarity)
+    target = torch.arange(batch, device=similarity.device)
+    off_diagonal = same_image & ~torch.eye(batch, dtype=torch.bool, device=similarity.device)
+    to_text = scale * similarity
+    to_text = torch.cat(
+        [to_text[:, :batch].masked_fill(off_diagonal, -torch.inf), to_text[:, batch:].masked_fill(~valid, -torch.inf)],
+        dim=1,
+    )
+    to_image = to_text[:, :batch].T
     return (F.cross_entropy(to_text, target) + F.cross_entropy(to_image, target)) / 2
 
 
@@ -157,11 +196,10 @@ def swap_test(image_tower, text_tower, pool, negatives, rows: torch.Tensor, scal
     for start in range(0, len(picks), 512):
         chunk = picks[start : start + 512]
         image = image_tower(pool.mean[pool.images[chunk]] * scale)
-        text, _ = text_tower(pool.input_ids[chunk], pool.attention_mask[chunk])
-        right = (image * text).sum(-1)
+        right = late_interaction(image, *text_tower(pool.input_ids[chunk], pool.attention_mask[chunk])[:2], True)
         for slot, swap in enumerate(SWAPS):
-            wrong, _ = text_tower(ids[chunk, slot], mask[chunk, slot])
-            closer[swap].append((right > (image * wrong).sum(-1))[valid[chunk, slot]])
+            wrong = late_interaction(image, *text_tower(ids[chunk, slot], mask[chunk, slot])[:2], True)
+            closer[swap].append((right > wrong)[valid[chunk, slot]])
     shares = {swap: torch.cat(found) for swap, found in closer.items()}
     return {swap: round(found.float().mean().item(), 3) if len(found) else None for swap, found in shares.items()}
 
@@ -170,12 +208,14 @@ class Alignment(nn.Module):
     """The two towers, the learned temperature, and the encoder's starting copy that ``keep`` pulls it toward: the
     whole contrastive model, one module, so a checkpoint is one state dict."""
 
-    def __init__(self, kind, encoder: nn.Module, latent_shape: tuple[int, ...], dim: int, keep: float):
+    def __init__(
+        self, kind, encoder: nn.Module, latent_shape: tuple[int, ...], dim: int, keep: float, tokenwise: bool = True
+    ):
         super().__init__()
         config = encoder.config
         width = config.d_model if hasattr(config, "d_model") else config.hidden_size
-        self.text = TextTower(kind, encoder, width, dim)
-        self.image = ImageTower(latent_shape[0], latent_shape[1], dim)
+        self.text = TextTower(kind, encoder, width, dim, pooled=not tokenwise)
+        self.image = ImageTower(latent_shape[0], latent_shape[1], dim, pooled=not tokenwise)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's starting temperature
         self.reference = copy.deepcopy(encoder).eval().requires_grad_(False)
         self.keep = keep
@@ -183,10 +223,12 @@ class Alignment(nn.Module):
     def loss(self, latents, ids, mask, negative_ids, negative_mask, valid, same_image) -> torch.Tensor:
         """The contrastive loss of a batch (negatives (B, slots, length)), plus ``keep`` × the mean squared drift
         of the caption tokens' states from where the encoder started."""
-        text, states = self.text(ids, mask)
-        negative, _ = self.text(negative_ids.flatten(0, 1), negative_mask.flatten(0, 1))
+        text, text_mask, states = self.text(ids, mask)
+        negative, negative_mask, _ = self.text(negative_ids.flatten(0, 1), negative_mask.flatten(0, 1))
+        texts, masks = torch.cat([text, negative]), torch.cat([text_mask, negative_mask])
+        similarity = late_interaction(self.image(latents), texts, masks)
         scale = self.logit_scale.clamp(max=math.log(100)).exp()
-        loss = contrastive_loss(self.image(latents), text, negative, valid.flatten(), same_image, scale)
+        loss = contrastive_loss(similarity, valid.flatten(), same_image, scale)
         if not self.keep:
             return loss
         with torch.no_grad():
@@ -213,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-4, help="the text encoder's rate (the towers learn at 3×)")
     parser.add_argument("--keep", type=float, default=1.0, help="weight of the pull toward the starting states")
     parser.add_argument("--dim", type=int, default=128, help="the shared embedding's width")
+    parser.add_argument(
+        "--match", choices=("tokens", "pooled"), default="tokens",
+        help="token-wise matching of caption tokens with image cells (FILIP), or one vector each (CLIP)",
+    )  # fmt: skip
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -248,7 +294,8 @@ def align(args) -> Path:
     first_held_out = images - min(HELD_OUT_IMAGES, images // 5)
     trainable = torch.nonzero(pool.images < first_held_out).flatten()
     torch.manual_seed(args.seed)
-    model = Alignment(kind, encoder, tuple(pool.mean.shape[1:]), args.dim, args.keep)
+    tokenwise = args.match == "tokens"
+    model = Alignment(kind, encoder, tuple(pool.mean.shape[1:]), args.dim, args.keep, tokenwise=tokenwise)
     opt = model.optimizer(args.lr)
     ckpt, start_step = args.out / "checkpoint.pt", 0
     if ckpt.exists():
