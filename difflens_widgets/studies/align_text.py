@@ -2,10 +2,12 @@
 the pool's images, each caption's order-swapped twin as a hard negative (NegCLIP: Yuksekgonul et al., "When and why
 vision-language models behave like bags-of-words", ICLR 2023).
 
-    python -m difflens_widgets.studies.align_text --out runs/align --pool runs/pool-rel \\
-        --init-from difflens_widgets/toy/model_t5 --steps 3000 --threads 1
-    python -m difflens_widgets.studies.train --out runs/t5-aligned --kind t5-dit --stage unet --pool runs/pool-rel \\
-        --init-from runs/align/pipeline --text-lr-scale 0 ...        # then the denoiser learns to read it
+    python -m difflens_widgets.studies.align_text --out runs/align-tok --pool runs/pool-rel \\
+        --init-from difflens_widgets/toy/model_t5 --steps 900 --threads 2
+    python -m difflens_widgets.studies.train --out runs/t5-tok --kind t5-dit --stage unet --pool runs/pool-rel \\
+        --init-from runs/align-tok/pipeline --init-step 4825 --lr 1e-3 --batch 64 --text-lr-scale 0 --threads 2
+
+(what made toy-t5's weights of 2026-12-06, from the weights before them: MODEL_CARD_T5.md has the curves.)
 
 Why a stage of its own. Trained jointly through the denoising loss alone, toy-t5's encoder never fused an object
 with its side of a relation (:mod:`.binding`: the side probe at 0.45-0.52 on every layer after ~2.7 M samples),
