@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL
 
 import difflens_widgets as dl
+from difflens_widgets.adapters.encoders import blocks, final_norm
 from difflens_widgets.core.models import TOY_MODEL_DIR
 from difflens_widgets.studies import align_text
 from difflens_widgets.studies.pool import build_pool
@@ -101,7 +102,7 @@ def test_a_short_alignment_logs_the_probes_and_writes_a_pipeline_the_lens_runs(t
     out = tmp_path / "align"
     args = SimpleNamespace(
         out=out, pool=pool, init_from=TOY_T5, kind="t5-dit", steps=2, batch=8, lr=3e-4, keep=1.0, dim=16,
-        match="tokens", eval_every=2, seed=0, threads=None, max_minutes=None,
+        match="tokens", eval_every=2, seed=0, threads=None, max_minutes=None, train_from_block=5,
     )  # fmt: skip
     target = align_text.align(args)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -112,13 +113,31 @@ def test_a_short_alignment_logs_the_probes_and_writes_a_pipeline_the_lens_runs(t
     pipe = dl.load_pipeline(target, device="cpu")
     assert type(pipe).__name__ == "PixArtAlphaPipeline"
     shipped = dl.load_pipeline(TOY_T5, device="cpu")
-    moved = [
-        not torch.equal(a, b)
-        for a, b in zip(pipe.text_encoder.parameters(), shipped.text_encoder.parameters(), strict=True)
-    ]
-    assert any(moved)  # the encoder was trained; the denoiser is the one it started from
+
+    def moved(part) -> bool:
+        return any(
+            not torch.equal(a, b)
+            for a, b in zip(part(pipe.text_encoder).parameters(), part(shipped.text_encoder).parameters(), strict=True)
+        )
+
+    # blocks 5-7 and the final norm were trained; the embeddings and blocks 0-4 kept; the denoiser is the one it
+    # started from
+    assert all(moved(lambda e, i=i: blocks(e)[i]) for i in (5, 6, 7)) and moved(final_norm)
+    assert not any(moved(lambda e, i=i: blocks(e)[i]) for i in range(5))
+    assert not moved(lambda e: e.get_input_embeddings())
     assert all(
         torch.equal(a, b) for a, b in zip(pipe.transformer.parameters(), shipped.transformer.parameters(), strict=True)
     )
     res = dl.Lens(pipe).run("a red circle left of a blue square", seeds=[0], num_inference_steps=2)
     assert res.layers == list(range(9)) and res.image(8).size == (64, 64)
+
+
+def test_freezing_the_lower_blocks_leaves_only_the_upper_ones_to_learn():
+    encoder = dl.load_pipeline(TOY_T5, device="cpu").text_encoder
+    align_text.freeze_below(encoder, 6)
+    trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(".block.6." in n or ".block.7." in n or "final_layer_norm" in n for n in trainable)
+    assert any(".block.6." in n for n in trainable) and any("final_layer_norm" in n for n in trainable)
+    for bad in (-1, 8):
+        with pytest.raises(ValueError, match=r"--train-from-block must be in 0\.\.7 \(the encoder has 8 blocks\)"):
+            align_text.freeze_below(encoder, bad)

@@ -23,12 +23,15 @@ The text tower is the encoder itself, read where the denoiser reads it (the kind
 state after its final norm, CLIP's last hidden state), each token projected; the image tower a small CNN over the
 pool's latents, one vector per cell of the DiT's patch grid, each knowing its place. A caption matches an image
 token by token (``--match tokens``, FILIP's late interaction, :func:`late_interaction`), so an order swap, which has
-the same words, loses only if each object's tokens say where that object is: the side must live in the object
-tokens a patch's cross-attention reads. (``--match pooled`` is CLIP's one vector per side, the caption mean-pooled:
-it learns to tell a caption from its swap without putting the side in the object tokens; measured in the t5 card.)
-``--keep`` holds the encoder's last state near the one it started from, so a denoiser already trained on it still
-reads the colours and shapes it knew. Every ``--eval-every`` steps the log gets the :mod:`.binding` side probe per
-layer and the held-out swap test: the share of held-out relation images closer to their caption than to its swap.
+the same words, loses only if some token says which object is where: the side must live in tokens a patch's
+cross-attention reads (the objects' own, or the relation word's: the :mod:`.binding` side probe, which reads the
+objects' words, tells which). (``--match pooled`` is CLIP's one vector per side, the caption mean-pooled: it learns to
+tell a caption from its swap without putting the side in any token; measured in the t5 card.) ``--keep`` holds the
+encoder's last state near the one it started from, so a denoiser already trained on it still reads the colours and
+shapes it knew. ``--train-from-block K`` keeps the embeddings and blocks below K as they were (:func:`freeze_below`),
+so whatever the alignment composes is composed above them. Every ``--eval-every`` steps the log gets the side probe
+per layer and the held-out swap test: the share of held-out relation images closer to their caption than to its
+swap.
 """
 
 from __future__ import annotations
@@ -240,8 +243,9 @@ class Alignment(nn.Module):
         return loss + self.keep * drift
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """AdamW: the encoder at ``lr``, the new parts (projections, image tower, temperature) at 3 × ``lr``."""
-        encoder = list(self.text.encoder.parameters())
+        """AdamW: the encoder's trainable part at ``lr``, the new parts (projections, image tower, temperature) at
+        3 × ``lr``."""
+        encoder = [p for p in self.text.encoder.parameters() if p.requires_grad]
         fresh = [*self.text.proj.parameters(), *self.image.parameters(), self.logit_scale]
         return torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": fresh, "lr": 3 * lr}], weight_decay=0.01)
 
@@ -261,12 +265,35 @@ def main(argv: list[str] | None = None) -> None:
         "--match", choices=("tokens", "pooled"), default="tokens",
         help="token-wise matching of caption tokens with image cells (FILIP), or one vector each (CLIP)",
     )  # fmt: skip
+    parser.add_argument(
+        "--train-from-block", type=int, default=0,
+        help="freeze the embeddings and the blocks below this one (0: train them all); see freeze_below",
+    )  # fmt: skip
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly (checkpoint + export) after")
     args = parser.parse_args(argv)
     align(args)
+
+
+def freeze_below(encoder: nn.Module, first_trained: int) -> None:
+    """Freeze the token embeddings and blocks ``0 .. first_trained - 1``: only the upper blocks and the final norm
+    learn what the alignment teaches. Why: an encoder aligned in every block computes the relation where the
+    gradient finds it cheapest (toy-t5's token-aligned encoder: by block 4 of 8, its lens image at layer 4 already
+    the final one). Kept frozen, the lower blocks stay the lexical encoder they were, so relations can only be
+    composed above them, as in a pretrained encoder whose upper layers were fine-tuned."""
+    from ..adapters.encoders import blocks, final_norm
+
+    stack = blocks(encoder)
+    if not 0 <= first_trained < len(stack):
+        raise ValueError(f"--train-from-block must be in 0..{len(stack) - 1} (the encoder has {len(stack)} blocks)")
+    if first_trained == 0:
+        return
+    encoder.requires_grad_(False)
+    for block in stack[first_trained:]:
+        block.requires_grad_(True)
+    final_norm(encoder).requires_grad_(True)
 
 
 def align(args) -> Path:
@@ -289,6 +316,7 @@ def align(args) -> Path:
     encoder = kind.build(tokenizer)[1]
     _load_with_tied_weights(encoder, load_file(args.init_from / "text_encoder" / "model.safetensors"))
     encoder.float()
+    freeze_below(encoder, args.train_from_block)
     pool = load_pool(args.pool, tokenizer, torch.device("cpu"))
     negatives = negative_tokens(pool.captions, tokenizer, torch.device("cpu"))
     scale = json.loads((args.init_from / "vae" / "config.json").read_text())["scaling_factor"]
