@@ -313,3 +313,27 @@ def test_paired_batches_say_each_relation_scene_both_ways():
             assert torch.equal(images[k], images[k + 1])  # one scene, said the other way round
             pairs += 1
     assert pairs >= 8
+
+
+def test_a_run_exports_its_raw_or_its_ema_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    run, shipped = tmp_path / "t5cpu", TOY_MODEL_DIR.parent / "model_t5"
+    train.init_from_pipeline(run, shipped, "t5-dit", step=4825)
+    modules = train.build_modules(train.KINDS["t5-dit"], build_tokenizer())
+    train.load_weights(run / train.WEIGHTS_FILE, modules)
+    with torch.no_grad():
+        modules["text"].encoder.final_layer_norm.weight.fill_(0.5)  # the raw weights moved on; the EMA did not yet
+    train.save_weights(run / train.WEIGHTS_FILE, modules, step=5000)
+    norm = "encoder.final_layer_norm.weight"
+    raw = train.export_weights(run, "t5-dit", weights="raw")
+    ema = train.export_weights(run, "t5-dit")
+    assert (raw.name, ema.name) == ("pipeline-raw", "pipeline")
+    assert torch.all(load_file(raw / "text_encoder" / "model.safetensors")[norm] == 0.5)
+    assert torch.equal(
+        load_file(ema / "text_encoder" / "model.safetensors")[norm],
+        load_file(shipped / "text_encoder" / "model.safetensors")[norm],
+    )
+    assert [r["weights"] for r in log_of(run) if r["stage"] == "export"] == ["raw", "ema"]
+    with pytest.raises(ValueError, match="weights must be one of ema, raw, got 'best'"):
+        train.export_weights(run, "t5-dit", weights="best")

@@ -229,11 +229,13 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
 
 
-def export_pipeline(out: Path, kind, vae, denoiser, text_encoder, tokenizer, dtype=torch.float16) -> Path:
-    """Write a standard pipeline folder of ``kind`` (weights in ``dtype`` safetensors) to ``out/pipeline``."""
+def export_pipeline(
+    out: Path, kind, vae, denoiser, text_encoder, tokenizer, dtype=torch.float16, folder: str = "pipeline"
+) -> Path:
+    """Write a standard pipeline folder of ``kind`` (weights in ``dtype`` safetensors) to ``out/folder``."""
     parts = (copy.deepcopy(m).to(dtype) for m in (vae, denoiser, text_encoder))
     pipe = kind.pipeline(*parts, tokenizer)
-    target = out / "pipeline"
+    target = out / folder
     pipe.save_pretrained(target, safe_serialization=True)
     return target
 
@@ -619,6 +621,10 @@ def main(argv: list[str] | None = None) -> None:
         "denoiser and text encoder) with a fresh, re-warmed optimizer, at --init-step",
     )
     parser.add_argument("--init-step", type=int, default=0, help="the step the --init-from weights were taken at")
+    parser.add_argument(
+        "--export-weights", choices=tuple(EXPORT_FOLDERS), default="ema",
+        help="--stage export: the EMA weights (into OUT/pipeline) or the raw ones (OUT/pipeline-raw)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     started = time.time()  # --max-minutes counts from here: loading and building a pool are part of the budget
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -644,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.out, args.vae_steps, args.vae_batch, args.seed, device, args.workers, args.vae_from, args.vae_lr
             )
     if args.stage == "export":
-        export_weights(args.out, args.kind, channels)
+        export_weights(args.out, args.kind, channels, args.export_weights)
         return
     if args.stage in ("unet", "all"):
         pool_dir = args.pool or args.out / "pool"
@@ -677,17 +683,26 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-def export_weights(out: Path, kind: str, unet_channels: tuple[int, ...] | None = None) -> Path:
-    """``out/pipeline`` (EMA weights) from ``out/weights.safetensors``: a run carried as weights alone."""
+EXPORT_FOLDERS = {"ema": "pipeline", "raw": "pipeline-raw"}  # which weights → where --stage export writes them
+
+
+def export_weights(out: Path, kind: str, unet_channels: tuple[int, ...] | None = None, weights: str = "ema") -> Path:
+    """A pipeline folder from ``out/weights.safetensors`` (a run carried as weights alone): the EMA weights into
+    ``out/pipeline``, or the raw ones into ``out/pipeline-raw`` — early in a run the EMA lags the raw weights by
+    thousands of steps, and a toy may ship the raw ones (toy-t5 does)."""
     from diffusers import AutoencoderKL
 
+    if weights not in EXPORT_FOLDERS:
+        raise ValueError(f"weights must be one of {', '.join(EXPORT_FOLDERS)}, got {weights!r}")
     toy = KINDS[kind]
     tokenizer = build_tokenizer()
     modules = build_modules(toy, tokenizer, unet_channels)
     step = load_weights(out / WEIGHTS_FILE, modules)
     vae = AutoencoderKL.from_pretrained(out / "vae")
-    target = export_pipeline(out, toy, vae, modules["ema_denoiser"], modules["ema_text"], tokenizer)
-    log(out, stage="export", step=step, exported=str(target))
+    prefix = "ema_" if weights == "ema" else ""
+    denoiser, text = modules[f"{prefix}denoiser"], modules[f"{prefix}text"]
+    target = export_pipeline(out, toy, vae, denoiser, text, tokenizer, folder=EXPORT_FOLDERS[weights])
+    log(out, stage="export", step=step, weights=weights, exported=str(target))
     return target
 
 
