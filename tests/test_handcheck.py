@@ -82,7 +82,8 @@ def test_the_t5_toys_set_and_the_annotators_agreement_on_it():
     report = handcheck.agreement(folder, records)
     for question, share in report["agreement"].items():
         assert share >= 0.9, (question, share, report["disagreements"])
-    # relations: 23 of the 24 relation images (the one miss: a yellow egg the annotator calls a blob, not a circle)
+    # relations: all 24 relation images
     assert report["judged"]["relation"] >= 20 and report["agreement"]["relation"] >= 0.95
-    # without the final norm this model paints full-frame noise, in which the annotator finds a shape 6 times in 24
-    assert report["noise_images"] >= 20 and report["noise_false_positive"] <= 0.3
+    # without the final norm this model paints full-frame noise: a noise field, in which no shape is reported (the
+    # rules before noise fields found one 9 times in 24)
+    assert report["noise_images"] >= 20 and report["noise_false_positive"] <= 0.05

@@ -220,6 +220,22 @@ def test_washes_of_colour_are_not_shapes():
     assert [d.phrase for d in annotate(Image.fromarray(tinted))] == ["blue square"]
 
 
+def test_a_noise_field_has_no_shapes_but_a_shape_at_the_edge_is_kept():
+    """Full-frame coloured noise (toy-t5 without its final norm) forms blobs that look like shapes; with paint over
+    the border and most of the frame there is no background for a shape to stand on, so none is reported. A shape
+    cut off at the edge paints a little border and is still found."""
+    rng = np.random.default_rng(0)
+    palette = np.array(
+        [COLORS[c] for c in ("orange", "blue", "purple", "green", "red")] + [BACKGROUND, (170, 160, 200)], np.float32
+    )
+    for _ in range(20):
+        blocks = palette[rng.integers(0, len(palette), size=(6, 6))]  # the old rules found "shapes" in 9 of these 20
+        field = Image.fromarray(blocks.astype(np.uint8)).resize((64, 64), Image.BILINEAR)
+        assert annotate(field) == [], [d.phrase for d in annotate(field)]
+    at_the_edge = Scene("", "colored", (ShapeObject("star", "red", "large", 32, 5, 11),))
+    assert [d.color for d in annotate(render(at_the_edge))] == ["red"]
+
+
 def test_placement_reads_a_relation_from_colours_alone():
     """The shape-blind relation check training tracks: right on renders, wrong for the opposite relation."""
     from difflens_widgets.toy.annotate import placement

@@ -10,7 +10,10 @@ touching, sometimes a tinted noise field with no shape at all. Each step can be 
    background)`` with a fade ``s`` — so a faded red stays red instead of turning pink. Colour names are categories,
    so a name may have more than one prototype (:data:`SHADES`: the magenta in which models paint "purple" is still
    purple to a person). A blob no colour explains, or too faint, too large, too ragged or too hazy (paint fading
-   out from a peak instead of a solid fill) to be a drawn shape, is noise and not reported;
+   out from a peak instead of a solid fill) to be a drawn shape, is noise and not reported; so is everything in a
+   *noise field* — an image whose border is itself mostly paint, with paint over much of the frame (what T5's
+   unnormalised states make the toy-t5 draw): with no background there is no shape on it, whatever blobs the noise
+   happens to form;
 4. its shape comes from a tiny CNN (:mod:`.shape_classifier`) trained on renders passed through the toy VAE's round
    trip and softened, reading the blob's soft paint mask in a square window (aspect ratio kept: diamond vs square).
    Below :data:`SHAPE_CONFIDENCE` the blob is reported as a ``"blob"``: its colour counts, no shape does — as a
@@ -51,6 +54,8 @@ MIN_FILL = 0.3  # blob area / bounding-box area; drawn shapes fill ≥ 0.4 (a st
 SPLIT_SHARE = 0.25  # the second colour must hold this share of the core for a blob to be two shapes
 SPLIT_DISTANCE = 6.0  # pixels between the two colour groups' centres for a split
 SHAPE_CONFIDENCE = 0.5  # the classifier's probability below which a blob has no nameable shape
+NOISE_BORDER = 0.08  # a scene's border is background: when more of it than this is paint (and ...
+NOISE_PAINT = 0.3  # ... more of the image than this), there is no background for a shape to stand on: a noise field
 BLOB = "blob"
 
 
@@ -172,12 +177,23 @@ def _split_by_color(
     return parts
 
 
+def is_noise_field(mask: np.ndarray) -> bool:
+    """Whether a paint mask is a noise field rather than a scene: paint over the border *and* over much of the frame.
+
+    Either alone is not enough — a shape cut off at the edge paints a little of the border, and a wash of colour
+    behind a shape paints much of the frame with a clean border."""
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    return bool(border.mean() > NOISE_BORDER and mask.mean() > NOISE_PAINT)
+
+
 def segment(image: Image.Image) -> list[Blob]:
     """The blobs of paint in ``image`` that could be drawn shapes (noise rejected), largest first."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     background = background_of(pixels)
     paint = shape_classifier.paint_strength(pixels, background)
     mask = np.linalg.norm(pixels - background, axis=-1) > FOREGROUND_DISTANCE
+    if is_noise_field(mask):
+        return []
     size = mask.size
     blobs = []
     for component in _components(mask):
