@@ -104,10 +104,17 @@ def test_report_on_a_tiny_subset(tmp_path):
     assert last["relation"]["relation"]["n"] == 3  # three relation prompts, one seed, the last layer only
     assert "--last-layer-per-family 3" in saved["command"]
     assert saved["balance"]["relation"]["colors"] == {"blue": 1, "green": 1, "red": 1, "yellow": 1}
-    assert [f["finding"] for f in saved["findings"]][-1] == "frequent colours before rare ones"
-    assert set(saved["findings"][-1]["tiers"]) == set(TIER_FAMILIES)
+    assert [f["finding"] for f in saved["findings"]][-2:] == [
+        "frequent colours before rare ones",
+        "split colour names after one-piece names of the same frequency",
+    ]
+    assert set(saved["findings"][-2]["tiers"]) == set(TIER_FAMILIES)
+    # each tier's first two prompts name one colour of each kind ("a red circle", "a green square"): both groups
+    assert set(saved["pieces"]) == {f"{tier}, {kind}" for tier in TIER_FAMILIES for kind in ("one piece", "split")}
+    assert all(curve["n"] == [1] * 9 for curve in saved["pieces"].values())  # one prompt × one seed per layer
     text = summary(table)
     assert "| relation | relation | 2 |" in text and "### findings" in text
+    assert "| common colour, split | 1 |" in text and "- split colour names after one-piece names" in text
     again = run_report("toy", **QUICK, out=tmp_path, log=logs.append)
     assert any("0 to run" in line for line in logs[-3:])  # the datasets were complete: nothing regenerated
     assert again["variants"] == table["variants"]
@@ -188,7 +195,7 @@ def test_findings_say_when_a_concept_is_not_learned():
     early = _curve([0.0, 0.9, 0.9, 0.9, 0.9], emergence=1, interval=(1, 1))
     flat = _curve([0.3, 0.3, 0.3, 0.3, 0.3], emergence=0, interval=(0, 0))
     curves = {
-        "colors": {"and": early},
+        "colors": {"and": early, "relation": early},
         "both": {"and": rising, "relation": early, "common colour": early, "very rare colour": flat},
         "relation": {"relation": rising},
         "relation_given_both": {"relation": _curve([0.2, 0.25, 0.3, 0.26, RELATION_CHANCE])},
@@ -204,6 +211,35 @@ def test_findings_say_when_a_concept_is_not_learned():
     assert relation["relations_learned"] and relation["holds"] is True  # binding at L1, the arrangement at L3
     text = findings_text({"findings": findings(curves, {})})
     assert "- binding before relations (relation): holds clearly — both L1 [1–1], relation L3 [2–3]" in text
+    assert "- colours before relations (relation): holds clearly — colors L1 [1–1], relation L3 [2–3]" in text
+
+
+def test_frequency_against_splitting_groups_tier_prompts_by_their_colour_words_pieces():
+    from difflens_widgets.studies.report import findings_text, pieces_finding, pieces_group
+
+    assert pieces_group("a red circle", "common colour") == "common colour, one piece"
+    assert pieces_group("a green circle", "common colour") == "common colour, split"  # g|re|en
+    assert pieces_group("a brown star", "very rare colour") == "very rare colour, split"  # br|own
+    early = _curve([0.0, 0.9, 0.9, 0.9, 0.9], emergence=1, interval=(1, 1))
+    late = _curve([0.0, 0.1, 0.2, 0.9, 0.9], emergence=3, interval=(2, 3))
+    flat = _curve([0.3, 0.3, 0.3, 0.3, 0.3], emergence=0, interval=(0, 0))
+    groups = {
+        "common colour, one piece": early,
+        "common colour, split": late,
+        "rare colour, one piece": early,
+        "rare colour, split": early,
+        "very rare colour, one piece": flat,  # never rises: not tested
+        "very rare colour, split": late,
+    }
+    finding = pieces_finding(groups)
+    assert finding["holds"] is False and finding["split_later_in"] == "1 of 2 tiers"
+    assert finding["per_tier"]["common colour"]["split later"] is True
+    assert finding["per_tier"]["common colour"]["clearly"] is True  # [1–1] before [2–3]
+    assert finding["per_tier"]["very rare colour"]["split later"] is None
+    text = findings_text({"findings": [finding]})
+    assert "does NOT hold — split later in 1 of 2 tiers: common colour: one piece L1 [1–1], split L3 [2–3]" in text
+    groups["rare colour, split"] = late
+    assert pieces_finding(groups)["holds"] is True and pieces_finding(groups)["clearly"] is True
 
 
 def test_each_embedded_model_ships_its_report():

@@ -223,12 +223,7 @@ def findings(curves: dict, last: dict) -> list[dict]:
     the emergence layers do not overlap."""
 
     def layer(question, family):
-        """(emergence layer, its interval); (None, ...) for a curve that never rises above layer 0 — a concept the
-        model has not learned has no emergence layer, however flat its curve is."""
-        curve = curves.get(question, {}).get(family)
-        if not curve or not rises(curve):
-            return (None, (None, None))
-        return (curve["emergence_layer"], tuple(curve["emergence_interval"]))
+        return emergence(curves.get(question, {}).get(family))
 
     def before(early, late) -> dict:
         (a, (_, a_hi)), (b, (b_lo, _)) = early, late
@@ -243,27 +238,28 @@ def findings(curves: dict, last: dict) -> list[dict]:
             {"finding": f"colours before binding ({family})", **before(colors, both), "colors": colors, "both": both}
         )
     for family in ("relation", "relation (held out)"):
-        both, relation = layer("both", family), layer("relation", family)
         given = curves.get("relation_given_both", {}).get(family)
         learned = bool(given) and given["low"][-1] > RELATION_CHANCE
-        verdict = before(both, relation) if learned else {"holds": None, "clearly": False}
-        out.append(
-            {
-                "finding": f"binding before relations ({family})",
-                **verdict,
-                "both": both,
-                "relation": relation,
-                "relations_learned": learned,
-                "relation_given_both_last": None
-                if not given
-                else [
-                    round(given["mean"][-1], 3),
-                    round(given["low"][-1], 3),
-                    round(given["high"][-1], 3),
-                    given["n"][-1],
-                ],
-            }
+        given_last = (
+            None
+            if not given
+            else [round(given["mean"][-1], 3), round(given["low"][-1], 3), round(given["high"][-1], 3), given["n"][-1]]
         )
+        relation = layer("relation", family)
+        for earlier in ("both", "colors"):  # binding, then the colours alone (a gap of layers is what a lens can show)
+            first = layer(earlier, family)
+            verdict = before(first, relation) if learned else {"holds": None, "clearly": False}
+            name = "binding" if earlier == "both" else "colours"
+            out.append(
+                {
+                    "finding": f"{name} before relations ({family})",
+                    **verdict,
+                    earlier: first,
+                    "relation": relation,
+                    "relations_learned": learned,
+                    "relation_given_both_last": given_last,
+                }
+            )
     tiers = [
         (family, layer("both", family), last.get(family, {}).get("both", {}).get("mean")) for family in TIER_FAMILIES
     ]
@@ -283,6 +279,67 @@ def findings(curves: dict, last: dict) -> list[dict]:
         }
     )
     return out
+
+
+def pieces_group(prompt: str, tier: str) -> str:
+    """The word-pieces group of a single-object tier prompt: "<tier>, one piece" or "<tier>, split" by its colour
+    word (every tier has a colour of each kind: :data:`~difflens_widgets.toy.language.PIECES`)."""
+    from ..toy.annotate import parse_caption
+    from ..toy.language import pieces
+
+    color = parse_caption(prompt).objects[0][0]
+    return f"{tier}, {'one piece' if len(pieces(color)) == 1 else 'split'}"
+
+
+def pieces_curves(rows) -> dict:
+    """Frequency against splitting: the tier families' "both" curves once more, each tier's prompts grouped by
+    whether their colour is one word piece or several. {group: curve} with emergence intervals, in tier order."""
+    from ..sweeps.report import curves
+
+    tiers = rows[rows["family"].isin(TIER_FAMILIES)]
+    if tiers.empty or "both" not in tiers or tiers["both"].isna().all():
+        return {}
+    tiers = tiers.assign(family=[pieces_group(p, f) for p, f in zip(tiers["prompt"], tiers["family"])])
+    tiers = tiers[tiers["both"].notna()].assign(both=lambda t: t["both"].astype(float))
+    table = curves(tiers[["family", "layer", "prompt_id", "both"]])["both"]["families"]
+    order = [f"{tier}, {kind}" for tier in TIER_FAMILIES for kind in ("one piece", "split")]
+    out = {}
+    for group in (g for g in order if g in table):
+        table[group]["emergence_interval"] = emergence_interval(tiers[tiers["family"] == group], "both")
+        out[group] = table[group]
+    return out
+
+
+def pieces_finding(groups: dict) -> dict:
+    """Is a split colour name read later than a one-piece name of the same frequency tier? Per tier where both
+    curves rise: which emerges first, and whether their bootstrap intervals are apart."""
+    per_tier = {}
+    for tier in TIER_FAMILIES:
+        one, split = groups.get(f"{tier}, one piece"), groups.get(f"{tier}, split")
+        if not one or not split:
+            continue
+        entry: dict = {"one piece": emergence(one), "split": emergence(split)}
+        (a, (_, a_hi)), (b, (b_lo, _)) = entry["one piece"], entry["split"]
+        entry["split later"] = None if a is None or b is None else b > a
+        entry["clearly"] = a_hi is not None and b_lo is not None and a_hi < b_lo
+        entry["last_layer_both"] = {"one piece": one["mean"][-1], "split": split["mean"][-1]}
+        per_tier[tier] = entry
+    tested = [t for t in per_tier.values() if t["split later"] is not None]
+    return {
+        "finding": "split colour names after one-piece names of the same frequency",
+        "holds": None if not tested else all(t["split later"] for t in tested),
+        "clearly": bool(tested) and all(t["clearly"] for t in tested),
+        "split_later_in": f"{sum(bool(t['split later']) for t in tested)} of {len(tested)} tiers",
+        "per_tier": per_tier,
+    }
+
+
+def emergence(curve: dict | None) -> tuple:
+    """(emergence layer, its interval); (None, (None, None)) for a curve that never rises above layer 0 — a concept
+    the model has not learned has no emergence layer, however flat its curve is."""
+    if not curve or not rises(curve):
+        return (None, (None, None))
+    return (curve["emergence_layer"], tuple(curve["emergence_interval"]))
 
 
 def rises(curve: dict) -> bool:
@@ -402,7 +459,7 @@ def run_report(
             **options,
         )
         rows[name] = in_every_family(judged(sweeps.load_rows(out / name), out / name), job_prompts)
-    table = {
+    table: dict = {
         "command": "python -m difflens_widgets.studies.report "
         + ("" if str(model) == "toy" else f"--model {model} ")
         + f"--seeds {seeds} --per-family {per_family} --ablation-per-family {ablation_per_family} "
@@ -419,6 +476,9 @@ def run_report(
     if "last_layer" in rows:
         table["last_layer"] = _last_layer(rows["last_layer"])
     table["findings"] = findings(table["variants"]["final_norm"], table.get("last_layer", {}))
+    table["pieces"] = pieces_curves(rows["final_norm"])
+    if table["pieces"]:
+        table["findings"].append(pieces_finding(table["pieces"]))
     table["seconds"] = round(time.perf_counter() - start, 1)
     (out / "emergence.json").write_text(json.dumps(table, indent=1, default=_plain))
     plot(table, out / "emergence.png")
@@ -473,6 +533,22 @@ def summary(table: dict) -> str:
                 for q in MEASURES
             ]
             lines.append(f"| {family} | {entry['prompts']} | " + " | ".join(cells) + " |")
+    if table.get("pieces"):
+        groups = table["pieces"]
+        layers = next(iter(groups.values()))["layers"]
+        lines += [
+            "",
+            "### frequency against splitting: single coloured objects per tier, colour name one piece or split",
+            "",
+            "| tier, colour name | images per layer | " + " | ".join(f"L{l}" for l in layers) + " | emerges |",
+            "|---|---|" + "---|" * len(layers) + "---|",
+        ]
+        for group, curve in groups.items():
+            cells = " | ".join(f"{v:.2f}" for v in curve["mean"])
+            emerges = (
+                _fmt_layer((curve["emergence_layer"], curve["emergence_interval"])) if rises(curve) else "does not rise"
+            )
+            lines.append(f"| {group} | {curve['n'][-1]} | {cells} | {emerges} |")
     lines += ["", "### findings (final norm on)", "", findings_text(table)]
     return "\n".join(lines)
 
@@ -489,7 +565,17 @@ def findings_text(table: dict) -> str:
         detail = ", ".join(
             f"{k} {_fmt_layer(v)}"
             for k, v in finding.items()
-            if k not in ("finding", "holds", "clearly", "tiers", "relations_learned", "relation_given_both_last")
+            if k
+            not in (
+                "finding",
+                "holds",
+                "clearly",
+                "tiers",
+                "relations_learned",
+                "relation_given_both_last",
+                "per_tier",
+                "split_later_in",
+            )
         )
         if finding.get("relation_given_both_last"):
             mean, low, high, n = finding["relation_given_both_last"]
@@ -499,6 +585,11 @@ def findings_text(table: dict) -> str:
             )
             if not finding["relations_learned"]:
                 verdict = "cannot be tested: relations are not learned (no better than chance at the last layer)"
+        if "per_tier" in finding:
+            detail = f"split later in {finding['split_later_in']}: " + "; ".join(
+                f"{tier}: one piece {_fmt_layer(t['one piece'])}, split {_fmt_layer(t['split'])}"
+                for tier, t in finding["per_tier"].items()
+            )
         if "tiers" in finding:
             detail = "; ".join(
                 f"{f}: emerges {_fmt_layer(t['emergence'])}, last layer "
