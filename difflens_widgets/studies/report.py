@@ -218,7 +218,7 @@ def family_curves(rows) -> dict:
 
 
 def findings(curves: dict, last: dict) -> list[dict]:
-    """The paper's three findings, each checked on the curves (final norm on): does it hold here, with which
+    """The paper's findings, each checked on the curves (final norm on): does it hold here, with which
     numbers. "Holds" means the point estimates are in the paper's order; "clearly" that the bootstrap intervals of
     the emergence layers do not overlap."""
 
