@@ -261,6 +261,25 @@ def test_a_run_starts_from_a_shipped_pipeline_and_then_resumes_its_own(tmp_path)
         train.init_from_pipeline(tmp_path / "clip", TOY_MODEL_DIR, "clip-unet", step=3000)
 
 
+def test_a_run_can_take_a_pipelines_denoiser_alone_under_a_fresh_text_encoder(tmp_path):
+    """The CLIP toy's U-Net (language v2) under a new v3 text encoder: the denoiser is the shipped one, the encoder
+    is a fresh one of the v3 vocabulary, and a bad ``parts`` says what is allowed."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "clip3"
+    train.init_from_pipeline(run, TOY_MODEL_DIR, "clip-unet", step=0, parts="denoiser")
+    modules = train.build_modules(train.KINDS["clip-unet"], build_tokenizer())
+    assert train.load_weights(run / train.WEIGHTS_FILE, modules) == 0
+    unet = load_file(TOY_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+    state = modules["denoiser"].state_dict()
+    assert all(torch.equal(state[k].half(), v.half()) for k, v in unet.items())
+    embeddings = modules["text"].get_input_embeddings().weight
+    assert embeddings.shape[0] == len(build_tokenizer()) != 120  # v3's vocabulary, not the shipped v2 encoder's
+    assert log_of(run)[-1] == {"stage": "init", "pipeline": str(TOY_MODEL_DIR), "step": 0, "parts": "denoiser"}
+    with pytest.raises(ValueError, match="parts must be one of all, denoiser, got 'text'"):
+        train.init_from_pipeline(tmp_path / "other", TOY_MODEL_DIR, "clip-unet", step=0, parts="text")
+
+
 def test_campaign_packs_the_best_run_of_each_kind_in_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(campaign, "PART_BYTES", 1000)
     specs = [campaign.RunSpec.parse(s) for s in ("a:t5-dit:1e-3:8", "b:t5-dit:3e-4:8", "c:clip-unet:1e-3:8")]

@@ -622,6 +622,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--init-step", type=int, default=0, help="the step the --init-from weights were taken at")
     parser.add_argument(
+        "--init-parts", choices=INIT_PARTS, default="all",
+        help="--init-from takes everything, or the denoiser alone with a fresh text encoder (another language)",
+    )  # fmt: skip
+    parser.add_argument(
         "--export-weights", choices=tuple(EXPORT_FOLDERS), default="ema",
         help="--stage export: the EMA weights (into OUT/pipeline) or the raw ones (OUT/pipeline-raw)",
     )  # fmt: skip
@@ -641,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
         device=str(device),
     )
     if args.init_from is not None:
-        init_from_pipeline(args.out, args.init_from, args.kind, args.init_step)
+        init_from_pipeline(args.out, args.init_from, args.kind, args.init_step, args.init_parts)
     if args.stage in ("vae", "all"):
         if args.vae_from is not None and args.vae_steps == 0:
             copy_vae(args.vae_from, args.out / "vae")
@@ -706,21 +710,29 @@ def export_weights(out: Path, kind: str, unet_channels: tuple[int, ...] | None =
     return target
 
 
-def init_from_pipeline(out: Path, pipeline_dir: Path, kind: str, step: int) -> None:
+INIT_PARTS = ("all", "denoiser")
+
+
+def init_from_pipeline(out: Path, pipeline_dir: Path, kind: str, step: int, parts: str = "all") -> None:
     """Start ``out`` from a pipeline folder (its VAE, and its denoiser and text encoder as the EMA weights a carried
-    run resumes from): how a CPU session continues a shipped toy that was trained on a lent GPU. A run that already
-    has a checkpoint or weights of its own is left as it is, so rerunning the same command resumes."""
+    run resumes from): how a CPU session continues a shipped toy that was trained on a lent GPU. ``parts="denoiser"``
+    takes the denoiser alone and starts the text encoder afresh — a denoiser that already draws the world under a
+    new language's encoder (the CLIP toy's U-Net, trained on language v2, for a v3 encoder). A run that already has
+    a checkpoint or weights of its own is left as it is, so rerunning the same command resumes."""
     from safetensors.torch import load_file
 
+    if parts not in INIT_PARTS:
+        raise ValueError(f"parts must be one of {', '.join(INIT_PARTS)}, got {parts!r}")
     if (out / "checkpoint.pt").exists() or (out / WEIGHTS_FILE).exists():
         return
     toy = KINDS[kind]
     denoiser, text_encoder = toy.build(build_tokenizer())
     denoiser.load_state_dict(load_file(pipeline_dir / toy.denoiser_folder / "diffusion_pytorch_model.safetensors"))
-    _load_with_tied_weights(text_encoder, load_file(pipeline_dir / "text_encoder" / "model.safetensors"))
+    if parts == "all":
+        _load_with_tied_weights(text_encoder, load_file(pipeline_dir / "text_encoder" / "model.safetensors"))
     copy_vae(pipeline_dir / "vae", out / "vae")
     save_weights(out / WEIGHTS_FILE, {"ema_denoiser": denoiser, "ema_text": text_encoder}, step)
-    log(out, stage="init", pipeline=str(pipeline_dir), step=step)
+    log(out, stage="init", pipeline=str(pipeline_dir), step=step, parts=parts)
 
 
 def _load_with_tied_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
