@@ -225,12 +225,6 @@ def findings(curves: dict, last: dict) -> list[dict]:
     def layer(question, family):
         return emergence(curves.get(question, {}).get(family))
 
-    def before(early, late) -> dict:
-        (a, (_, a_hi)), (b, (b_lo, _)) = early, late
-        if a is None or b is None:
-            return {"holds": None, "clearly": False}
-        return {"holds": a < b, "clearly": a_hi is not None and b_lo is not None and a_hi < b_lo}
-
     out = []
     for family in ("and", "and (held out)"):
         colors, both = layer("colors", family), layer("both", family)
@@ -319,9 +313,8 @@ def pieces_finding(groups: dict) -> dict:
         if not one or not split:
             continue
         entry: dict = {"one piece": emergence(one), "split": emergence(split)}
-        (a, (_, a_hi)), (b, (b_lo, _)) = entry["one piece"], entry["split"]
-        entry["split later"] = None if a is None or b is None else b > a
-        entry["clearly"] = a_hi is not None and b_lo is not None and a_hi < b_lo
+        verdict = before(entry["one piece"], entry["split"])
+        entry["split later"], entry["clearly"] = verdict["holds"], verdict["clearly"]
         entry["last_layer_both"] = {"one piece": one["mean"][-1], "split": split["mean"][-1]}
         per_tier[tier] = entry
     tested = [t for t in per_tier.values() if t["split later"] is not None]
@@ -332,6 +325,15 @@ def pieces_finding(groups: dict) -> dict:
         "split_later_in": f"{sum(bool(t['split later']) for t in tested)} of {len(tested)} tiers",
         "per_tier": per_tier,
     }
+
+
+def before(early: tuple, late: tuple) -> dict:
+    """Does ``early`` (an :func:`emergence` pair) emerge before ``late`` — "holds" on the point estimates, "clearly"
+    when their bootstrap intervals are apart; None when either never rises."""
+    (a, (_, a_hi)), (b, (b_lo, _)) = early, late
+    if a is None or b is None:
+        return {"holds": None, "clearly": False}
+    return {"holds": a < b, "clearly": a_hi is not None and b_lo is not None and a_hi < b_lo}
 
 
 def emergence(curve: dict | None) -> tuple:
@@ -496,6 +498,11 @@ def _fmt_layer(entry) -> str:
     return f"L{layer} [{'?' if low is None else low}–{'never' if high is None else high}]"
 
 
+def _emerges(curve: dict) -> str:
+    """A table's "emerges" cell: the emergence layer [interval], or that the curve does not rise."""
+    return _fmt_layer(emergence(curve)) if rises(curve) else "does not rise"
+
+
 def summary(table: dict) -> str:
     """Markdown: the per-layer curves (final norm on) with intervals, the last layer, and the findings."""
     lines = []
@@ -513,11 +520,7 @@ def summary(table: dict) -> str:
             for family, curve in curves.get(question, {}).items():
                 by_layer = dict(zip(curve["layers"], curve["mean"]))
                 cells = " | ".join(f"{by_layer[l]:.2f}" if l in by_layer else "—" for l in layers)
-                emerges = (
-                    _fmt_layer((curve["emergence_layer"], curve["emergence_interval"]))
-                    if rises(curve)
-                    else "does not rise"
-                )
+                emerges = _emerges(curve)
                 lines.append(f"| {family} | {question.replace('_', ' ')} | {curve['n'][-1]} | {cells} | {emerges} |")
     if "last_layer" in table:
         lines += [
@@ -545,10 +548,7 @@ def summary(table: dict) -> str:
         ]
         for group, curve in groups.items():
             cells = " | ".join(f"{v:.2f}" for v in curve["mean"])
-            emerges = (
-                _fmt_layer((curve["emergence_layer"], curve["emergence_interval"])) if rises(curve) else "does not rise"
-            )
-            lines.append(f"| {group} | {curve['n'][-1]} | {cells} | {emerges} |")
+            lines.append(f"| {group} | {curve['n'][-1]} | {cells} | {_emerges(curve)} |")
     lines += ["", "### findings (final norm on)", "", findings_text(table)]
     return "\n".join(lines)
 
