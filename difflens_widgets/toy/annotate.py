@@ -96,10 +96,14 @@ _PALETTE = np.array(
 )
 
 
+def border_of(array: np.ndarray) -> np.ndarray:
+    """The values along an image's four edges (pixels or mask entries), one after another."""
+    return np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
+
+
 def background_of(pixels: np.ndarray) -> np.ndarray:
     """The image's background colour: the median of its border pixels (shapes never touch the border)."""
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    return np.median(border, axis=0)
+    return np.median(border_of(pixels), axis=0)
 
 
 def _explain(offsets: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,8 +186,7 @@ def is_noise_field(mask: np.ndarray) -> bool:
 
     Either alone is not enough — a shape cut off at the edge paints a little of the border, and a wash of colour
     behind a shape paints much of the frame with a clean border."""
-    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-    return bool(border.mean() > NOISE_BORDER and mask.mean() > NOISE_PAINT)
+    return bool(border_of(mask).mean() > NOISE_BORDER and mask.mean() > NOISE_PAINT)
 
 
 def segment(image: Image.Image) -> list[Blob]:
