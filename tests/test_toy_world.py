@@ -23,6 +23,7 @@ from difflens_widgets.toy.world import (
     COLOR_TIERS,
     COLORS,
     RELATION_MARGIN,
+    SIZES,
     Scene,
     ShapeObject,
     World,
@@ -234,6 +235,18 @@ def test_a_noise_field_has_no_shapes_but_a_shape_at_the_edge_is_kept():
         assert annotate(field) == [], [d.phrase for d in annotate(field)]
     at_the_edge = Scene("", "colored", (ShapeObject("star", "red", "large", 32, 5, 11),))
     assert [d.color for d in annotate(render(at_the_edge))] == ["red"]
+
+
+def test_a_speck_is_not_a_shape_but_the_smallest_shape_is():
+    """Late no-norm layers leave specks of paint (≤ 40 px) that the rules would name "brown star" or "red triangle";
+    the area floor drops them, while the world's smallest shape, a small star, is still found."""
+    background = np.full((64, 64, 3), BACKGROUND, np.uint8)
+    for color, side in (("red", 4), ("blue", 5), ("green", 6)):  # 16, 25 and 36 px squares of full paint
+        speck = background.copy()
+        speck[30 : 30 + side, 20 : 20 + side] = COLORS[color]
+        assert annotate(Image.fromarray(speck)) == [], (color, side)
+    smallest = Scene("", "colored", (ShapeObject("star", "red", "small", 32, 32, SIZES["small"] * 64),))
+    assert [(d.color, d.shape) for d in annotate(render(smallest))] == [("red", "star")]
 
 
 def test_placement_reads_a_relation_from_colours_alone():

@@ -42,7 +42,10 @@ from .world import BACKGROUND, COLORS, INVERSE_RELATION, RELATIONS, SHAPES, SIZE
 
 FOREGROUND_DISTANCE = 55.0  # RGB distance from the background that counts as paint
 CORE_PAINT = 0.6  # a blob's "core": pixels painted at least this share of its strongest pixel
-MIN_AREA_FRACTION = 0.004  # blobs smaller than this share of the image are specks (16 px at 64×64)
+# Blobs smaller than this share of the image are specks (41 px at 64×64): about half the world's smallest shape
+# (a small star, 79 px). Chosen in-sample on the three hand-labelled sets: every named detection under 45 px was
+# wrong (8 specks, ≤ 39 px, at no-norm late layers) and the smallest right one covered 49 px.
+MIN_AREA_FRACTION = 0.01
 MAX_AREA_FRACTION = 0.16  # a large star at 64×64 covers < 9%; a blob over 16% is a wash of colour, not a shape
 MIN_FADE = 0.4  # weaker than 40% of a world colour's saturation: a tint, not a drawn shape
 MIN_PAINT = 65.0  # and its core at least this far (RGB) from the background: pink is near the background, so 40%
