@@ -10,6 +10,7 @@ import difflens_widgets as dl
 from difflens_widgets.core.models import EMBEDDED_MODELS, embedded_name, is_toy
 from difflens_widgets.studies.report import FAMILIES, TIER_FAMILIES, evaluation_prompts, run_report, summary
 from difflens_widgets.studies.report import balance as report_balance
+from difflens_widgets.sweeps.report import wilson
 from difflens_widgets.toy.annotate import judge
 
 
@@ -112,6 +113,9 @@ def test_report_on_a_tiny_subset(tmp_path):
     # each tier's first two prompts name one colour of each kind ("a red circle", "a green square"): both groups
     assert set(saved["pieces"]) == {f"{tier}, {kind}" for tier in TIER_FAMILIES for kind in ("one piece", "split")}
     assert all(curve["n"] == [1] * 9 for curve in saved["pieces"].values())  # one prompt × one seed per layer
+    for curve in saved["pieces"].values():  # shares with Wilson intervals, never outside [0, 1]
+        assert all(0 <= lo <= m <= hi <= 1 for lo, m, hi in zip(curve["low"], curve["mean"], curve["high"]))
+        assert list(zip(curve["low"], curve["high"])) == [wilson(round(m), 1) for m in curve["mean"]]
     text = summary(table)
     assert "| relation | relation | 2 |" in text and "### findings" in text
     assert "| common colour, split | 1 |" in text and "- split colour names after one-piece names" in text
@@ -173,8 +177,6 @@ def test_report_without_matplotlib_writes_numbers_and_says_what_to_install(tmp_p
 
 
 def _curve(mean, n=40, emergence=None, interval=(None, None)):
-    from difflens_widgets.sweeps.report import wilson
-
     bounds = [wilson(round(m * n), n) for m in mean]
     return {
         "layers": list(range(len(mean))),

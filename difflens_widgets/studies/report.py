@@ -294,7 +294,8 @@ def pieces_curves(rows) -> dict:
     if tiers.empty or "both" not in tiers or tiers["both"].isna().all():
         return {}
     tiers = tiers.assign(family=[pieces_group(p, f) for p, f in zip(tiers["prompt"], tiers["family"])])
-    tiers = tiers[tiers["both"].notna()].assign(both=lambda t: t["both"].astype(float))
+    # booleans, not floats: a share gets a Wilson interval inside [0, 1] (floats got mean ± 1.96·sd/√n, above 1 at 0.98)
+    tiers = tiers[tiers["both"].notna()].assign(both=lambda t: t["both"].astype(bool))
     table = curves(tiers[["family", "layer", "prompt_id", "both"]])["both"]["families"]
     order = [f"{tier}, {kind}" for tier in TIER_FAMILIES for kind in ("one piece", "split")]
     out = {}
