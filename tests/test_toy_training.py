@@ -257,13 +257,35 @@ def test_a_run_starts_from_a_shipped_pipeline_and_then_resumes_its_own(tmp_path)
     train.save_weights(run / train.WEIGHTS_FILE, {"ema_text": modules["text"]}, step=5000)  # the run went on
     train.init_from_pipeline(run, shipped, "t5-dit", step=4825)  # the same command again: the run's own weights stay
     assert (run / train.WEIGHTS_FILE).read_bytes() != before
-    with pytest.raises(ValueError, match="do not fit the CLIPTextModel"):  # the shipped CLIP toy speaks language v2
-        train.init_from_pipeline(tmp_path / "clip", TOY_MODEL_DIR, "clip-unet", step=3000)
+
+
+def test_a_run_starts_from_the_shipped_clip_toy_but_not_from_an_encoder_of_another_vocabulary(tmp_path):
+    """The shipped CLIP toy (version 3) speaks the world's language, so its text encoder loads as well as its U-Net;
+    an encoder of version 2's 120-token vocabulary does not fit, and says so."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    train.init_from_pipeline(tmp_path / "clip", TOY_MODEL_DIR, "clip-unet", step=3332)
+    modules = train.build_modules(train.KINDS["clip-unet"], build_tokenizer())
+    assert train.load_weights(tmp_path / "clip" / train.WEIGHTS_FILE, modules) == 3332
+    shipped_text = load_file(TOY_MODEL_DIR / "text_encoder" / "model.safetensors")
+    state = modules["ema_text"].state_dict()
+    assert all(torch.equal(state[k].half(), v.half()) for k, v in shipped_text.items())
+    older = tmp_path / "v2"
+    shutil.copytree(TOY_MODEL_DIR, older)
+    tokens = "embeddings.token_embedding.weight"
+    save_file(
+        {**shipped_text, tokens: shipped_text[tokens][:120].clone()}, older / "text_encoder" / "model.safetensors"
+    )
+    with pytest.raises(ValueError, match="do not fit the CLIPTextModel"):
+        train.init_from_pipeline(tmp_path / "from-v2", older, "clip-unet", step=3000)
 
 
 def test_a_run_can_take_a_pipelines_denoiser_alone_under_a_fresh_text_encoder(tmp_path):
-    """The CLIP toy's U-Net (language v2) under a new v3 text encoder: the denoiser is the shipped one, the encoder
-    is a fresh one of the v3 vocabulary, and a bad ``parts`` says what is allowed."""
+    """A pipeline's U-Net under a fresh text encoder (how the CLIP toy's version 3 began: version 2's U-Net, a new
+    encoder for the new vocabulary): the denoiser is the shipped one, the encoder is not, and a bad ``parts`` says
+    what is allowed."""
     from safetensors.torch import load_file
 
     run = tmp_path / "clip3"
@@ -274,7 +296,8 @@ def test_a_run_can_take_a_pipelines_denoiser_alone_under_a_fresh_text_encoder(tm
     state = modules["denoiser"].state_dict()
     assert all(torch.equal(state[k].half(), v.half()) for k, v in unet.items())
     embeddings = modules["text"].get_input_embeddings().weight
-    assert embeddings.shape[0] == len(build_tokenizer()) != 120  # v3's vocabulary, not the shipped v2 encoder's
+    shipped = load_file(TOY_MODEL_DIR / "text_encoder" / "model.safetensors")["embeddings.token_embedding.weight"]
+    assert embeddings.shape == shipped.shape and not torch.equal(embeddings.half(), shipped)  # fresh, same vocabulary
     assert log_of(run)[-1] == {"stage": "init", "pipeline": str(TOY_MODEL_DIR), "step": 0, "parts": "denoiser"}
     with pytest.raises(ValueError, match="parts must be one of all, denoiser, got 'text'"):
         train.init_from_pipeline(tmp_path / "other", TOY_MODEL_DIR, "clip-unet", step=0, parts="text")

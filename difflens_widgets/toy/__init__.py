@@ -10,5 +10,6 @@ HERE = Path(__file__).parent
 MODEL_DIR = HERE / "model"  # a standard diffusers StableDiffusionPipeline folder: dl.load_pipeline("toy")
 REPORT_DIR = HERE / "report"  # what the model card states, as studies.report wrote it
 REPORT_T5_DIR = HERE / "report_t5"  # the same for toy-t5 (MODEL_CARD_T5.md)
-HANDCHECKED_DIR = HERE / "handchecked"  # generated images labelled by eye (the CLIP toy's)
+HANDCHECKED_DIR = HERE / "handchecked"  # generated images labelled by eye (the CLIP toy's version 2, 240 images)
+HANDCHECKED_CLIP3_DIR = HERE / "handchecked_clip3"  # the same for the CLIP toy's version 3, the one that ships
 HANDCHECKED_T5_DIR = HERE / "handchecked_t5"  # the same for toy-t5
