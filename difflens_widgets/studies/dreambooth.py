@@ -6,8 +6,8 @@
 What it does (Ruiz et al., 2023, shrunk to the shapes world):
 
 * **instance**: "a xon triangle" ↔ renderings of one specific triangle pattern (dark teal and charcoal stripes)
-  that the world never draws. The toy tokenizer reads "xon" as two pieces (``x`` + ``on</w>``) that never occur
-  alone in training, so the identifier starts with almost no prior meaning — the rare-token recipe of the paper.
+  that the world never draws. The toy tokenizer reads "xon" as two pieces, ``x`` (in no caption) + ``on</w>`` (only
+  in "on top of"), so the identifier starts with almost no prior meaning — the rare-token recipe of the paper.
 * **prior preservation**: "a triangle" ↔ images the *base* model itself generates for that prompt, so the class word
   keeps its meaning while the new one is learned.
 * text encoder and UNet are both trained; a :class:`~difflens_widgets.tracker.LensTracker` records lens images of
