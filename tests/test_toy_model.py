@@ -253,6 +253,49 @@ def test_each_embedded_model_ships_its_report():
         shipped("sd15")
 
 
+def test_two_models_reports_side_by_side(tmp_path, capsys):
+    """The paper's comparison as one table: per family and question, each model's emergence [interval], last-layer
+    share and best no-norm share; a relation at chance says so, and rows with nothing to measure are left out."""
+    from difflens_widgets.studies.report import load_report, main, side_by_side
+
+    early = _curve([0.0, 0.9, 0.9, 0.9, 0.9], emergence=1, interval=(1, 1))
+    late = _curve([0.0, 0.1, 0.2, 0.9, 0.9], emergence=3, interval=(2, 3))
+    chance = _curve([0.0, 0.3, 0.3, 0.3, 0.3], emergence=1, interval=(1, 1))
+    always = _curve([1.0] * 5, emergence=0, interval=(0, 0))
+    washed = _curve([0.0, 0.4, 0.1, 0.0, 0.0])
+
+    def report(relation, given_both_low):
+        return {
+            "variants": {
+                "final_norm": {"colors": {"relation": early, "object": always}, "relation": {"relation": relation}},
+                "no_final_norm": {"colors": {"relation": washed}},
+            },
+            "last_layer": {"relation": {"relation_given_both": {"mean": 0.3, "low": given_both_low, "high": 0.4}}},
+        }
+
+    table = side_by_side({"clip": report(chance, 0.2), "t5": report(late, 0.8)})
+    rows = table.splitlines()
+    assert rows[0] == "| family | question | clip | t5 |" and len(rows) == 4  # header, rule, two rows
+    assert rows[2] == (
+        "| relation | colors | L1 [1–1]; 0.90 at L4; no norm ≤ 0.40 | L1 [1–1]; 0.90 at L4; no norm ≤ 0.40 |"
+    )
+    clip, t5 = rows[3].split(" | ")[2:4]
+    assert clip.startswith("L1 [1–1]; 0.30 at L4; **at chance** (given both 0.30 [0.20–0.40])")
+    assert t5 == "L3 [2–3]; 0.90 at L4 |"
+    with pytest.raises(ValueError, match="at least one report"):
+        side_by_side({})
+
+    (tmp_path / "emergence.json").write_text(json.dumps(report(late, 0.8)))
+    assert load_report(str(tmp_path)) == load_report(str(tmp_path / "emergence.json")) == report(late, 0.8)
+    with pytest.raises(ValueError, match="'sd15' is neither an embedded model .* nor a report folder"):
+        load_report("sd15")
+    main(["--compare", "toy", "toy-t5"])  # the shipped reports: the CLIP toy's relation is at chance, toy-t5's not
+    printed = capsys.readouterr().out
+    relation = next(line for line in printed.splitlines() if line.startswith("| relation | relation |"))
+    assert relation.split(" | ")[2].endswith(")") and "**at chance**" in relation.split(" | ")[2]
+    assert "at chance" not in relation.split(" | ")[3]
+
+
 def test_a_missing_embedded_model_says_how_to_train_it(tmp_path, monkeypatch):
     from difflens_widgets.core import models
 

@@ -1,6 +1,7 @@
 """The emergence report: at which layer does each caption family appear in the lens images?
 
     python -m difflens_widgets.studies.report --out runs/report          # resumable; prints what MODEL_CARD.md states
+    python -m difflens_widgets.studies.report --compare toy toy-t5       # the shipped reports side by side
 
 For every caption family (the toy analogue of the paper's Figures 3 and 5), the share of lens images per layer that
 the annotator judges to match the prompt — objects / colours / both (and the relation, for relation captions) — with
@@ -610,6 +611,66 @@ def shipped(model: str = "toy") -> dict:
     return json.loads((folders[model] / "emergence.json").read_text())
 
 
+def load_report(name_or_path: str) -> dict:
+    """A report by embedded model name (the one that ships) or by path (a report's ``--out`` folder or its
+    ``emergence.json``), so a report run on your own model compares as easily as the shipped ones."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "emergence.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if name_or_path in ("toy", "toy-t5"):
+        return shipped(name_or_path)
+    raise ValueError(
+        f"{name_or_path!r} is neither an embedded model (toy, toy-t5) nor a report folder or emergence.json file"
+    )
+
+
+def side_by_side(reports: dict[str, dict], families=FAMILIES, questions=MEASURES) -> str:
+    """Markdown: the same families and questions for several models' reports, one column per model — the paper's own
+    comparison (a causal CLIP encoder against a T5) on models anyone can run. Each cell: the emergence layer [95%
+    bootstrap interval] with the final norm, the share at the last layer, and the best share an intermediate layer
+    reaches without the norm (where the report ran the ablation). Rows with nothing to measure (a share of 1.00 at
+    every layer for every model, such as the colours of a prompt that names none) are left out."""
+    if not reports:
+        raise ValueError("side_by_side needs at least one report")
+    lines = ["| family | question | " + " | ".join(reports) + " |", "|---|---|" + "---|" * len(reports)]
+    for question in questions:
+        label = question.replace("_", " ")
+        if question == "relation_given_both":
+            label += f" (chance {RELATION_CHANCE:.2f})"
+        for family in families:
+            curves = [r["variants"]["final_norm"].get(question, {}).get(family) for r in reports.values()]
+            if not any(curves) or all(c is None or min(_finite(c["mean"]), default=1.0) == 1.0 for c in curves):
+                continue
+            cells = [_side_cell(r, question, family) for r in reports.values()]
+            lines.append(f"| {family} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _finite(values) -> list[float]:
+    return [v for v in values if v is not None and v == v]
+
+
+def _side_cell(report: dict, question: str, family: str) -> str:
+    curve = report["variants"]["final_norm"].get(question, {}).get(family)
+    if curve is None:
+        return "—"
+    cell = f"{_emerges(curve)}; {curve['mean'][-1]:.2f} at L{curve['layers'][-1]}"
+    bare = report["variants"].get("no_final_norm", {}).get(question, {}).get(family)
+    if bare:
+        inner = _finite(m for layer, m in zip(bare["layers"], bare["mean"]) if 0 < layer < bare["layers"][-1])
+        if inner:
+            cell += f"; no norm ≤ {max(inner):.2f}"
+    given_both = report.get("last_layer", {}).get(family, {}).get("relation_given_both")
+    if question in ("relation", "relation_given_both") and given_both and given_both["low"] <= RELATION_CHANCE:
+        # a relation curve "emerges" as soon as two objects are drawn; at chance it says nothing about relations
+        cell += (
+            f"; **at chance** (given both {given_both['mean']:.2f} [{given_both['low']:.2f}–{given_both['high']:.2f}])"
+        )
+    return cell
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="toy")
@@ -635,7 +696,21 @@ def main(argv: list[str] | None = None) -> None:
         help="prompts per family for the last-layer accuracy (0 = every evaluation prompt; fewer for a quick look)",
     )
     parser.add_argument("--out", default="report")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="REPORT",
+        help="print reports side by side instead of running one: embedded model names (toy, toy-t5; their shipped "
+        "reports) or report folders",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        try:
+            reports = {name: load_report(name) for name in args.compare}
+        except ValueError as error:
+            parser.error(str(error))
+        print(side_by_side(reports))
+        return
     table = run_report(
         args.model,
         args.seeds,
