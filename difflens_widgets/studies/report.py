@@ -626,7 +626,9 @@ def load_report(name_or_path: str) -> dict:
     )
 
 
-def side_by_side(reports: dict[str, dict], families=FAMILIES, questions=MEASURES) -> str:
+def side_by_side(
+    reports: dict[str, dict], families: tuple[str, ...] = FAMILIES, questions: tuple[str, ...] = MEASURES
+) -> str:
     """Markdown: the same families and questions for several models' reports, one column per model — the paper's own
     comparison (a causal CLIP encoder against a T5) on models anyone can run. Each cell: the emergence layer [95%
     bootstrap interval] with the final norm, the share at the last layer, and the best share an intermediate layer
