@@ -602,13 +602,15 @@ def findings_text(table: dict) -> str:
     return "\n".join(lines)
 
 
+SHIPPED_REPORTS = {"toy": REPORT_DIR, "toy-t5": REPORT_T5_DIR}  # the embedded models' reports, by name
+
+
 def shipped(model: str = "toy") -> dict:
     """The report shipped with the package for an embedded model ("toy": what MODEL_CARD.md states; "toy-t5":
     MODEL_CARD_T5.md), as :func:`run_report` returned it."""
-    folders = {"toy": REPORT_DIR, "toy-t5": REPORT_T5_DIR}
-    if model not in folders:
-        raise ValueError(f"no report ships for {model!r}; the embedded models are {', '.join(folders)}")
-    return json.loads((folders[model] / "emergence.json").read_text())
+    if model not in SHIPPED_REPORTS:
+        raise ValueError(f"no report ships for {model!r}; the embedded models are {', '.join(SHIPPED_REPORTS)}")
+    return json.loads((SHIPPED_REPORTS[model] / "emergence.json").read_text())
 
 
 def load_report(name_or_path: str) -> dict:
@@ -619,10 +621,11 @@ def load_report(name_or_path: str) -> dict:
         path = path / "emergence.json"
     if path.is_file():
         return json.loads(path.read_text())
-    if name_or_path in ("toy", "toy-t5"):
+    if name_or_path in SHIPPED_REPORTS:
         return shipped(name_or_path)
     raise ValueError(
-        f"{name_or_path!r} is neither an embedded model (toy, toy-t5) nor a report folder or emergence.json file"
+        f"{name_or_path!r} is neither an embedded model ({', '.join(SHIPPED_REPORTS)}) nor a report folder or "
+        "emergence.json file"
     )
 
 
@@ -645,7 +648,7 @@ def side_by_side(
             curves = [r["variants"]["final_norm"].get(question, {}).get(family) for r in reports.values()]
             if not any(curves) or all(c is None or min(_finite(c["mean"]), default=1.0) == 1.0 for c in curves):
                 continue
-            cells = [_side_cell(r, question, family) for r in reports.values()]
+            cells = [_side_cell(r, curve, question, family) for r, curve in zip(reports.values(), curves)]
             lines.append(f"| {family} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -654,8 +657,8 @@ def _finite(values) -> list[float]:
     return [v for v in values if v is not None and v == v]
 
 
-def _side_cell(report: dict, question: str, family: str) -> str:
-    curve = report["variants"]["final_norm"].get(question, {}).get(family)
+def _side_cell(report: dict, curve: dict | None, question: str, family: str) -> str:
+    """One model's cell of :func:`side_by_side`; ``curve`` is that model's final-norm curve for the row."""
     if curve is None:
         return "—"
     cell = f"{_emerges(curve)}; {curve['mean'][-1]:.2f} at L{curve['layers'][-1]}"
